@@ -1,0 +1,210 @@
+// The only pybind11 file: argument conversion, GIL release, docstrings. No store logic here.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <optional>
+#include <string>
+
+#include "fastps/check.h"
+#include "fastps/probe.h"
+#include "fastps/store.h"
+
+namespace py = pybind11;
+using fastps::DType;
+using fastps::Learner;
+using fastps::Mode;
+using fastps::Store;
+using fastps::StoreConfig;
+
+namespace {
+
+constexpr int kNpyHalf = 23;
+constexpr int kNpyFloat = 11;
+
+bool native_order(const py::dtype& dt) { return dt.byteorder() != '>'; }
+
+std::string dtype_str(const py::dtype& dt) { return py::str(dt).cast<std::string>(); }
+
+// Gradient dtype from the array, or from `hint` for raw 16-bit views of bfloat16 data.
+DType grad_dtype(const py::array& g, std::optional<DType> hint) {
+  const py::dtype dt = g.dtype();
+  if (hint) {
+    if (py::ssize_t(fastps::dtype_size(*hint)) != dt.itemsize())
+      throw py::type_error(fastps::detail::format(
+          "push: grad has %zd-byte elements, expected %zu for %s", dt.itemsize(),
+          fastps::dtype_size(*hint), fastps::dtype_name(*hint)));
+    return *hint;
+  }
+  if (native_order(dt)) {
+    if (dt.num() == kNpyFloat) return DType::kF32;
+    if (dt.num() == kNpyHalf) return DType::kF16;
+    if (dt.itemsize() == 2 && py::str(dt.attr("name")).cast<std::string>() == "bfloat16")
+      return DType::kBF16;  // ml_dtypes.bfloat16
+  }
+  throw py::type_error("push: grad has dtype " + dtype_str(dt) +
+                       ", expected float32, float16 or bfloat16 (native byte order)");
+}
+
+void check_contiguous(const char* api, const char* arg, const py::array& a) {
+  FASTPS_CHECK_ARG(a.flags() & py::array::c_style,
+                   "%s: %s is not C-contiguous (pass np.ascontiguousarray(%s) or .contiguous())",
+                   api, arg, arg);
+}
+
+float* out_buffer(const char* api, py::array& out) {
+  const py::dtype dt = out.dtype();
+  if (dt.num() != kNpyFloat || !native_order(dt))
+    throw py::type_error(fastps::detail::format("%s: out has dtype %s, expected float32", api,
+                                                dtype_str(dt).c_str()));
+  check_contiguous(api, "out", out);
+  FASTPS_CHECK_ARG(out.writeable(), "%s: out is read-only, expected a writeable array", api);
+  return static_cast<float*>(out.mutable_data());
+}
+
+py::dict stats_dict(const fastps::Stats& s, const StoreConfig& cfg) {
+  py::dict d;
+  d["clock"] = s.clock;
+  d["pushes"] = s.pushes;
+  d["shard_updates"] = s.shard_updates;
+  d["dropped"] = s.dropped;
+  d["cas_failures"] = s.cas_failures;
+  d["slot_waits"] = s.slot_waits;
+  d["lock_wait_s"] = static_cast<double>(s.lock_wait_ns) * 1e-9;
+  d["bytes_applied"] = s.bytes_applied;
+  d["learners"] = s.learners;
+  d["staleness_hist"] = s.staleness_hist;
+  d["versions"] = s.versions;
+  d["mode"] = fastps::mode_name(cfg.mode);
+  d["shards"] = cfg.shards;
+  d["size"] = cfg.size;
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "fastps native core (use the fastps package, not this module)";
+  m.attr("__version__") = FASTPS_VERSION;
+  m.attr("built_with_cuda") = fastps::built_with_cuda();
+  m.def("cuda_available", &fastps::cuda_available,
+        "True when a CUDA driver and a GPU answer; False on CPU-only builds or machines.");
+
+  m.def(
+      "probe_copy",
+      [](py::array_t<float, py::array::c_style> dst, py::array_t<float, py::array::c_style> src) {
+        FASTPS_CHECK_ARG(dst.size() == src.size(), "probe_copy: dst has %zd elements, src %zd",
+                         dst.size(), src.size());
+        float* d = dst.mutable_data();
+        const float* s = src.data();
+        py::gil_scoped_release nogil;
+        fastps::probe_copy(d, s, static_cast<size_t>(dst.size()));
+      },
+      py::arg("dst").noconvert(), py::arg("src").noconvert(),
+      "Bandwidth probe: dst[:] = src (memcpy).");
+  m.def(
+      "probe_triad",
+      [](py::array_t<float, py::array::c_style> a, py::array_t<float, py::array::c_style> b,
+         py::array_t<float, py::array::c_style> c, float s) {
+        FASTPS_CHECK_ARG(a.size() == b.size() && a.size() == c.size(),
+                         "probe_triad: a, b, c have %zd, %zd, %zd elements", a.size(), b.size(),
+                         c.size());
+        float* pa = a.mutable_data();
+        const float* pb = b.data();
+        const float* pc = c.data();
+        py::gil_scoped_release nogil;
+        fastps::probe_triad(pa, pb, pc, s, static_cast<size_t>(a.size()));
+      },
+      py::arg("a").noconvert(), py::arg("b").noconvert(), py::arg("c").noconvert(), py::arg("s"),
+      "Bandwidth probe: a[:] = b + s * c.");
+
+  py::enum_<Mode>(m, "Mode")
+      .value("locked", Mode::kLocked)
+      .value("hogwild", Mode::kHogwild)
+      .value("leashed", Mode::kLeashed);
+  py::enum_<DType>(m, "DType")
+      .value("float32", DType::kF32)
+      .value("float16", DType::kF16)
+      .value("bfloat16", DType::kBF16);
+
+  py::class_<StoreConfig>(m, "StoreConfig")
+      .def(py::init<>())
+      .def_readwrite("size", &StoreConfig::size)
+      .def_readwrite("shards", &StoreConfig::shards)
+      .def_readwrite("mode", &StoreConfig::mode)
+      .def_readwrite("lr", &StoreConfig::lr)
+      .def_readwrite("momentum", &StoreConfig::momentum)
+      .def_readwrite("nesterov", &StoreConfig::nesterov)
+      .def_readwrite("weight_decay", &StoreConfig::weight_decay)
+      .def_readwrite("persistence", &StoreConfig::persistence)
+      .def_readwrite("max_learners", &StoreConfig::max_learners)
+      .def_readwrite("hist_bins", &StoreConfig::hist_bins);
+
+  py::class_<Store, std::shared_ptr<Store>>(m, "Store")
+      .def_static(
+          "create",
+          [](const StoreConfig& cfg,
+             std::optional<py::array_t<float, py::array::c_style>> init,
+             const std::string& shared) {
+            const float* p = nullptr;
+            if (init) {
+              FASTPS_CHECK_ARG(static_cast<uint64_t>(init->size()) == cfg.size,
+                               "Store: init has %zd elements, expected size=%llu", init->size(),
+                               static_cast<unsigned long long>(cfg.size));
+              p = init->data();
+            }
+            py::gil_scoped_release nogil;
+            return Store::create(cfg, p, shared);
+          },
+          py::arg("config"), py::arg("init").none(true), py::arg("shared") = "")
+      .def_static(
+          "attach",
+          [](const std::string& name) {
+            py::gil_scoped_release nogil;
+            return Store::attach(name);
+          },
+          py::arg("name"))
+      .def("close", &Store::close, py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("closed", &Store::closed)
+      .def_property_readonly("config", &Store::config)
+      .def_property_readonly("name", &Store::name)
+      .def_property_readonly("is_creator", &Store::is_creator)
+      .def("shard_range", &Store::shard_range, py::arg("shard"))
+      .def(
+          "read",
+          [](const Store& s, py::array out) {
+            float* p = out_buffer("read", out);
+            const auto n = static_cast<size_t>(out.size());
+            py::gil_scoped_release nogil;
+            s.read(p, n);
+          },
+          py::arg("out").noconvert())
+      .def(
+          "stats", [](const Store& s) { return stats_dict(s.stats(), s.config()); })
+      .def("learner", &Store::learner);
+
+  py::class_<Learner>(m, "Learner")
+      .def(
+          "pull",
+          [](Learner& l, py::array out) {
+            float* p = out_buffer("pull", out);
+            const auto n = static_cast<size_t>(out.size());
+            py::gil_scoped_release nogil;
+            l.pull(p, n);
+          },
+          py::arg("out").noconvert())
+      .def(
+          "push",
+          [](Learner& l, const py::array& grad, std::optional<DType> dtype) {
+            const DType dt = grad_dtype(grad, dtype);
+            check_contiguous("push", "grad", grad);
+            const void* p = grad.data();
+            const auto n = static_cast<size_t>(grad.size());
+            py::gil_scoped_release nogil;
+            return l.push(p, dt, n);
+          },
+          py::arg("grad").noconvert(), py::arg("dtype") = py::none())
+      .def("close", &Learner::close)
+      .def_property_readonly("id", &Learner::id)
+      .def("read_version", &Learner::read_version, py::arg("shard"));
+}

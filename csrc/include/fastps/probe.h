@@ -1,0 +1,14 @@
+// STREAM-style kernels that measure what the machine's memory gives a single thread, so the
+// store benchmark can report its throughput as a fraction of it (same compiler, same flags).
+#pragma once
+
+#include <cstddef>
+
+namespace fastps {
+
+/// dst[i] = src[i] (8 bytes moved per element). Blocks; thread-safe for disjoint buffers.
+void probe_copy(float* dst, const float* src, size_t n);
+/// a[i] = b[i] + s * c[i] (12 bytes moved per element; push's in-place apply moves the same).
+void probe_triad(float* a, const float* b, const float* c, float s, size_t n);
+
+}  // namespace fastps

@@ -1,0 +1,136 @@
+// fastps::Store: one flat fp32 parameter vector cut into S contiguous, 64-byte-aligned shards,
+// updated by learners through Learner handles in one of three consistency modes:
+//   locked   a process-shared mutex per shard; pull copies and push applies under it.
+//   hogwild  no synchronisation at all; torn pulls and lost element updates are intended.
+//   leashed  Leashed-SGD: immutable published versions per shard, pinned reads, CAS publication.
+// The whole store (data, versions, locks, slots, counters, histogram) lives in one Arena, so a
+// store created with a shared name works from every process that attaches to it.
+// Thread safety: every Store and Learner method may be called from any thread; one Learner is
+// meant for one learner at a time (its read versions are not synchronised).
+#pragma once
+
+#include <cstddef>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "fastps/arena.h"
+#include "fastps/device.h"
+
+namespace fastps {
+
+enum class Mode : uint32_t { kLocked = 0, kHogwild = 1, kLeashed = 2 };
+enum class DType : uint32_t { kF32 = 0, kF16 = 1, kBF16 = 2 };
+
+const char* mode_name(Mode m);
+const char* dtype_name(DType d);
+size_t dtype_size(DType d);
+
+struct StoreConfig {
+  uint64_t size = 0;          ///< elements in the flat vector
+  uint32_t shards = 1;        ///< S; each shard starts on a 64-byte boundary
+  Mode mode = Mode::kLeashed;
+  float lr = 0.01f;           ///< eta0
+  float momentum = 0.0f;      ///< server-side momentum mu in [0, 1)
+  bool nesterov = false;
+  float weight_decay = 0.0f;
+  int32_t persistence = -1;   ///< leashed: failed CAS attempts before a drop; -1 = never drop
+  uint32_t max_learners = 16; ///< open handles at once; leashed keeps 2*max_learners+1 slots/shard
+  uint32_t hist_bins = 64;    ///< exact staleness counts for tau < hist_bins, then one overflow bin
+};
+
+struct Stats {
+  uint64_t clock = 0;          ///< pushes applied to every shard
+  uint64_t pushes = 0;         ///< pushes accepted (validated)
+  uint64_t shard_updates = 0;  ///< shard updates published or applied
+  uint64_t dropped = 0;        ///< leashed shard updates dropped after `persistence` failures
+  uint64_t cas_failures = 0;   ///< leashed publication CASes lost to another learner
+  uint64_t slot_waits = 0;     ///< leashed: times a writer found no free slot and yielded
+  uint64_t lock_wait_ns = 0;   ///< locked: time spent waiting for busy shard locks
+  uint64_t bytes_applied = 0;  ///< gradient bytes applied (in the dtype they arrived in)
+  uint32_t learners = 0;       ///< handles open now, across processes
+  std::vector<uint64_t> staleness_hist;  ///< hist_bins exact bins + 1 overflow bin
+  std::vector<uint64_t> versions;        ///< per-shard version (updates applied to it)
+};
+
+class Learner;
+namespace detail {
+struct Layout;
+}
+
+class Store : public std::enable_shared_from_this<Store> {
+ public:
+  /// Creates a store; `init` (nullable) holds cfg.size floats. `shared_name` empty = private.
+  /// Throws std::invalid_argument for a bad config, std::runtime_error if memory is unavailable.
+  static std::shared_ptr<Store> create(const StoreConfig& cfg, const float* init,
+                                       const std::string& shared_name);
+  /// Attaches to a shared store created (by this user) in any process.
+  static std::shared_ptr<Store> attach(const std::string& shared_name);
+  ~Store();
+
+  /// Marks this Store object closed (later calls through it or its handles throw) and, for the
+  /// creator of a shared store, unlinks the name. Memory goes when the last handle is dropped.
+  void close() noexcept;
+  bool closed() const;
+
+  const StoreConfig& config() const { return cfg_; }
+  const std::string& name() const { return arena_->name(); }
+  bool is_creator() const { return arena_->is_creator(); }
+  /// [begin, end) element range of shard s.
+  std::pair<uint64_t, uint64_t> shard_range(uint32_t s) const;
+
+  /// Copies the parameters into out[0..size). Consistent per shard in locked and leashed modes.
+  /// Blocks on shard locks (locked). Thread-safe.
+  void read(float* out, size_t n) const;
+  Stats stats() const;
+  /// Opens a learner handle. Throws std::runtime_error when max_learners handles are open.
+  std::unique_ptr<Learner> learner();
+
+ private:
+  friend class Learner;
+  Store(std::shared_ptr<Arena> arena, const StoreConfig& cfg);
+  void check_open(const char* api) const;
+
+  std::shared_ptr<Arena> arena_;
+  StoreConfig cfg_;
+  std::unique_ptr<detail::Layout> lay_;
+  // Written by close() (release), read by every call through this object or its handles
+  // (acquire): publishes nothing but the flag itself. Per Store object, not per segment.
+  std::atomic<bool> closed_{false};
+};
+
+class Learner {
+ public:
+  ~Learner();
+  Learner(const Learner&) = delete;
+  Learner& operator=(const Learner&) = delete;
+
+  /// Copies the parameters into out[0..n) and records, per shard, the version it read.
+  /// Blocks on shard locks (locked mode) only. Caller keeps `out` alive until it returns.
+  void pull(float* out, size_t n);
+  /// Applies w -= eta(tau) * (g + weight_decay * w) (with momentum when set) to every shard,
+  /// tau = version at apply - version read at the last pull. Validates before touching any
+  /// shard: a refused push changes nothing. Returns the number of shard updates dropped
+  /// (leashed with persistence >= 0 only). Caller keeps `grad` alive until it returns.
+  uint32_t push(const void* grad, DType dtype, size_t n);
+  /// Releases this handle's learner slot; later calls throw. Idempotent, never throws.
+  void close() noexcept;
+
+  uint32_t id() const { return id_; }
+  /// Version of shard s read by the last pull (0 before any pull).
+  uint64_t read_version(uint32_t s) const { return read_versions_.at(s); }
+
+ private:
+  friend class Store;
+  Learner(std::shared_ptr<Store> store, uint32_t id);
+  void check_open(const char* api) const;
+
+  std::shared_ptr<Store> store_;
+  uint32_t id_;
+  bool open_ = true;
+  std::vector<uint64_t> read_versions_;
+};
+
+}  // namespace fastps

@@ -1,0 +1,32 @@
+// The fused per-shard kernels: widen the gradient, add weight decay, update momentum, step.
+// Element math is fixed and contraction is off (-ffp-contract=off), so results are bitwise
+// equal to the same float32 expression evaluated by numpy.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "fastps/store.h"
+
+namespace fastps::detail {
+
+struct ApplyArgs {
+  float eta;           // step size for this shard update
+  float weight_decay;  // lambda in g + lambda * w
+  float momentum;      // mu; 0 disables the momentum buffer
+  bool nesterov;
+};
+
+/// In place: w[i] -= eta * d[i] (momentum buffer m updated in place when momentum > 0).
+void apply_inplace(float* w, float* m, const void* g, DType dt, size_t n, const ApplyArgs& a);
+/// Out of place (leashed): w_out = w_in - eta * d, m_out from m_in; in and out must not overlap.
+void apply_copy(float* w_out, const float* w_in, float* m_out, const float* m_in, const void* g,
+                DType dt, size_t n, const ApplyArgs& a);
+
+/// The one place where hogwild touches shared parameters: unsynchronised by design. Concurrent
+/// calls race element by element; a torn read or a lost update is Hogwild!'s intended semantics.
+/// ThreadSanitizer's suppressions (csrc/tests/tsan.supp) name these two functions and nothing else.
+void hogwild_apply(float* w, float* m, const void* g, DType dt, size_t n, const ApplyArgs& a);
+void hogwild_copy(float* dst, const float* src, size_t n);
+
+}  // namespace fastps::detail

@@ -1,0 +1,124 @@
+// Arena layout of a store. Every structure here is placed in the arena at a byte offset and
+// reached through Layout's pointers, computed per process from the arena's base address.
+//
+//   [Header][ShardDesc x S][SlotHeader x S*V (leashed)][hist: S x (bins+1) u64][data...]
+//
+// data: locked/hogwild: params[n] then momentum[n] (when momentum > 0), one flat vector each,
+// shards at 64-byte-aligned offsets inside them. leashed: per shard, V slot blocks, each
+// params[len] then momentum[len], every block 64-byte aligned.
+#pragma once
+
+#include <pthread.h>
+
+#include <atomic>
+#include <cstdint>
+
+#include "fastps/store.h"
+
+namespace fastps::detail {
+
+constexpr uint64_t kMagic = 0x3153502d54534146ull;  // "FAST-PS1"
+constexpr uint32_t kFormatVersion = 1;
+constexpr size_t kCacheLine = 64;
+constexpr uint64_t kAlignElems = kCacheLine / sizeof(float);
+
+static_assert(std::atomic<uint64_t>::is_always_lock_free,
+              "process-shared counters need address-free, lock-free 64-bit atomics");
+static_assert(std::atomic<uint32_t>::is_always_lock_free,
+              "process-shared slot states need address-free, lock-free 32-bit atomics");
+
+// Leashed slot states. FREE -> WRITING (a writer claims it) -> PUBLISHED (set just before the
+// publishing CAS; stays so if the CAS fails and the writer retries) -> STALE (set by the writer
+// that published its successor) -> FREE (reclaimed once, when STALE with zero readers).
+enum SlotState : uint32_t { kFree = 0, kWriting = 1, kPublished = 2, kStale = 3 };
+
+// `current` of a leashed shard packs (version << kSlotBits) | slot. The version doubles as the
+// ABA tag: it grows by one on every publication, so a recycled slot never looks current again.
+constexpr uint32_t kSlotBits = 16;
+constexpr uint64_t kSlotMask = (uint64_t{1} << kSlotBits) - 1;
+
+struct alignas(kCacheLine) Header {
+  // Written by the creator last, with release, after everything else is initialised; read
+  // with acquire by attach(): pairs so that an attacher sees a complete store.
+  std::atomic<uint64_t> magic;
+  uint32_t format_version;
+  uint32_t reserved;
+  StoreConfig cfg;  // immutable after creation
+  uint32_t slots;   // V per shard in leashed mode, 1 otherwise
+  uint64_t total_bytes;
+  uint64_t shards_off, slots_off, hist_off, data_off, mom_off;
+  // Written by Learner constructors/close (fetch_add/fetch_sub, CAS) in any process; read by
+  // learner() and stats(). Publishes nothing but the count: relaxed.
+  alignas(kCacheLine) std::atomic<uint32_t> learners_open;
+  // Incremented by every learner(); gives each handle its id (start shard). Relaxed.
+  std::atomic<uint32_t> next_learner_id;
+  // Written by push() after validation (pushes) and after its last shard (clock), relaxed:
+  // statistics only, read by stats().
+  alignas(kCacheLine) std::atomic<uint64_t> pushes;
+  alignas(kCacheLine) std::atomic<uint64_t> clock;
+};
+
+struct alignas(kCacheLine) ShardDesc {
+  uint64_t begin, len;  // element range [begin, begin + len)
+  uint64_t data_off;    // locked/hogwild: params of this shard; leashed: slot 0's block
+  uint64_t mom_off;     // locked/hogwild: momentum of this shard (0 when none)
+  uint64_t slot_stride; // leashed: bytes between slot blocks; momentum at + len_padded floats
+  uint64_t len_padded;  // len rounded up to kAlignElems
+  // locked only: process-shared, robust mutex guarding params, momentum and version.
+  alignas(kCacheLine) pthread_mutex_t mu;
+  // locked: written under mu, read under mu (and relaxed by stats()).
+  // hogwild: fetch_add relaxed after each apply, loaded relaxed by pull: approximate by design.
+  // leashed: unused; the version lives in `current`.
+  alignas(kCacheLine) std::atomic<uint64_t> version;
+  // leashed only: (version << kSlotBits) | slot of the latest published version. Written by the
+  // publishing CAS (seq_cst), read by pin() (seq_cst): the CAS publishes the slot's data and
+  // version; the two seq_cst loads in pin() pair with it in the Dekker pattern described there.
+  std::atomic<uint64_t> current;
+  // Statistics, written by whoever updates this shard, read by stats(); relaxed throughout.
+  alignas(kCacheLine) std::atomic<uint64_t> updates;
+  std::atomic<uint64_t> dropped;
+  std::atomic<uint64_t> cas_failures;
+  std::atomic<uint64_t> slot_waits;
+  std::atomic<uint64_t> lock_wait_ns;
+  std::atomic<uint64_t> bytes_applied;
+};
+
+struct alignas(kCacheLine) SlotHeader {
+  // Incremented by pin() before it re-checks `current`, decremented by unpin(); read by
+  // try_reclaim(). seq_cst: pairs with the STALE store + readers load in publish (Dekker).
+  std::atomic<uint32_t> readers;
+  // SlotState. Transitions listed above; each is a seq_cst store or CAS by the slot's owner
+  // (the claiming writer, the publisher of its successor, or the one reclaimer that wins).
+  std::atomic<uint32_t> state;
+};
+
+static_assert(sizeof(SlotHeader) == kCacheLine, "one slot header per cache line");
+static_assert(sizeof(Header) % kCacheLine == 0, "header keeps what follows aligned");
+static_assert(sizeof(ShardDesc) % kCacheLine == 0, "shard descriptors are cache-line sized");
+
+// Per-process view of an arena: raw pointers derived from the offsets in Header.
+struct Layout {
+  Header* hdr;
+  ShardDesc* shards;
+  SlotHeader* slots;        // S*V, shard-major (leashed)
+  std::atomic<uint64_t>* hist;  // S*(bins+1), shard-major
+  char* base;
+
+  SlotHeader& slot(uint32_t s, uint32_t i) const { return slots[uint64_t{s} * hdr->slots + i]; }
+  std::atomic<uint64_t>* shard_hist(uint32_t s) const {
+    return hist + uint64_t{s} * (hdr->cfg.hist_bins + 1);
+  }
+  float* params(uint32_t s) const { return reinterpret_cast<float*>(base + shards[s].data_off); }
+  float* momentum(uint32_t s) const {
+    return shards[s].mom_off ? reinterpret_cast<float*>(base + shards[s].mom_off) : nullptr;
+  }
+  float* slot_params(uint32_t s, uint32_t i) const {
+    const ShardDesc& d = shards[s];
+    return reinterpret_cast<float*>(base + d.data_off + uint64_t{i} * d.slot_stride);
+  }
+  float* slot_momentum(uint32_t s, uint32_t i) const {
+    return hdr->cfg.momentum != 0.0f ? slot_params(s, i) + shards[s].len_padded : nullptr;
+  }
+};
+
+}  // namespace fastps::detail

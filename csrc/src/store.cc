@@ -1,0 +1,539 @@
+// Leashed-SGD per shard (Baeckstroem et al. 2021), with recycled slots and a tagged pointer:
+//  1. pin(): load current c = (version, slot L); readers[L] += 1; re-load current. If it moved,
+//     readers[L] -= 1 (and try to reclaim L) and start again; else L is pinned: its data and
+//     version stay valid and unchanged until unpin().
+//  2. push: claim a FREE slot N (CAS FREE->WRITING), pin L, tau = version(L) - version read,
+//     write N = L - eta(tau) * d(g), mark N PUBLISHED, CAS current from (v, L) to (v+1, N).
+//  3. On success: mark L STALE, unpin L; whoever then sees L STALE with zero readers moves it
+//     to FREE with one CAS (so exactly once). On failure: unpin L, count the failure, and go
+//     back to 2 with the same gradient and N (tau recomputed), or drop after `persistence`.
+//  4. pull: pin, copy, record the version, unpin.
+// Invariants: a PUBLISHED or STALE slot's data never changes; a slot is reclaimed only when
+// STALE with no readers; the version in `current` grows by one per publication, so a late CAS
+// against a recycled slot fails (no ABA). Each learner holds at most one pinned and one WRITING
+// slot per shard, so V = 2 * max_learners + 1 slots never run out while the handle limit holds;
+// readers outside handles (Store::read) may make a writer wait briefly (counted as slot_waits).
+// Why pin() is safe (needs seq_cst on the four accesses): the reader does readers += 1 then
+// loads current; the publisher CASes current then stores STALE then loads readers. If the
+// reader's re-load still sees (v, L), its increment precedes the CAS in the single total order,
+// so the publisher's load sees readers >= 1 and the last reader out reclaims instead.
+#include "fastps/store.h"
+
+#include <pthread.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <new>
+#include <thread>
+
+#include "fastps/check.h"
+#include "kernels.h"
+#include "layout.h"
+
+namespace fastps {
+
+using detail::Header;
+using detail::kAlignElems;
+using detail::kCacheLine;
+using detail::Layout;
+using detail::ShardDesc;
+using detail::SlotHeader;
+
+const char* mode_name(Mode m) {
+  switch (m) {
+    case Mode::kLocked: return "locked";
+    case Mode::kHogwild: return "hogwild";
+    case Mode::kLeashed: return "leashed";
+  }
+  return "?";
+}
+
+const char* dtype_name(DType d) {
+  switch (d) {
+    case DType::kF32: return "float32";
+    case DType::kF16: return "float16";
+    case DType::kBF16: return "bfloat16";
+  }
+  return "?";
+}
+
+size_t dtype_size(DType d) { return d == DType::kF32 ? 4 : 2; }
+
+namespace {
+
+uint64_t round_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
+
+uint64_t now_ns() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                   std::chrono::steady_clock::now().time_since_epoch())
+                                   .count());
+}
+
+void validate(const StoreConfig& c) {
+  FASTPS_CHECK_ARG(c.size >= 1, "Store: size must be at least 1 (got %llu)",
+                   static_cast<unsigned long long>(c.size));
+  FASTPS_CHECK_ARG(c.size <= (uint64_t{1} << 40), "Store: size %llu is larger than 2^40 elements",
+                   static_cast<unsigned long long>(c.size));
+  const uint64_t blocks = (c.size + kAlignElems - 1) / kAlignElems;
+  FASTPS_CHECK_ARG(c.shards >= 1 && c.shards <= blocks,
+                   "Store: shards must be in [1, %llu] for size %llu (one 64-byte block at least "
+                   "per shard), got %u",
+                   static_cast<unsigned long long>(blocks), static_cast<unsigned long long>(c.size),
+                   c.shards);
+  FASTPS_CHECK_ARG(c.mode == Mode::kLocked || c.mode == Mode::kHogwild || c.mode == Mode::kLeashed,
+                   "Store: unknown mode %u", static_cast<unsigned>(c.mode));
+  FASTPS_CHECK_ARG(std::isfinite(c.lr) && c.lr >= 0.0f, "Store: lr must be finite and >= 0 (got %g)",
+                   static_cast<double>(c.lr));
+  FASTPS_CHECK_ARG(std::isfinite(c.momentum) && c.momentum >= 0.0f && c.momentum < 1.0f,
+                   "Store: momentum must be in [0, 1) (got %g)", static_cast<double>(c.momentum));
+  FASTPS_CHECK_ARG(!c.nesterov || c.momentum > 0.0f,
+                   "Store: nesterov=True needs momentum > 0 (got momentum=%g)",
+                   static_cast<double>(c.momentum));
+  FASTPS_CHECK_ARG(std::isfinite(c.weight_decay) && c.weight_decay >= 0.0f,
+                   "Store: weight_decay must be finite and >= 0 (got %g)",
+                   static_cast<double>(c.weight_decay));
+  FASTPS_CHECK_ARG(c.persistence >= -1, "Store: persistence must be -1 (never drop) or >= 0 (got %d)",
+                   c.persistence);
+  FASTPS_CHECK_ARG(c.max_learners >= 1 && c.max_learners <= 1024,
+                   "Store: max_learners must be in [1, 1024] (got %u)", c.max_learners);
+  FASTPS_CHECK_ARG(c.hist_bins >= 1 && c.hist_bins <= 65536,
+                   "Store: staleness_bins must be in [1, 65536] (got %u)", c.hist_bins);
+}
+
+// Offsets of every part of the arena for a config; total size in `total`.
+struct Plan {
+  uint32_t slots;
+  uint64_t shards_off, slots_off, hist_off, data_off, mom_off, total;
+};
+
+Plan plan(const StoreConfig& c) {
+  Plan p{};
+  const bool leashed = c.mode == Mode::kLeashed;
+  p.slots = leashed ? 2 * c.max_learners + 1 : 1;
+  uint64_t off = sizeof(Header);
+  p.shards_off = off;
+  off += uint64_t{c.shards} * sizeof(ShardDesc);
+  p.slots_off = off;
+  if (leashed) off += uint64_t{c.shards} * p.slots * sizeof(SlotHeader);
+  p.hist_off = off;
+  off = round_up(off + uint64_t{c.shards} * (c.hist_bins + 1) * sizeof(uint64_t), kCacheLine);
+  p.data_off = off;
+  if (!leashed) {
+    off += round_up(c.size, kAlignElems) * sizeof(float);
+    p.mom_off = c.momentum != 0.0f ? off : 0;
+    if (p.mom_off) off += round_up(c.size, kAlignElems) * sizeof(float);
+  } else {
+    // Filled per shard in create(): sum over shards of V * block bytes.
+    const uint64_t per_elem = (c.momentum != 0.0f ? 2 : 1) * sizeof(float);
+    off += uint64_t{p.slots} * (round_up(c.size, kAlignElems) + c.shards * kAlignElems) * per_elem;
+  }
+  p.total = round_up(off, 4096);
+  return p;
+}
+
+Layout make_layout(char* base) {
+  auto* h = reinterpret_cast<Header*>(base);
+  return Layout{h, reinterpret_cast<ShardDesc*>(base + h->shards_off),
+                reinterpret_cast<SlotHeader*>(base + h->slots_off),
+                reinterpret_cast<std::atomic<uint64_t>*>(base + h->hist_off), base};
+}
+
+// Locks a shard's robust mutex; returns the nanoseconds spent waiting (0 on the fast path).
+uint64_t lock_shard(ShardDesc& d) {
+  int rc = pthread_mutex_trylock(&d.mu);
+  uint64_t waited = 0;
+  if (rc == EBUSY) {
+    const uint64_t t0 = now_ns();
+    rc = pthread_mutex_lock(&d.mu);
+    waited = now_ns() - t0;
+  }
+  if (rc == EOWNERDEAD) {
+    // The previous owner died holding the lock; its shard update may be partial. The store stays
+    // usable: mark the mutex consistent and go on (recovery policy is the reliability issue's).
+    pthread_mutex_consistent(&d.mu);
+    rc = 0;
+  }
+  FASTPS_CHECK(rc == 0, "shard lock failed: %s", std::strerror(rc));
+  return waited;
+}
+
+struct ShardLock {
+  explicit ShardLock(ShardDesc& d) : d_(d), waited_ns(lock_shard(d)) {}
+  ~ShardLock() { pthread_mutex_unlock(&d_.mu); }
+  ShardLock(const ShardLock&) = delete;
+  ShardLock& operator=(const ShardLock&) = delete;
+  ShardDesc& d_;
+  uint64_t waited_ns;
+};
+
+// ---- leashed primitives (steps 1 and 3 of the algorithm at the top of this file) ----
+
+void try_reclaim(SlotHeader& h) {
+  if (h.state.load(std::memory_order_seq_cst) == detail::kStale &&
+      h.readers.load(std::memory_order_seq_cst) == 0) {
+    uint32_t expected = detail::kStale;
+    h.state.compare_exchange_strong(expected, detail::kFree, std::memory_order_seq_cst);
+  }
+}
+
+void unpin(const Layout& L, uint32_t s, uint32_t slot) {
+  SlotHeader& h = L.slot(s, slot);
+  h.readers.fetch_sub(1, std::memory_order_seq_cst);
+  try_reclaim(h);
+}
+
+uint64_t pin(const Layout& L, uint32_t s) {
+  ShardDesc& d = L.shards[s];
+  for (;;) {
+    const uint64_t c = d.current.load(std::memory_order_seq_cst);
+    const auto slot = static_cast<uint32_t>(c & detail::kSlotMask);
+    L.slot(s, slot).readers.fetch_add(1, std::memory_order_seq_cst);
+    if (d.current.load(std::memory_order_seq_cst) == c) return c;
+    unpin(L, s, slot);
+  }
+}
+
+uint32_t claim_slot(const Layout& L, uint32_t s) {
+  const uint32_t V = L.hdr->slots;
+  for (;;) {
+    // Lowest free slot first, so a store touches (and commits memory for) few slots.
+    for (uint32_t i = 0; i < V; ++i) {
+      SlotHeader& h = L.slot(s, i);
+      uint32_t expected = detail::kFree;
+      if (h.state.load(std::memory_order_relaxed) == detail::kFree &&  // hint only; CAS decides
+          h.state.compare_exchange_strong(expected, detail::kWriting, std::memory_order_seq_cst))
+        return i;
+    }
+    L.shards[s].slot_waits.fetch_add(1, std::memory_order_relaxed);  // statistics only
+    std::this_thread::yield();
+  }
+}
+
+void record(const Layout& L, uint32_t s, uint64_t tau, uint64_t bytes) {
+  const uint32_t bins = L.hdr->cfg.hist_bins;
+  L.shard_hist(s)[std::min<uint64_t>(tau, bins)].fetch_add(1, std::memory_order_relaxed);
+  L.shards[s].updates.fetch_add(1, std::memory_order_relaxed);      // statistics only
+  L.shards[s].bytes_applied.fetch_add(bytes, std::memory_order_relaxed);  // statistics only
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------ Store
+
+Store::Store(std::shared_ptr<Arena> arena, const StoreConfig& cfg)
+    : arena_(std::move(arena)), cfg_(cfg), lay_(std::make_unique<Layout>(make_layout(arena_->base()))) {}
+
+Store::~Store() = default;
+
+std::shared_ptr<Store> Store::create(const StoreConfig& cfg, const float* init,
+                                     const std::string& shared_name) {
+  validate(cfg);
+  const Plan p = plan(cfg);
+  std::shared_ptr<Arena> arena =
+      shared_name.empty() ? Arena::create_private(p.total) : Arena::create_shared(shared_name, p.total);
+  char* base = arena->base();
+
+  auto* h = new (base) Header();
+  h->format_version = detail::kFormatVersion;
+  h->cfg = cfg;
+  h->slots = p.slots;
+  h->total_bytes = p.total;
+  h->shards_off = p.shards_off;
+  h->slots_off = p.slots_off;
+  h->hist_off = p.hist_off;
+  h->data_off = p.data_off;
+  h->mom_off = p.mom_off;
+
+  // Shards: S contiguous ranges of whole 64-byte blocks, as equal as blocks allow.
+  const uint64_t blocks = (cfg.size + kAlignElems - 1) / kAlignElems;
+  const bool leashed = cfg.mode == Mode::kLeashed;
+  const uint64_t per_elem_floats = cfg.momentum != 0.0f ? 2 : 1;
+  uint64_t leashed_off = p.data_off;
+  for (uint32_t s = 0; s < cfg.shards; ++s) {
+    auto* d = new (base + p.shards_off + s * sizeof(ShardDesc)) ShardDesc();
+    const uint64_t b0 = blocks * s / cfg.shards, b1 = blocks * (s + 1) / cfg.shards;
+    d->begin = b0 * kAlignElems;
+    d->len = std::min<uint64_t>(b1 * kAlignElems, cfg.size) - d->begin;
+    d->len_padded = round_up(d->len, kAlignElems);
+    if (leashed) {
+      d->slot_stride = d->len_padded * per_elem_floats * sizeof(float);
+      d->data_off = leashed_off;
+      leashed_off += d->slot_stride * p.slots;
+    } else {
+      d->data_off = p.data_off + d->begin * sizeof(float);
+      d->mom_off = p.mom_off ? p.mom_off + d->begin * sizeof(float) : 0;
+    }
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+    pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+    int rc = pthread_mutex_init(&d->mu, &attr);
+    pthread_mutexattr_destroy(&attr);
+    FASTPS_CHECK(rc == 0, "Store: cannot initialise a shard lock: %s", std::strerror(rc));
+    // current = (version 0, slot 0); slot 0 holds the initial values.
+    d->current.store(0, std::memory_order_relaxed);  // published by the magic store below
+  }
+  FASTPS_CHECK(leashed_off <= p.total || !leashed, "Store: internal layout overflow");
+  if (leashed) {
+    for (uint64_t i = 0; i < uint64_t{cfg.shards} * p.slots; ++i)
+      new (base + p.slots_off + i * sizeof(SlotHeader)) SlotHeader();
+  }
+  for (uint64_t i = 0; i < uint64_t{cfg.shards} * (cfg.hist_bins + 1); ++i)
+    new (base + p.hist_off + i * sizeof(uint64_t)) std::atomic<uint64_t>(0);
+
+  std::shared_ptr<Store> st(new Store(arena, cfg));
+  const Layout& L = *st->lay_;
+  for (uint32_t s = 0; s < cfg.shards; ++s) {
+    const ShardDesc& d = L.shards[s];
+    float* dst = leashed ? L.slot_params(s, 0) : L.params(s);
+    if (init) std::memcpy(dst, init + d.begin, d.len * sizeof(float));
+    if (leashed) L.slot(s, 0).state.store(detail::kPublished, std::memory_order_relaxed);
+  }
+  // Pairs with the acquire load in attach(): everything above is visible to attachers.
+  h->magic.store(detail::kMagic, std::memory_order_release);
+  return st;
+}
+
+std::shared_ptr<Store> Store::attach(const std::string& shared_name) {
+  std::shared_ptr<Arena> arena = Arena::attach(shared_name);
+  FASTPS_CHECK_ARG(arena->bytes() >= sizeof(Header),
+                   "attach: shared segment '%s' has %zu bytes, too small for a fastps store",
+                   shared_name.c_str(), arena->bytes());
+  const Header* h = arena->at<Header>(0);
+  // Pairs with the release store at the end of create().
+  FASTPS_CHECK_ARG(h->magic.load(std::memory_order_acquire) == detail::kMagic,
+                   "attach: shared segment '%s' is not a fastps store (or is still being created)",
+                   shared_name.c_str());
+  FASTPS_CHECK_ARG(h->format_version == detail::kFormatVersion,
+                   "attach: store '%s' has format version %u, expected %u", shared_name.c_str(),
+                   h->format_version, detail::kFormatVersion);
+  FASTPS_CHECK_ARG(h->total_bytes == arena->bytes(),
+                   "attach: store '%s' is %zu bytes, its header says %llu", shared_name.c_str(),
+                   arena->bytes(), static_cast<unsigned long long>(h->total_bytes));
+  return std::shared_ptr<Store>(new Store(arena, h->cfg));
+}
+
+void Store::close() noexcept {
+  if (closed_.exchange(true, std::memory_order_acq_rel)) return;  // pairs with check_open()
+  arena_->unlink();
+}
+
+bool Store::closed() const { return closed_.load(std::memory_order_acquire); }
+
+void Store::check_open(const char* api) const {
+  FASTPS_CHECK(!closed(), "%s: the store is closed", api);
+}
+
+std::pair<uint64_t, uint64_t> Store::shard_range(uint32_t s) const {
+  FASTPS_CHECK_ARG(s < cfg_.shards, "shard_range: shard %u out of range [0, %u)", s, cfg_.shards);
+  const ShardDesc& d = lay_->shards[s];
+  return {d.begin, d.begin + d.len};
+}
+
+void Store::read(float* out, size_t n) const {
+  check_open("read");
+  FASTPS_CHECK_ARG(n == cfg_.size, "read: out has %zu elements, expected %llu", n,
+                   static_cast<unsigned long long>(cfg_.size));
+  const Layout& L = *lay_;
+  for (uint32_t s = 0; s < cfg_.shards; ++s) {
+    ShardDesc& d = L.shards[s];
+    float* dst = out + d.begin;
+    switch (cfg_.mode) {
+      case Mode::kLocked: {
+        ShardLock lock(d);
+        std::memcpy(dst, L.params(s), d.len * sizeof(float));
+        break;
+      }
+      case Mode::kHogwild:
+        detail::hogwild_copy(dst, L.params(s), d.len);
+        break;
+      case Mode::kLeashed: {
+        const uint64_t c = pin(L, s);
+        const auto slot = static_cast<uint32_t>(c & detail::kSlotMask);
+        std::memcpy(dst, L.slot_params(s, slot), d.len * sizeof(float));
+        unpin(L, s, slot);
+        break;
+      }
+    }
+  }
+}
+
+Stats Store::stats() const {
+  check_open("stats");
+  const Layout& L = *lay_;
+  Stats st;
+  st.clock = L.hdr->clock.load(std::memory_order_relaxed);
+  st.pushes = L.hdr->pushes.load(std::memory_order_relaxed);
+  st.learners = L.hdr->learners_open.load(std::memory_order_relaxed);
+  st.staleness_hist.assign(cfg_.hist_bins + 1, 0);
+  st.versions.resize(cfg_.shards);
+  for (uint32_t s = 0; s < cfg_.shards; ++s) {
+    const ShardDesc& d = L.shards[s];
+    st.shard_updates += d.updates.load(std::memory_order_relaxed);
+    st.dropped += d.dropped.load(std::memory_order_relaxed);
+    st.cas_failures += d.cas_failures.load(std::memory_order_relaxed);
+    st.slot_waits += d.slot_waits.load(std::memory_order_relaxed);
+    st.lock_wait_ns += d.lock_wait_ns.load(std::memory_order_relaxed);
+    st.bytes_applied += d.bytes_applied.load(std::memory_order_relaxed);
+    st.versions[s] = cfg_.mode == Mode::kLeashed
+                         ? d.current.load(std::memory_order_relaxed) >> detail::kSlotBits
+                         : d.version.load(std::memory_order_relaxed);
+    const std::atomic<uint64_t>* h = L.shard_hist(s);
+    for (uint32_t b = 0; b <= cfg_.hist_bins; ++b)
+      st.staleness_hist[b] += h[b].load(std::memory_order_relaxed);
+  }
+  return st;
+}
+
+std::unique_ptr<Learner> Store::learner() {
+  check_open("learner");
+  std::atomic<uint32_t>& open = lay_->hdr->learners_open;
+  uint32_t n = open.load(std::memory_order_relaxed);
+  do {
+    FASTPS_CHECK(n < cfg_.max_learners,
+                 "learner: %u handles are open, the store's max_learners is %u (close a handle or "
+                 "create the store with a larger max_learners)",
+                 n, cfg_.max_learners);
+  } while (!open.compare_exchange_weak(n, n + 1, std::memory_order_relaxed));  // a count only
+  const uint32_t id = lay_->hdr->next_learner_id.fetch_add(1, std::memory_order_relaxed);
+  return std::unique_ptr<Learner>(new Learner(shared_from_this(), id));
+}
+
+// ---------------------------------------------------------------------------------- Learner
+
+Learner::Learner(std::shared_ptr<Store> store, uint32_t id)
+    : store_(std::move(store)), id_(id), read_versions_(store_->cfg_.shards, 0) {}
+
+Learner::~Learner() { close(); }
+
+void Learner::close() noexcept {
+  if (!open_) return;
+  open_ = false;
+  store_->lay_->hdr->learners_open.fetch_sub(1, std::memory_order_relaxed);  // a count only
+}
+
+void Learner::check_open(const char* api) const {
+  FASTPS_CHECK(open_, "%s: this learner handle is closed", api);
+  store_->check_open(api);
+}
+
+void Learner::pull(float* out, size_t n) {
+  check_open("pull");
+  const StoreConfig& cfg = store_->cfg_;
+  FASTPS_CHECK_ARG(n == cfg.size, "pull: out has %zu elements, expected %llu", n,
+                   static_cast<unsigned long long>(cfg.size));
+  const Layout& L = *store_->lay_;
+  const uint32_t S = cfg.shards;
+  for (uint32_t k = 0; k < S; ++k) {
+    const uint32_t s = (id_ + k) % S;  // learners start at different shards
+    ShardDesc& d = L.shards[s];
+    float* dst = out + d.begin;
+    switch (cfg.mode) {
+      case Mode::kLocked: {
+        ShardLock lock(d);
+        d.lock_wait_ns.fetch_add(lock.waited_ns, std::memory_order_relaxed);  // statistics only
+        std::memcpy(dst, L.params(s), d.len * sizeof(float));
+        read_versions_[s] = d.version.load(std::memory_order_relaxed);  // under the shard lock
+        break;
+      }
+      case Mode::kHogwild:
+        read_versions_[s] = d.version.load(std::memory_order_relaxed);  // approximate by design
+        detail::hogwild_copy(dst, L.params(s), d.len);
+        break;
+      case Mode::kLeashed: {
+        const uint64_t c = pin(L, s);
+        const auto slot = static_cast<uint32_t>(c & detail::kSlotMask);
+        std::memcpy(dst, L.slot_params(s, slot), d.len * sizeof(float));
+        read_versions_[s] = c >> detail::kSlotBits;
+        unpin(L, s, slot);
+        break;
+      }
+    }
+  }
+}
+
+uint32_t Learner::push(const void* grad, DType dtype, size_t n) {
+  check_open("push");
+  const StoreConfig& cfg = store_->cfg_;
+  FASTPS_CHECK_ARG(n == cfg.size, "push: grad has %zu elements, expected %llu", n,
+                   static_cast<unsigned long long>(cfg.size));
+  FASTPS_CHECK_ARG(dtype == DType::kF32 || dtype == DType::kF16 || dtype == DType::kBF16,
+                   "push: unknown gradient dtype %u", static_cast<unsigned>(dtype));
+  const Layout& L = *store_->lay_;
+  L.hdr->pushes.fetch_add(1, std::memory_order_relaxed);  // statistics only
+  const size_t esize = dtype_size(dtype);
+  const auto* g = static_cast<const char*>(grad);
+  const uint32_t S = cfg.shards;
+  detail::ApplyArgs args{cfg.lr, cfg.weight_decay, cfg.momentum, cfg.nesterov};
+  uint32_t dropped = 0;
+
+  for (uint32_t k = 0; k < S; ++k) {
+    const uint32_t s = (id_ + k) % S;
+    ShardDesc& d = L.shards[s];
+    const void* gs = g + d.begin * esize;
+    const uint64_t bytes = d.len * esize;
+    switch (cfg.mode) {
+      case Mode::kLocked: {
+        ShardLock lock(d);
+        d.lock_wait_ns.fetch_add(lock.waited_ns, std::memory_order_relaxed);  // statistics only
+        const uint64_t v = d.version.load(std::memory_order_relaxed);  // under the shard lock
+        const uint64_t tau = v - read_versions_[s];
+        args.eta = cfg.lr;
+        detail::apply_inplace(L.params(s), L.momentum(s), gs, dtype, d.len, args);
+        d.version.store(v + 1, std::memory_order_relaxed);  // under the shard lock
+        record(L, s, tau, bytes);
+        break;
+      }
+      case Mode::kHogwild: {
+        args.eta = cfg.lr;
+        detail::hogwild_apply(L.params(s), L.momentum(s), gs, dtype, d.len, args);
+        // Approximate by design: other pushes may interleave with the apply above.
+        const uint64_t v = d.version.fetch_add(1, std::memory_order_relaxed);
+        const uint64_t tau = v >= read_versions_[s] ? v - read_versions_[s] : 0;
+        record(L, s, tau, bytes);
+        break;
+      }
+      case Mode::kLeashed: {
+        const uint32_t mine = claim_slot(L, s);
+        SlotHeader& mh = L.slot(s, mine);
+        int failures = 0;
+        for (;;) {
+          const uint64_t c = pin(L, s);
+          const auto latest = static_cast<uint32_t>(c & detail::kSlotMask);
+          const uint64_t v = c >> detail::kSlotBits;
+          const uint64_t tau = v - read_versions_[s];
+          args.eta = cfg.lr;
+          detail::apply_copy(L.slot_params(s, mine), L.slot_params(s, latest),
+                             L.slot_momentum(s, mine), L.slot_momentum(s, latest), gs, dtype,
+                             d.len, args);
+          mh.state.store(detail::kPublished, std::memory_order_seq_cst);
+          uint64_t expected = c;
+          const uint64_t desired = ((v + 1) << detail::kSlotBits) | mine;
+          if (d.current.compare_exchange_strong(expected, desired, std::memory_order_seq_cst)) {
+            L.slot(s, latest).state.store(detail::kStale, std::memory_order_seq_cst);
+            unpin(L, s, latest);
+            record(L, s, tau, bytes);
+            break;
+          }
+          unpin(L, s, latest);
+          d.cas_failures.fetch_add(1, std::memory_order_relaxed);  // statistics only
+          if (cfg.persistence >= 0 && ++failures > cfg.persistence) {
+            mh.state.store(detail::kFree, std::memory_order_seq_cst);  // never published
+            d.dropped.fetch_add(1, std::memory_order_relaxed);        // statistics only
+            ++dropped;
+            break;
+          }
+        }
+        break;
+      }
+    }
+  }
+  if (dropped == 0) L.hdr->clock.fetch_add(1, std::memory_order_relaxed);  // statistics only
+  return dropped;
+}
+
+}  // namespace fastps

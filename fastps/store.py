@@ -1,0 +1,350 @@
+"""The parameter store and learner handles: a Pythonic facade over fastps._core.
+
+Everything that copies, applies or waits runs in C++ with the GIL released. This module only
+normalises inputs (numpy arrays, torch CPU tensors, buffer-protocol and DLPack objects) and
+checks arguments so that errors name what was wrong before anything changes.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+import numpy as np
+
+from fastps import _core
+
+MODES = ("locked", "hogwild", "leashed")
+"""Consistency modes: lock per shard, no synchronisation (Hogwild!), Leashed-SGD."""
+
+_DEFAULT_SHARD_BYTES = 1 << 20  # one shard per MiB of parameters by default...
+_DEFAULT_MAX_SHARDS = 16  # ...up to this many
+
+
+def default_shards(size: int) -> int:
+    """The shard count Store picks when none is given: one per MiB, between 1 and 16."""
+    return max(1, min(_DEFAULT_MAX_SHARDS, size * 4 // _DEFAULT_SHARD_BYTES))
+
+
+def _type_name(x: Any) -> str:
+    t = type(x)
+    return t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def _torch_tensor(x: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def _check_cpu_tensor(api: str, arg: str, t: Any) -> None:
+    if t.device.type != "cpu":
+        raise ValueError(f"{api}: {arg} is on device {t.device}, expected a CPU tensor")
+    if not t.is_contiguous():
+        raise ValueError(f"{api}: {arg} is not contiguous (pass {arg}.contiguous())")
+
+
+def _as_array(api: str, arg: str, x: Any) -> np.ndarray:
+    """A zero-copy numpy view of a buffer-protocol or DLPack object."""
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "__dlpack__"):
+        try:
+            return np.from_dlpack(x)
+        except (BufferError, TypeError, RuntimeError) as e:
+            raise TypeError(f"{api}: cannot view {arg} ({_type_name(x)}) through DLPack: {e}") from e
+    try:
+        return np.asarray(memoryview(x))
+    except TypeError:
+        raise TypeError(
+            f"{api}: {arg} must be a numpy array, a torch CPU tensor, or an object with the "
+            f"buffer protocol or __dlpack__ (got {_type_name(x)})"
+        ) from None
+
+
+def _grad_view(grad: Any) -> tuple[np.ndarray, Any]:
+    """(array, dtype override) for push: bfloat16 tensors travel as raw 16-bit views."""
+    if _torch_tensor(grad):
+        import torch
+
+        _check_cpu_tensor("push", "grad", grad)
+        t = grad.detach()
+        if t.dtype == torch.bfloat16:
+            return t.view(torch.int16).numpy(), _core.DType.bfloat16
+        if t.dtype not in (torch.float32, torch.float16):
+            raise TypeError(f"push: grad has dtype {t.dtype}, expected float32, float16 or bfloat16")
+        return t.numpy(), None
+    return _as_array("push", "grad", grad), None
+
+
+def _out_view(api: str, out: Any) -> np.ndarray:
+    if _torch_tensor(out):
+        import torch
+
+        _check_cpu_tensor(api, "out", out)
+        if out.dtype != torch.float32:
+            raise TypeError(f"{api}: out has dtype {out.dtype}, expected float32")
+        return out.detach().numpy()
+    return _as_array(api, "out", out)
+
+
+class LearnerHandle:
+    """One learner's connection to a Store: pull parameters, push gradients.
+
+    A handle remembers, per shard, the version its last pull read; a push measures staleness
+    against it (tau = version at apply - version read). Use one handle per learner (thread or
+    process); handles of one store may be used concurrently. Close it (or use ``with``) to free
+    its place among the store's ``max_learners``.
+    """
+
+    __slots__ = ("_h", "_store")
+
+    def __init__(self, handle: _core.Learner, store: Store) -> None:
+        self._h = handle
+        self._store = store
+
+    def pull(self, out: Any) -> Any:
+        """Copy the parameters into ``out`` (float32, contiguous, ``store.size`` elements).
+
+        ``out`` is a numpy array or a torch CPU tensor (or any writeable buffer / DLPack
+        object); it is written in place and returned. Blocks only on shard locks (locked mode).
+        """
+        if type(out) is np.ndarray:
+            self._h.pull(out)
+        else:
+            self._h.pull(_out_view("pull", out))
+        return out
+
+    def push(self, grad: Any) -> int:
+        """Apply ``w -= eta(tau) * (grad + weight_decay * w)`` (with momentum when set).
+
+        ``grad``: ``store.size`` contiguous elements of float32, float16 or bfloat16 (half
+        precision is widened in the same pass). Nothing changes if the gradient is refused.
+        Returns the number of shard updates dropped (leashed mode with persistence >= 0).
+        """
+        if type(grad) is np.ndarray:
+            return self._h.push(grad)
+        arr, dtype = _grad_view(grad)
+        return self._h.push(arr, dtype)
+
+    def read_version(self, shard: int) -> int:
+        """Version of ``shard`` read by the last pull (0 before the first pull)."""
+        return self._h.read_version(shard)
+
+    @property
+    def id(self) -> int:
+        """Handle number within the store (learners start their passes at shard id % S)."""
+        return self._h.id
+
+    def close(self) -> None:
+        """Give back this handle's learner slot. Later calls raise RuntimeError."""
+        self._h.close()
+
+    def __enter__(self) -> LearnerHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _check_number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"Store: {name} must be a number (got {_type_name(value)})")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"Store: {name} must be finite (got {value})")
+    return value
+
+
+def _check_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"Store: {name} must be an integer (got {_type_name(value)})")
+    return int(value)
+
+
+class Store:
+    """A flat float32 parameter vector cut into shards, updated by learners asynchronously.
+
+    Args:
+        size: number of parameters (may be omitted when ``init`` is given).
+        init: initial values, any 1-D array-like of real numbers (converted to float32);
+            zeros when omitted.
+        shards: number of contiguous, 64-byte-aligned shards (the unit of locking, versioning
+            and publication). Default: one per MiB of parameters, 1 to 16.
+        mode: ``"leashed"`` (Leashed-SGD: consistent and lock-free), ``"locked"`` (a lock per
+            shard; ``shards=1`` is the single global lock of lock-based AsyncSGD) or
+            ``"hogwild"`` (no synchronisation: torn reads and lost updates are intended).
+        lr: step size eta0. momentum, nesterov: server-side momentum (kept per shard; in
+            leashed mode inside each published version). weight_decay: L2 term lambda*w.
+        persistence: leashed mode: failed publication attempts tolerated before a gradient's
+            shard update is dropped and counted; -1 retries forever.
+        shared: put the whole store in the POSIX shared-memory segment with this name
+            (created exclusively, mode 0600, unlinked on close) so other processes can
+            ``Store.attach(name)``.
+        max_learners: handles open at once; leashed mode reserves 2*max_learners+1 version
+            slots per shard (pages are committed only when used).
+        staleness_bins: exact staleness counts for tau < staleness_bins, plus one overflow bin.
+    """
+
+    def __init__(
+        self,
+        size: int | None = None,
+        *,
+        init: Any = None,
+        shards: int | None = None,
+        mode: str = "leashed",
+        lr: float = 0.01,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        persistence: int = -1,
+        shared: str | None = None,
+        max_learners: int = 16,
+        staleness_bins: int = 64,
+    ) -> None:
+        init_arr = self._init_array(init)
+        if size is None:
+            if init_arr is None:
+                raise ValueError("Store: give size or init (got neither)")
+            size = init_arr.size
+        size = _check_int("size", size)
+        if size < 1:
+            raise ValueError(f"Store: size must be at least 1 (got {size})")
+        if init_arr is not None and init_arr.size != size:
+            raise ValueError(f"Store: init has {init_arr.size} elements, expected size={size}")
+        if not isinstance(mode, str):
+            raise TypeError(f"Store: mode must be a string (got {_type_name(mode)})")
+        if mode not in MODES:
+            raise ValueError(f"Store: mode must be one of {', '.join(MODES)} (got {mode!r})")
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise TypeError(f"Store: nesterov must be a bool (got {_type_name(nesterov)})")
+        if shared is not None and not isinstance(shared, str):
+            raise TypeError(f"Store: shared must be a string name or None (got {_type_name(shared)})")
+        cfg = _core.StoreConfig()
+        cfg.size = size
+        cfg.shards = default_shards(size) if shards is None else self._nonneg("shards", shards)
+        cfg.mode = getattr(_core.Mode, mode)
+        cfg.lr = _check_number("lr", lr)
+        cfg.momentum = _check_number("momentum", momentum)
+        cfg.nesterov = bool(nesterov)
+        cfg.weight_decay = _check_number("weight_decay", weight_decay)
+        cfg.persistence = _check_int("persistence", persistence)
+        if cfg.persistence < -1:
+            raise ValueError(f"Store: persistence must be -1 (never drop) or >= 0 (got {persistence})")
+        cfg.max_learners = self._nonneg("max_learners", max_learners)
+        cfg.hist_bins = self._nonneg("staleness_bins", staleness_bins)
+        self._s = _core.Store.create(cfg, init_arr, shared or "")
+
+    @staticmethod
+    def _nonneg(name: str, value: Any) -> int:
+        v = _check_int(name, value)
+        if v < 0 or v >= 2**32:
+            raise ValueError(f"Store: {name} must be a non-negative 32-bit integer (got {v})")
+        return v
+
+    @staticmethod
+    def _init_array(init: Any) -> np.ndarray | None:
+        if init is None:
+            return None
+        if _torch_tensor(init):
+            init = init.detach().cpu().numpy()
+        arr = np.asarray(init)
+        if arr.ndim != 1:
+            raise ValueError(f"Store: init must be 1-D (got shape {arr.shape})")
+        if arr.dtype.kind not in "fiu" or arr.dtype.kind == "f" and arr.dtype.itemsize > 8:
+            raise TypeError(f"Store: init has dtype {arr.dtype}, expected real numbers")
+        return np.ascontiguousarray(arr, dtype=np.float32)
+
+    @classmethod
+    def attach(cls, name: str) -> Store:
+        """Attach to the shared store ``name`` created (by this user) in another process."""
+        if not isinstance(name, str):
+            raise TypeError(f"attach: name must be a string (got {_type_name(name)})")
+        self = cls.__new__(cls)
+        self._s = _core.Store.attach(name)
+        return self
+
+    # -- data ------------------------------------------------------------------------------
+
+    def learner(self) -> LearnerHandle:
+        """Open a learner handle (RuntimeError once ``max_learners`` are open)."""
+        return LearnerHandle(self._s.learner(), self)
+
+    def read(self, out: Any = None) -> Any:
+        """A copy of the parameters (consistent per shard in locked and leashed modes).
+
+        Writes into ``out`` when given (like ``LearnerHandle.pull``, without recording
+        versions), else returns a new float32 numpy array.
+        """
+        if out is None:
+            out = np.empty(self.size, np.float32)
+            self._s.read(out)
+        elif type(out) is np.ndarray:
+            self._s.read(out)
+        else:
+            self._s.read(_out_view("read", out))
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: clock (pushes applied to every shard), pushes (accepted), shard_updates,
+        dropped, cas_failures, slot_waits, lock_wait_s, bytes_applied (gradient bytes),
+        learners (open handles), staleness_hist (exact bins then overflow), versions (per
+        shard), mode, shards, size."""
+        return self._s.stats()
+
+    # -- description -----------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        return self._s.config.size
+
+    @property
+    def shards(self) -> int:
+        return self._s.config.shards
+
+    @property
+    def mode(self) -> str:
+        return self._s.config.mode.name
+
+    @property
+    def name(self) -> str | None:
+        """The shared-memory name, or None for a private store."""
+        return self._s.name or None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        c = self._s.config
+        return {
+            "size": c.size, "shards": c.shards, "mode": c.mode.name, "lr": c.lr,
+            "momentum": c.momentum, "nesterov": c.nesterov, "weight_decay": c.weight_decay,
+            "persistence": c.persistence, "max_learners": c.max_learners,
+            "staleness_bins": c.hist_bins,
+        }  # fmt: skip
+
+    def shard_ranges(self) -> list[tuple[int, int]]:
+        """[begin, end) element range of every shard."""
+        return [self._s.shard_range(s) for s in range(self.shards)]
+
+    # -- lifetime --------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._s.closed
+
+    def close(self) -> None:
+        """Close this store object; the creator of a shared store also unlinks its name.
+
+        Handles opened from it raise RuntimeError afterwards. Idempotent.
+        """
+        self._s.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = f", shared={self.name!r}" if self.name else ""
+        state = ", closed" if self.closed else ""
+        return f"fastps.Store(size={self.size}, shards={self.shards}, mode={self.mode!r}{where}{state})"
