@@ -73,6 +73,10 @@ py::dict stats_dict(const fastps::Stats& s, const StoreConfig& cfg) {
   d["lock_wait_s"] = static_cast<double>(s.lock_wait_ns) * 1e-9;
   d["bytes_applied"] = s.bytes_applied;
   d["learners"] = s.learners;
+  if (cfg.mode == Mode::kLeashed) {
+    d["slots_in_use"] = s.slots_in_use;
+    d["slots_touched"] = s.slots_touched;
+  }
   d["staleness_hist"] = s.staleness_hist;
   d["versions"] = s.versions;
   d["mode"] = fastps::mode_name(cfg.mode);

@@ -26,7 +26,7 @@ struct F16 {
     const uint32_t exp = em & 0x0f800000u;
     const uint32_t normal = em + ((127u - 15u) << 23);
     const uint32_t infnan = em + ((255u - 31u) << 23);
-    const float sub = std::bit_cast<float>(em + (114u << 23)) - std::bit_cast<float>(114u << 23);
+    const float sub = std::bit_cast<float>(em + (113u << 23)) - std::bit_cast<float>(113u << 23);
     const uint32_t sub_bits = std::bit_cast<uint32_t>(sub);
     const uint32_t bits = exp == 0x0f800000u ? infnan : (exp == 0 ? sub_bits : normal);
     return std::bit_cast<float>(bits | sign);

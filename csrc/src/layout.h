@@ -81,6 +81,9 @@ struct alignas(kCacheLine) ShardDesc {
   std::atomic<uint64_t> slot_waits;
   std::atomic<uint64_t> lock_wait_ns;
   std::atomic<uint64_t> bytes_applied;
+  // leashed: 1 + highest slot index ever claimed (slots whose pages were touched). Raised by
+  // claim_slot() with a relaxed CAS-max, read by stats(): statistics only.
+  std::atomic<uint32_t> slots_touched;
 };
 
 struct alignas(kCacheLine) SlotHeader {

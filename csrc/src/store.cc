@@ -205,8 +205,13 @@ uint32_t claim_slot(const Layout& L, uint32_t s) {
       SlotHeader& h = L.slot(s, i);
       uint32_t expected = detail::kFree;
       if (h.state.load(std::memory_order_relaxed) == detail::kFree &&  // hint only; CAS decides
-          h.state.compare_exchange_strong(expected, detail::kWriting, std::memory_order_seq_cst))
+          h.state.compare_exchange_strong(expected, detail::kWriting, std::memory_order_seq_cst)) {
+        std::atomic<uint32_t>& touched = L.shards[s].slots_touched;
+        uint32_t t = touched.load(std::memory_order_relaxed);
+        while (t < i + 1 && !touched.compare_exchange_weak(t, i + 1, std::memory_order_relaxed)) {
+        }  // statistics only
         return i;
+      }
     }
     L.shards[s].slot_waits.fetch_add(1, std::memory_order_relaxed);  // statistics only
     std::this_thread::yield();
@@ -275,7 +280,8 @@ std::shared_ptr<Store> Store::create(const StoreConfig& cfg, const float* init,
     pthread_mutexattr_destroy(&attr);
     FASTPS_CHECK(rc == 0, "Store: cannot initialise a shard lock: %s", std::strerror(rc));
     // current = (version 0, slot 0); slot 0 holds the initial values.
-    d->current.store(0, std::memory_order_relaxed);  // published by the magic store below
+    d->current.store(0, std::memory_order_relaxed);      // published by the magic store below
+    d->slots_touched.store(1, std::memory_order_relaxed);  // likewise
   }
   FASTPS_CHECK(leashed_off <= p.total || !leashed, "Store: internal layout overflow");
   if (leashed) {
@@ -382,6 +388,11 @@ Stats Store::stats() const {
     st.versions[s] = cfg_.mode == Mode::kLeashed
                          ? d.current.load(std::memory_order_relaxed) >> detail::kSlotBits
                          : d.version.load(std::memory_order_relaxed);
+    if (cfg_.mode == Mode::kLeashed) {
+      st.slots_touched = std::max(st.slots_touched, d.slots_touched.load(std::memory_order_relaxed));
+      for (uint32_t i = 0; i < L.hdr->slots; ++i)
+        st.slots_in_use += L.slot(s, i).state.load(std::memory_order_relaxed) != detail::kFree;
+    }
     const std::atomic<uint64_t>* h = L.shard_hist(s);
     for (uint32_t b = 0; b <= cfg_.hist_bins; ++b)
       st.staleness_hist[b] += h[b].load(std::memory_order_relaxed);

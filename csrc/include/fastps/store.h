@@ -51,6 +51,8 @@ struct Stats {
   uint64_t lock_wait_ns = 0;   ///< locked: time spent waiting for busy shard locks
   uint64_t bytes_applied = 0;  ///< gradient bytes applied (in the dtype they arrived in)
   uint32_t learners = 0;       ///< handles open now, across processes
+  uint64_t slots_in_use = 0;   ///< leashed: slots not FREE now, summed over shards
+  uint32_t slots_touched = 0;  ///< leashed: most slots any shard has ever used (memory touched)
   std::vector<uint64_t> staleness_hist;  ///< hist_bins exact bins + 1 overflow bin
   std::vector<uint64_t> versions;        ///< per-shard version (updates applied to it)
 };

@@ -1,0 +1,32 @@
+import os
+import uuid
+
+import numpy as np
+import pytest
+
+import fastps
+
+MODES = fastps.MODES
+CONSISTENT = ("locked", "leashed")
+
+
+@pytest.fixture
+def shm_name():
+    """A fresh shared-memory name; the segment is removed after the test if it still exists."""
+    name = f"test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    yield name
+    path = f"/dev/shm/fastps.{name}"
+    if os.path.exists(path):
+        os.unlink(path)
+
+
+def reference_apply(w, m, g, *, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+    """numpy float32 reference of the store's update, in the same operation order."""
+    f = np.float32
+    d = g.astype(np.float32)
+    if weight_decay:
+        d = d + f(weight_decay) * w
+    if momentum:
+        m[:] = f(momentum) * m + d
+        d = d + f(momentum) * m if nesterov else m.copy()
+    w[:] = w - f(lr) * d
