@@ -189,6 +189,19 @@ def repeated(fn: Callable[[], object], calls: int) -> Callable[[], None]:
     return run
 
 
+def measure_parallel(
+    fns: Sequence[Callable[[], object]], *, calls: int, warmup: int = 1, repeats: int = 10
+) -> Timing:
+    """Run ``fns`` at once, one thread each, ``calls`` times per thread per repeat.
+
+    Returns per-round seconds (repeat wall time / ``calls``): the time in which every thread
+    made one call. Rounds after warmup are timed from the main thread, barrier to barrier.
+    """
+    with ThreadTeam([repeated(f, calls) for f in fns]) as team:
+        t = measure(team.round, warmup=warmup, repeats=repeats)
+    return Timing(tuple(s / calls for s in t.samples), calls)
+
+
 # -- environment --------------------------------------------------------------------------------
 
 
