@@ -1,0 +1,342 @@
+"""How fast are push+apply and pull through fastps.Store compared with the machine's own
+baselines, per mode, shard count and learner-thread count?
+
+For every size n = 2^min_log2 .. 2^max_log2 and learner-thread count T, one run measures:
+
+* baselines (the machine, not fastps):
+  - probe: ``fastps._core.probe_triad(a, b, c, s)`` (a = b + s*c, 12 B/element) and
+    ``probe_copy(dst, src)`` (8 B/element), native loops with the GIL released. With T > 1,
+    T Python threads each run the probe on their own full-size buffers at the same time.
+  - torch: ``w.add_(g, alpha=-lr)`` (12 B/element) and ``w.copy_(src)`` (8 B/element) with
+    ``torch.set_num_threads(T)``: one call split over T intra-op threads.
+* fastps, per mode and shard count (a shard needs at least 16 elements; larger counts are
+  skipped): ``h.push(g)`` (read w, read g, write w: 12 B/element) and ``h.pull(out)`` (8 B).
+  With T > 1, each of T Python threads has its own handle and pushes (pulls) the full-size
+  vector; throughput is the bytes moved by all threads over the wall time of the round.
+
+Each record carries ``gb_per_s`` (1e9 B/s, nominal bytes above), ``us_per_call`` (wall time of
+one call, or of one round with T > 1) and, for fastps, ``ratio_torch`` (push vs add_, pull vs
+copy_) and ``ratio_probe`` (push vs triad, pull vs copy). Targets, reported and never
+asserted: push at n >= 2^22 at least 0.9x torch add_; push and pull at most 2 us at n = 2^10.
+
+Output: JSON lines on stdout (and --out), then a '#'-prefixed table and summary; progress on
+stderr. See bench/_harness.py. Run it as a script so the installed fastps is imported:
+
+    python bench/bench_store.py --quick
+    python bench/bench_store.py --out bench/out/store.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import IO, Any
+
+import numpy as np
+
+import _harness as H
+import fastps
+from fastps import _core
+
+BENCH = "store"
+LR = 1e-3
+PUSH_BYTES = 12  # read w, read g, write w (float32)
+PULL_BYTES = 8  # read w, write out
+MIN_SHARD_ELEMS = 16
+QUICK_SIZES = (1 << 10, 1 << 16, 1 << 20)
+TARGET_PUSH_RATIO, TARGET_PUSH_FROM = 0.9, 1 << 22
+TARGET_US, TARGET_US_AT = 2.0, 1 << 10
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers (got {text!r})") from None
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers (got {text!r})")
+    return vals
+
+
+def _mode_list(text: str) -> list[str]:
+    vals = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [m for m in vals if m not in fastps.MODES]
+    if not vals or bad:
+        raise argparse.ArgumentTypeError(f"modes must be among {', '.join(fastps.MODES)} (got {text!r})")
+    return vals
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] + " ...")
+    p.add_argument("--min-log2", type=int, default=10, help="smallest size 2^k (default 10)")
+    p.add_argument("--max-log2", type=int, default=26, help="largest size 2^k (default 26)")
+    p.add_argument("--step", type=int, default=2, help="step of k between sizes (default 2)")
+    p.add_argument("--modes", type=_mode_list, default=list(fastps.MODES), help="default: all")
+    p.add_argument("--threads", type=_int_list, default=[1, 2], help="learner threads (1,2)")
+    p.add_argument("--shards", type=_int_list, default=[1, 4, 16], help="shard counts (1,4,16)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="most timed repeats per cell (default 20; 5 with --quick); big sizes "
+                        "use fewer, down to --min-repeats, to stay near --target-s")  # fmt: skip
+    p.add_argument("--min-repeats", type=int, default=5, help="fewest timed repeats (default 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls per cell (default 2)")
+    p.add_argument("--target-s", type=float, default=None,
+                   help="measured seconds per cell (default 0.3; 0.05 with --quick)")  # fmt: skip
+    p.add_argument("--max-learners", type=int, default=16,
+                   help="Store max_learners (leashed: 2*max_learners+1 slots; default 16)")  # fmt: skip
+    p.add_argument("--quick", action="store_true", help="sizes 2^10, 2^16, 2^20, few repeats")
+    p.add_argument("--no-torch", action="store_true", help="skip the torch baseline")
+    p.add_argument("--out", type=argparse.FileType("w"), help="also write the JSON lines here")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.sizes = list(QUICK_SIZES)
+    else:
+        if a.step < 1 or a.min_log2 < 0 or a.max_log2 < a.min_log2:
+            p.error("need 0 <= --min-log2 <= --max-log2 and --step >= 1")
+        a.sizes = [1 << k for k in range(a.min_log2, a.max_log2 + 1, a.step)]
+    a.repeats = a.repeats or (5 if a.quick else 20)
+    a.min_repeats = max(1, min(a.min_repeats, a.repeats))
+    a.target_s = a.target_s or (0.05 if a.quick else 0.3)
+    return a
+
+
+def _aligned(n: int, fill: float | np.ndarray = 0.0) -> np.ndarray:
+    """A 64-byte-aligned float32 array (like torch's and fastps's own buffers), pages touched."""
+    raw = np.empty(n + 16, np.float32)
+    off = (-raw.ctypes.data % 64) // 4
+    a = raw[off : off + n]
+    a[...] = fill
+    return a
+
+
+def _pow2(n: int) -> str:
+    k = n.bit_length() - 1
+    return f"2^{k}" if n == 1 << k else str(n)
+
+
+class Runner:
+    """Measures cells and emits their records; remembers them for the table."""
+
+    def __init__(self, args: argparse.Namespace, files: Sequence[IO[str]]) -> None:
+        self.a = args
+        self.files = files
+        self.records: list[dict[str, Any]] = []
+
+    def time_cell(self, fns: Sequence[Callable[[], object]]) -> H.Timing:
+        """One call per fn; one fn runs in the main thread, several run at once in a team."""
+        a = self.a
+        for _ in range(a.warmup):
+            for f in fns:
+                f()
+        batch, repeats = H.plan(
+            fns[0], target_s=a.target_s / len(fns), max_repeats=a.repeats,
+            min_repeats=a.min_repeats,
+        )  # fmt: skip
+        if len(fns) == 1:
+            return H.measure(fns[0], warmup=0, repeats=repeats, batch=batch)
+        return H.measure_parallel(fns, calls=batch, warmup=1, repeats=repeats)
+
+    def cell(
+        self, impl: str, op: str, n: int, threads: int, fns: Sequence[Callable[[], object]],
+        bytes_per_item: int, mode: str | None = None, shards: int | None = None,
+        base: dict[str, float] | None = None,
+        after: Callable[[], dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Time ``fns``, emit the record (``after()`` adds fields once timing is done)."""
+        t = self.time_cell(fns)
+        items = n * len(fns)  # every thread of a team moves the full vector
+        params = {"impl": impl, "op": op, "n": n, "threads": threads, "mode": mode,
+                  "shards": shards, "lr": LR}  # fmt: skip
+        if impl == "fastps":
+            params["max_learners"] = self.a.max_learners
+        rec = H.record(BENCH, params, t, items_per_call=items, threads=threads)
+        rec["bytes_per_item"] = bytes_per_item
+        rec["gb_per_s"] = rec["items_per_s"] * bytes_per_item / 1e9
+        rec["us_per_call"] = t.median_s * 1e6
+        rec["spread"] = t.spread
+        if base is not None:
+            rec["ratio_torch"] = _ratio(rec["gb_per_s"], base.get("torch"))
+            rec["ratio_probe"] = _ratio(rec["gb_per_s"], base.get("probe"))
+        if after is not None:
+            rec.update(after())
+        H.emit(rec, self.files)
+        self.records.append(rec)
+        return rec
+
+
+def _ratio(x: float, y: float | None) -> float | None:
+    return x / y if y else None
+
+
+def run_size(r: Runner, n: int, torch: Any) -> None:
+    a = r.a
+    tmax = max(a.threads)
+    rng = np.random.default_rng(n)
+    g_vals = (rng.standard_normal(min(n, 1 << 16), dtype=np.float32) * 1e-3).astype(np.float32)
+    reps = -(-n // g_vals.size)
+    grads = [_aligned(n, np.tile(g_vals, reps)[:n]) for _ in range(tmax)]
+    outs = [_aligned(n) for _ in range(tmax)]
+    ws = [_aligned(n, 1.0) for _ in range(tmax)]
+    shard_counts = [s for s in a.shards if n // s >= MIN_SHARD_ELEMS]
+    skipped = sorted(set(a.shards) - set(shard_counts))
+    if skipped:
+        H.log(f"n={_pow2(n)}: skipping shards {skipped} (fewer than {MIN_SHARD_ELEMS} elements each)")
+
+    for T in a.threads:
+        t0 = time.perf_counter()
+        push_base: dict[str, float] = {}
+        pull_base: dict[str, float] = {}
+        ids = range(T)
+        rec = r.cell("probe", "triad", n, T,
+                     [lambda i=i: _core.probe_triad(outs[i], ws[i], grads[i], -LR) for i in ids],
+                     PUSH_BYTES)  # fmt: skip
+        push_base["probe"] = rec["gb_per_s"]
+        rec = r.cell("probe", "copy", n, T,
+                     [lambda i=i: _core.probe_copy(outs[i], ws[i]) for i in ids], PULL_BYTES)  # fmt: skip
+        pull_base["probe"] = rec["gb_per_s"]
+        if torch is not None:
+            torch.set_num_threads(T)
+            tw, tg, to = (torch.from_numpy(x) for x in (ws[0], grads[0], outs[0]))
+            rec = r.cell("torch", "add_", n, T, [lambda: tw.add_(tg, alpha=-LR)], PUSH_BYTES)
+            push_base["torch"] = rec["gb_per_s"]
+            rec = r.cell("torch", "copy_", n, T, [lambda: to.copy_(tw)], PULL_BYTES)
+            pull_base["torch"] = rec["gb_per_s"]
+
+        for mode in a.modes:
+            for S in shard_counts:
+                with fastps.Store(size=n, shards=S, mode=mode, lr=LR,
+                                  max_learners=a.max_learners) as store:  # fmt: skip
+                    hs = [store.learner() for _ in ids]
+                    for i, h in enumerate(hs):
+                        h.pull(outs[i])
+                    r.cell("fastps", "push", n, T, [lambda i=i: hs[i].push(grads[i]) for i in ids],
+                           PUSH_BYTES, mode, S, push_base,
+                           after=lambda: {"stats": _stats_brief(store.stats())})  # fmt: skip
+                    r.cell("fastps", "pull", n, T, [lambda i=i: hs[i].pull(outs[i]) for i in ids],
+                           PULL_BYTES, mode, S, pull_base)  # fmt: skip
+                    for h in hs:
+                        h.close()
+        H.log(f"n={_pow2(n)} threads={T}: done in {time.perf_counter() - t0:.1f} s")
+
+
+def _stats_brief(st: dict[str, Any]) -> dict[str, Any]:
+    keys = ("pushes", "dropped", "cas_failures", "slot_waits", "lock_wait_s")
+    return {k: st[k] for k in keys if k in st}
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def print_report(records: Sequence[dict[str, Any]], args: argparse.Namespace) -> None:
+    by_key: dict[tuple, dict[str, dict[str, Any]]] = {}
+    order: list[tuple] = []
+    pair = {"triad": "push", "copy": "pull", "add_": "push", "copy_": "pull"}
+    for rec in records:
+        p = rec["params"]
+        key = (p["n"], p["threads"], p["impl"], p["mode"] or "", p["shards"] or 0)
+        if key not in by_key:
+            by_key[key] = {}
+            order.append(key)
+        by_key[key][pair.get(p["op"], p["op"])] = rec
+
+    header = ["n", "thr", "impl", "mode", "S",
+              "push GB/s", "push us", "spread", "/add_", "/triad",
+              "pull GB/s", "pull us", "spread", "/copy_", "/copy", "stats"]  # fmt: skip
+    rows = []
+    for key in order:
+        n, T, impl, mode, S = key
+        push, pull = by_key[key].get("push"), by_key[key].get("pull")
+        row: list[str] = [_pow2(n), str(T), impl, mode or "-", str(S) if S else "-"]
+        for rec in (push, pull):
+            if rec is None:
+                row += ["-"] * 5
+                continue
+            row += [_fmt(rec["gb_per_s"], ".2f"), _fmt(rec["us_per_call"], ".3g"),
+                    _fmt(100 * rec["spread"], ".0f") + "%",
+                    _fmt(rec.get("ratio_torch"), ".2f"), _fmt(rec.get("ratio_probe"), ".2f")]  # fmt: skip
+        st = push.get("stats", {}) if push else {}
+        notes = [f"{k}={st[k]}" for k in ("dropped", "cas_failures", "slot_waits") if st.get(k)]
+        if st.get("lock_wait_s"):
+            notes.append(f"lock_wait={st['lock_wait_s']:.3g}s")
+        row.append(" ".join(notes) or "-")
+        rows.append(row)
+    H.print_table(header, rows, title=(
+        "fastps.Store push+apply (12 B/elem) and pull (8 B/elem); us = one call (one round of "
+        "T concurrent calls); spread = (p90-p10)/median; /add_ /triad /copy_ /copy = fastps GB/s "
+        "over the baseline's GB/s at the same n and T"))  # fmt: skip
+
+    fast = [r for r in records if r["params"]["impl"] == "fastps"]
+    modes = [m for m in args.modes if any(r["params"]["mode"] == m for r in fast)]
+    srow = []
+    for m in modes:
+        def pick(op: str, T: int, pred: Callable[[int], bool], m: str = m) -> list[dict[str, Any]]:
+            return [r for r in fast if r["params"]["mode"] == m and r["params"]["op"] == op
+                    and r["params"]["threads"] == T and pred(r["params"]["n"])]  # fmt: skip
+
+        def med_ratio(T: int) -> float | None:
+            xs = [r["ratio_torch"] for r in pick("push", T, lambda n: n >= TARGET_PUSH_FROM)
+                  if r.get("ratio_torch") is not None]  # fmt: skip
+            return statistics.median(xs) if xs else None
+
+        def us_at(op: str) -> tuple[float | None, float | None, int | None]:
+            rs = sorted(pick(op, 1, lambda n: n == TARGET_US_AT), key=lambda r: r["params"]["shards"])
+            if not rs:
+                return None, None, None
+            return rs[0]["us_per_call"], rs[-1]["us_per_call"], rs[-1]["params"]["shards"]
+
+        r1, r2 = med_ratio(1), med_ratio(2)
+        pu1, puS, Smax = us_at("push")
+        pl1, plS, _ = us_at("pull")
+        ok_ratio = None if r1 is None else r1 >= TARGET_PUSH_RATIO
+        ok_us = None if pu1 is None or pl1 is None else max(pu1, pl1) <= TARGET_US
+        srow.append([m, _fmt(r1, ".2f"), _fmt(r2, ".2f"), _fmt(pu1, ".2f"), _fmt(puS, ".2f"),
+                     _fmt(pl1, ".2f"), _fmt(plS, ".2f"), f"S={Smax}" if Smax else "-",
+                     {None: "n/a", True: "met", False: "MISSED"}[ok_ratio],
+                     {None: "n/a", True: "met", False: "MISSED"}[ok_us]])  # fmt: skip
+    H.print_table(
+        ["mode", "push/add_ T=1", "T=2", "push us S=1", "S=max", "pull us S=1", "S=max",
+         "S=max is", f">={TARGET_PUSH_RATIO}x add_", f"<={TARGET_US:g} us"],
+        srow,
+        title=(f"summary: median push/torch-add_ ratio over n >= {_pow2(TARGET_PUSH_FROM)} (all "
+               f"shard counts); per-call us at n = {_pow2(TARGET_US_AT)}, 1 thread; targets use "
+               f"T=1 and S=1 (reported, not asserted)"),
+    )  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch = None
+    if not args.no_torch:
+        try:
+            import torch
+        except ImportError:
+            H.log("torch is not installed: no torch baseline (ratio_torch = null)")
+    torch_threads = torch.get_num_threads() if torch is not None else None
+    files = [args.out] if args.out else []
+    H.log(f"fastps {fastps.__version__}: sizes {[_pow2(n) for n in args.sizes]}, modes "
+          f"{args.modes}, threads {args.threads}, shards {args.shards}, target "
+          f"{args.target_s} s/cell, repeats {args.min_repeats}..{args.repeats}")  # fmt: skip
+    r = Runner(args, files)
+    t0 = time.perf_counter()
+    try:
+        for n in args.sizes:
+            run_size(r, n, torch)
+    finally:
+        if torch is not None:
+            torch.set_num_threads(torch_threads)
+        if args.out:
+            args.out.close()
+    H.log(f"all cells in {time.perf_counter() - t0:.0f} s")
+    print_report(r.records, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
