@@ -95,20 +95,18 @@ def test_concurrent_pushes_sum_exactly_and_pulls_are_never_torn(mode):
 def test_leashed_drops_are_counted_exactly(shards):
     """persistence=0: a lost CAS drops the shard update. Each shard ends at the number of
     updates that landed, and the drops add up to what stats() and push() report."""
+    n = 1 << 19  # 2 MiB: back-to-back pushes overlap in native code, so CASes collide
+    pushes = 200
     dropped_by_push = []
-    with fastps.Store(N_ELEMS, shards=shards, mode="leashed", lr=1.0, persistence=0) as store:
+    with fastps.Store(n, shards=shards, mode="leashed", lr=1.0, persistence=0) as store:
         start = threading.Barrier(THREADS)
-        grad = np.full(N_ELEMS, -1.0, np.float32)
+        grad = np.full(n, -1.0, np.float32)
 
         def learner():
             h = store.learner()
-            buf = np.empty(N_ELEMS, np.float32)
+            h.pull(np.empty(n, np.float32))
             start.wait()
-            n = 0
-            for _ in range(PUSHES):
-                h.pull(buf)
-                n += h.push(grad)
-            dropped_by_push.append(n)
+            dropped_by_push.append(sum(h.push(grad) for _ in range(pushes)))
 
         ts = [threading.Thread(target=learner) for _ in range(THREADS)]
         for t in ts:
@@ -117,15 +115,17 @@ def test_leashed_drops_are_counted_exactly(shards):
             t.join()
         final = store.read()
         st = store.stats()
-    total = THREADS * PUSHES
-    landed = [int(final[b]) for b, _ in store.shard_ranges()]
+        ranges = store.shard_ranges()
+    total = THREADS * pushes
+    landed = [int(final[b]) for b, _ in ranges]
+    for (b, e), v in zip(ranges, landed):
+        assert np.all(final[b:e] == v)
     assert landed == st["versions"]
     assert sum(total - v for v in landed) == st["dropped"] == sum(dropped_by_push)
     assert st["cas_failures"] == st["dropped"]  # persistence 0: every failure drops
     assert st["shard_updates"] == total * shards - st["dropped"]
     assert st["slots_in_use"] == shards
-    if shards == 1:  # four learners on one 512 KiB shard collide on every run seen here
-        assert st["dropped"] > 0
+    assert st["dropped"] > 0  # hundreds per run here; zero would mean no learners overlapped
     print(f"leashed persistence=0: {st['dropped']} of {total * shards} shard updates dropped")
 
 
