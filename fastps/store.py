@@ -220,6 +220,8 @@ class Store:
             raise TypeError(f"Store: nesterov must be a bool (got {_type_name(nesterov)})")
         if shared is not None and not isinstance(shared, str):
             raise TypeError(f"Store: shared must be a string name or None (got {_type_name(shared)})")
+        if shared == "":  # the core reads "" as "private"
+            raise ValueError("Store: shared name must have 1 to 200 characters (got 0)")
         cfg = _core.StoreConfig()
         cfg.size = size
         cfg.shards = default_shards(size) if shards is None else self._nonneg("shards", shards)
@@ -233,7 +235,7 @@ class Store:
             raise ValueError(f"Store: persistence must be -1 (never drop) or >= 0 (got {persistence})")
         cfg.max_learners = self._nonneg("max_learners", max_learners)
         cfg.hist_bins = self._nonneg("staleness_bins", staleness_bins)
-        self._s = _core.Store.create(cfg, init_arr, shared or "")
+        self._s = _core.Store.create(cfg, init_arr, "" if shared is None else shared)
 
     @staticmethod
     def _nonneg(name: str, value: Any) -> int:
