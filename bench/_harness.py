@@ -131,7 +131,7 @@ class ThreadTeam:
 
     ``team.round()`` releases all workers, each calls its own function once, and returns when
     all are done: pass ``team.round`` to ``measure``. Workers are started once, so a round costs
-    two barrier crossings (tens of microseconds), not thread creation. Use as a context manager.
+    two barrier crossings (tens of microseconds), not thread creation. ``close()`` stops them.
     """
 
     def __init__(self, fns: Sequence[Callable[[], object]]) -> None:
@@ -154,7 +154,7 @@ class ThreadTeam:
                 return
             try:
                 fn()
-            except BaseException as e:  # reported by round(); the worker keeps its place
+            except Exception as e:  # noqa: BLE001 -- re-raised by round() in the main thread
                 self._errors.append(e)
             self._done.wait()
 
@@ -162,7 +162,9 @@ class ThreadTeam:
         self._start.wait()
         self._done.wait()
         if self._errors:
-            raise RuntimeError(f"ThreadTeam: a worker failed: {self._errors[0]!r}") from self._errors[0]
+            raise RuntimeError(
+                f"ThreadTeam: a worker failed: {self._errors[0]!r}"
+            ) from self._errors[0]
 
     def close(self) -> None:
         if self._stop:
@@ -171,12 +173,6 @@ class ThreadTeam:
         self._start.wait()
         for t in self._threads:
             t.join()
-
-    def __enter__(self) -> ThreadTeam:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def repeated(fn: Callable[[], object], calls: int) -> Callable[[], None]:
@@ -197,9 +193,73 @@ def measure_parallel(
     Returns per-round seconds (repeat wall time / ``calls``): the time in which every thread
     made one call. Rounds after warmup are timed from the main thread, barrier to barrier.
     """
-    with ThreadTeam([repeated(f, calls) for f in fns]) as team:
+    team = ThreadTeam([repeated(f, calls) for f in fns])
+    try:
         t = measure(team.round, warmup=warmup, repeats=repeats)
+    finally:
+        team.close()
     return Timing(tuple(s / calls for s in t.samples), calls)
+
+
+# -- other load on the machine ------------------------------------------------------------------
+
+
+def _busy_s() -> float | None:
+    """CPU seconds all CPUs spent busy (incl. steal) since boot, from /proc/stat; None elsewhere."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _self_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+class ForeignLoad:
+    """Measures, around a ``with`` block, how many CPUs *other* processes kept busy::
+
+        load = ForeignLoad()
+        with load:
+            work()
+        load.cores
+
+    ``cores`` = (busy CPU time of the machine - CPU time of this process) / wall time, so 1.0
+    means another process took a whole core meanwhile; NaN where /proc/stat is missing.
+    Resolution is one clock tick (10 ms) per CPU: trust it for blocks of 0.1 s and more.
+    """
+
+    cores: float = math.nan
+
+    def __enter__(self) -> None:
+        self._t, self._busy, self._self = time.perf_counter(), _busy_s(), _self_s()
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.perf_counter() - self._t
+        busy = _busy_s()
+        if busy is None or self._busy is None or wall <= 0:
+            return
+        self.cores = max(0.0, (busy - self._busy) - (_self_s() - self._self)) / wall
+
+
+def wait_quiet(threshold: float, max_wait_s: float, sample_s: float = 0.5) -> float:
+    """Sleep until other processes use less than ``threshold`` CPUs (or ``max_wait_s`` passed).
+
+    Returns the last sample. Logs while it waits, so a slow run explains itself.
+    """
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        load = ForeignLoad()
+        with load:
+            time.sleep(sample_s)
+        if not load.cores >= threshold or time.monotonic() >= deadline:
+            return load.cores
+        log(f"other processes keep {load.cores:.2f} CPUs busy; waiting for a quiet machine")
+        time.sleep(max(0.0, min(2.0, deadline - time.monotonic())))
 
 
 # -- environment --------------------------------------------------------------------------------
@@ -214,7 +274,9 @@ def env(threads: int) -> dict[str, Any]:
     """{git_sha, cpu, gpu, threads, cuda, cores} for a cell that ran with ``threads`` threads."""
     e = dict(_static_env())
     e["threads"] = threads
-    e["cores"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    e["cores"] = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    )
     return e
 
 
@@ -222,12 +284,18 @@ def _git_sha() -> str | None:
     try:
         sha = subprocess.run(
             ["git", "-C", str(_REPO), "rev-parse", "HEAD"],
-            capture_output=True, text=True, check=True, timeout=10,
-        ).stdout.strip()  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(_REPO), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, check=True, timeout=10,
-        ).stdout.strip()  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{sha}-dirty" if dirty else sha
@@ -252,8 +320,11 @@ def _gpu_name() -> str | None:
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-            capture_output=True, text=True, check=True, timeout=20,
-        ).stdout.strip()  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=20,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return out.splitlines()[0].strip() if out else None
