@@ -346,6 +346,15 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        """A shared store pickles by name: unpickling attaches (e.g. in a spawned process)."""
+        if self.name is None:
+            raise TypeError(
+                "Store: a private store cannot be pickled; create it with shared='name' so "
+                "other processes can attach to it"
+            )
+        return (Store.attach, (self.name,))
+
     def __repr__(self) -> str:
         where = f", shared={self.name!r}" if self.name else ""
         state = ", closed" if self.closed else ""

@@ -2,6 +2,7 @@
 
 import multiprocessing as mp
 import os
+import pickle
 import stat
 
 import numpy as np
@@ -75,3 +76,26 @@ def test_attacher_close_does_not_unlink(shm_name):
         fastps.Store.attach(shm_name).close()
         assert os.path.exists(f"/dev/shm/fastps.{shm_name}")
         assert store.stats()["size"] == 10
+
+
+def _child_pushes_via_pickle(store, pushes):
+    with store, store.learner() as h:
+        for _ in range(pushes):
+            h.push(np.ones(store.size, np.float32))
+
+
+def test_a_shared_store_pickles_by_name_into_a_spawned_process(shm_name):
+    ctx = mp.get_context("spawn")
+    with fastps.Store(64, shared=shm_name, lr=1.0) as store:
+        p = ctx.Process(target=_child_pushes_via_pickle, args=(store, 7))
+        p.start()
+        p.join(60)
+        assert p.exitcode == 0
+        np.testing.assert_array_equal(store.read(), np.full(64, -7, np.float32))
+        assert os.path.exists(f"/dev/shm/fastps.{shm_name}")  # the child's close kept it
+
+
+def test_a_private_store_refuses_to_pickle():
+    with fastps.Store(8) as store:
+        with pytest.raises(TypeError, match=r"Store: a private store cannot be pickled"):
+            pickle.dumps(store)
