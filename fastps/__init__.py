@@ -8,7 +8,16 @@
         h.push(np.ones(1024, np.float32))  # w -= lr * g, staleness measured per shard
 """
 
-from fastps import _core
+from fastps import _core, step_size
+from fastps.step_size import (
+    Constant,
+    Exponential,
+    Inverse,
+    Projected,
+    StalenessDistance,
+    StepSize,
+    TailTau,
+)
 from fastps.store import MODES, LearnerHandle, Store
 
 __version__: str = _core.__version__
@@ -20,4 +29,8 @@ def cuda_available() -> bool:
     return _core.cuda_available()
 
 
-__all__ = ["MODES", "LearnerHandle", "Store", "__version__", "built_with_cuda", "cuda_available"]
+__all__ = [
+    "MODES", "Constant", "Exponential", "Inverse", "LearnerHandle", "Projected",
+    "StalenessDistance", "StepSize", "Store", "TailTau", "__version__", "built_with_cuda",
+    "cuda_available", "step_size",
+]  # fmt: skip

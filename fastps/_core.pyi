@@ -1,5 +1,6 @@
 """Stub of the native extension (checked by `python -m mypy.stubtest fastps._core`)."""
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -46,6 +47,35 @@ class DType:
     @property
     def value(self) -> int: ...
 
+class StepKind:
+    constant: ClassVar[StepKind]
+    inverse: ClassVar[StepKind]
+    exponential: ClassVar[StepKind]
+    tail_tau: ClassVar[StepKind]
+    distance: ClassVar[StepKind]
+    hook: ClassVar[StepKind]
+    __members__: ClassVar[dict[str, StepKind]]
+    def __init__(self, value: int) -> None: ...
+    def __eq__(self, other: object) -> bool: ...
+    def __hash__(self) -> int: ...
+    def __index__(self) -> int: ...
+    def __int__(self) -> int: ...
+    def __ne__(self, other: object) -> bool: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def value(self) -> int: ...
+
+class StepConfig:
+    kind: StepKind
+    beta: float
+    a: float
+    warmup: int
+    refresh: int
+    c: float
+    eta_max: float
+    def __init__(self) -> None: ...
+
 class StoreConfig:
     size: int
     shards: int
@@ -57,6 +87,7 @@ class StoreConfig:
     persistence: int
     max_learners: int
     hist_bins: int
+    step: StepConfig
     def __init__(self) -> None: ...
 
 class Store:
@@ -77,6 +108,7 @@ class Store:
     def read(self, out: npt.NDArray[np.float32]) -> None: ...
     def stats(self) -> dict[str, Any]: ...
     def learner(self) -> Learner: ...
+    def set_step_hook(self, hook: Callable[[int, dict[str, int]], float]) -> None: ...
 
 class Learner:
     def pull(self, out: npt.NDArray[np.float32]) -> None: ...
@@ -85,3 +117,5 @@ class Learner:
     @property
     def id(self) -> int: ...
     def read_version(self, shard: int) -> int: ...
+    @property
+    def last_push_applied(self) -> int: ...

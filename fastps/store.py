@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from fastps import _core
+from fastps import step_size as _steps
 
 MODES = ("locked", "hogwild", "leashed")
 """Consistency modes: lock per shard, no synchronisation (Hogwild!), Leashed-SGD."""
@@ -174,7 +175,12 @@ class Store:
         mode: ``"leashed"`` (Leashed-SGD: consistent and lock-free), ``"locked"`` (a lock per
             shard; ``shards=1`` is the single global lock of lock-based AsyncSGD) or
             ``"hogwild"`` (no synchronisation: torn reads and lost updates are intended).
-        lr: step size eta0. momentum, nesterov: server-side momentum (kept per shard; in
+        lr: step size eta0; default 0.01, or the lr a bound policy carries
+            (``Projected.estimate`` returns one).
+        step_size: eta(tau) per shard update: a policy from ``fastps.step_size`` (Constant,
+            Inverse, Exponential, TailTau, StalenessDistance) or a callable
+            ``(tau, stats) -> eta``. Default Constant. ``store.step_size`` is the bound copy.
+        momentum, nesterov: server-side momentum (kept per shard; in
             leashed mode inside each published version). weight_decay: L2 term lambda*w.
         persistence: leashed mode: failed publication attempts tolerated before a gradient's
             shard update is dropped and counted; -1 retries forever.
@@ -193,7 +199,8 @@ class Store:
         init: Any = None,
         shards: int | None = None,
         mode: str = "leashed",
-        lr: float = 0.01,
+        lr: float | None = None,
+        step_size: Any = None,
         momentum: float = 0.0,
         nesterov: bool = False,
         weight_decay: float = 0.0,
@@ -226,7 +233,14 @@ class Store:
         cfg.size = size
         cfg.shards = default_shards(size) if shards is None else self._nonneg("shards", shards)
         cfg.mode = getattr(_core.Mode, mode)
+        policy = _steps.as_policy(step_size)
+        if lr is None:
+            lr = policy.lr if policy.lr is not None else 0.01
+        elif policy.lr is not None and float(np.float32(policy.lr)) != float(np.float32(lr)):
+            raise ValueError(f"Store: lr={lr} disagrees with the step_size's lr={policy.lr}")
         cfg.lr = _check_number("lr", lr)
+        if cfg.lr < 0:
+            raise ValueError(f"Store: lr must be finite and >= 0 (got {lr})")
         cfg.momentum = _check_number("momentum", momentum)
         cfg.nesterov = bool(nesterov)
         cfg.weight_decay = _check_number("weight_decay", weight_decay)
@@ -235,7 +249,13 @@ class Store:
             raise ValueError(f"Store: persistence must be -1 (never drop) or >= 0 (got {persistence})")
         cfg.max_learners = self._nonneg("max_learners", max_learners)
         cfg.hist_bins = self._nonneg("staleness_bins", staleness_bins)
+        if cfg.max_learners < 1:
+            raise ValueError(f"Store: max_learners must be in [1, 1024] (got {cfg.max_learners})")
+        self._policy = policy.bind(cfg.lr, cfg.max_learners)
+        self._policy._native(cfg.step)
         self._s = _core.Store.create(cfg, init_arr, "" if shared is None else shared)
+        if isinstance(self._policy, _steps.Hook):
+            self._s.set_step_hook(self._policy.fn)
 
     @staticmethod
     def _nonneg(name: str, value: Any) -> int:
@@ -258,12 +278,26 @@ class Store:
         return np.ascontiguousarray(arr, dtype=np.float32)
 
     @classmethod
-    def attach(cls, name: str) -> Store:
-        """Attach to the shared store ``name`` created (by this user) in another process."""
+    def attach(cls, name: str, *, step_size: Any = None) -> Store:
+        """Attach to the shared store ``name`` created (by this user) in another process.
+
+        The step-size policy comes with the store, except a Python callable, which lives in
+        one process: pass the same callable as ``step_size`` here.
+        """
         if not isinstance(name, str):
             raise TypeError(f"attach: name must be a string (got {_type_name(name)})")
         self = cls.__new__(cls)
         self._s = _core.Store.attach(name)
+        cfg = self._s.config
+        self._policy = _steps.from_native(cfg.step, cfg.lr)
+        if step_size is not None:
+            if cfg.step.kind != _core.StepKind.hook or not callable(step_size):
+                raise ValueError(
+                    "attach: step_size is only for a store whose step size is a Python callable; "
+                    "other policies come with the store"
+                )
+            self._policy = _steps.Hook(fn=step_size, lr=cfg.lr)
+            self._s.set_step_hook(step_size)
         return self
 
     # -- data ------------------------------------------------------------------------------
@@ -314,13 +348,19 @@ class Store:
         return self._s.name or None
 
     @property
+    def step_size(self) -> _steps.StepSize:
+        """The step-size policy bound to this store's lr: ``store.step_size.eta(tau, hist)``
+        is what the native path applies."""
+        return self._policy
+
+    @property
     def config(self) -> dict[str, Any]:
         c = self._s.config
         return {
             "size": c.size, "shards": c.shards, "mode": c.mode.name, "lr": c.lr,
             "momentum": c.momentum, "nesterov": c.nesterov, "weight_decay": c.weight_decay,
             "persistence": c.persistence, "max_learners": c.max_learners,
-            "staleness_bins": c.hist_bins,
+            "staleness_bins": c.hist_bins, "step_size": self._policy,
         }  # fmt: skip
 
     def shard_ranges(self) -> list[tuple[int, int]]:

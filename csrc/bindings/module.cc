@@ -15,6 +15,9 @@ using fastps::DType;
 using fastps::Learner;
 using fastps::Mode;
 using fastps::Store;
+using fastps::StepConfig;
+using fastps::StepContext;
+using fastps::StepKind;
 using fastps::StoreConfig;
 
 namespace {
@@ -79,6 +82,10 @@ py::dict stats_dict(const fastps::Stats& s, const StoreConfig& cfg) {
   }
   d["staleness_hist"] = s.staleness_hist;
   d["versions"] = s.versions;
+  if (cfg.step.kind == StepKind::kTailTau) {
+    d["step_hist"] = s.step_hist.empty() ? py::object(py::none()) : py::cast(s.step_hist);
+    d["step_builds"] = s.step_builds;
+  }
   d["mode"] = fastps::mode_name(cfg.mode);
   d["shards"] = cfg.shards;
   d["size"] = cfg.size;
@@ -131,6 +138,24 @@ PYBIND11_MODULE(_core, m) {
       .value("float16", DType::kF16)
       .value("bfloat16", DType::kBF16);
 
+  py::enum_<StepKind>(m, "StepKind")
+      .value("constant", StepKind::kConstant)
+      .value("inverse", StepKind::kInverse)
+      .value("exponential", StepKind::kExponential)
+      .value("tail_tau", StepKind::kTailTau)
+      .value("distance", StepKind::kDistance)
+      .value("hook", StepKind::kHook);
+
+  py::class_<StepConfig>(m, "StepConfig")
+      .def(py::init<>())
+      .def_readwrite("kind", &StepConfig::kind)
+      .def_readwrite("beta", &StepConfig::beta)
+      .def_readwrite("a", &StepConfig::a)
+      .def_readwrite("warmup", &StepConfig::warmup)
+      .def_readwrite("refresh", &StepConfig::refresh)
+      .def_readwrite("c", &StepConfig::c)
+      .def_readwrite("eta_max", &StepConfig::eta_max);
+
   py::class_<StoreConfig>(m, "StoreConfig")
       .def(py::init<>())
       .def_readwrite("size", &StoreConfig::size)
@@ -142,7 +167,8 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("weight_decay", &StoreConfig::weight_decay)
       .def_readwrite("persistence", &StoreConfig::persistence)
       .def_readwrite("max_learners", &StoreConfig::max_learners)
-      .def_readwrite("hist_bins", &StoreConfig::hist_bins);
+      .def_readwrite("hist_bins", &StoreConfig::hist_bins)
+      .def_readwrite("step", &StoreConfig::step);
 
   py::class_<Store, std::shared_ptr<Store>>(m, "Store")
       .def_static(
@@ -185,7 +211,32 @@ PYBIND11_MODULE(_core, m) {
           py::arg("out").noconvert())
       .def(
           "stats", [](const Store& s) { return stats_dict(s.stats(), s.config()); })
-      .def("learner", &Store::learner);
+      .def("learner", &Store::learner)
+      .def(
+          "set_step_hook",
+          [](Store& s, py::function fn) {
+            // Dropped wherever the Store goes, possibly without the GIL: take it to release.
+            std::shared_ptr<py::function> f(new py::function(std::move(fn)), [](py::function* p) {
+              py::gil_scoped_acquire gil;
+              delete p;
+            });
+            s.set_step_hook([f](const StepContext& c) {
+              py::gil_scoped_acquire gil;
+              py::dict ctx;
+              ctx["shard"] = c.shard;
+              ctx["learner"] = c.learner;
+              ctx["version"] = c.version;
+              ctx["version_read"] = c.version_read;
+              py::object r = (*f)(c.tau, ctx);
+              if (!py::isinstance<py::float_>(r) && !py::isinstance<py::int_>(r) &&
+                  !py::hasattr(r, "__float__"))
+                throw py::type_error("push: the step_size hook returned " +
+                                     py::type::of(r).attr("__name__").cast<std::string>() +
+                                     ", expected a float");
+              return r.cast<double>();
+            });
+          },
+          py::arg("hook"));
 
   py::class_<Learner>(m, "Learner")
       .def(
@@ -204,11 +255,19 @@ PYBIND11_MODULE(_core, m) {
             check_contiguous("push", "grad", grad);
             const void* p = grad.data();
             const auto n = static_cast<size_t>(grad.size());
-            py::gil_scoped_release nogil;
-            return l.push(p, dt, n);
+            try {
+              py::gil_scoped_release nogil;
+              return l.push(p, dt, n);
+            } catch (py::error_already_set& e) {  // raised by a step_size hook
+              e.value().attr("add_note")(fastps::detail::format(
+                  "push: raised by the step_size hook; %u shard(s) of this push had been applied, "
+                  "the others are unchanged", l.last_push_applied()));
+              throw;
+            }
           },
           py::arg("grad").noconvert(), py::arg("dtype") = py::none())
       .def("close", &Learner::close)
       .def_property_readonly("id", &Learner::id)
-      .def("read_version", &Learner::read_version, py::arg("shard"));
+      .def("read_version", &Learner::read_version, py::arg("shard"))
+      .def_property_readonly("last_push_applied", &Learner::last_push_applied);
 }

@@ -23,10 +23,14 @@ void apply_inplace(float* w, float* m, const void* g, DType dt, size_t n, const 
 void apply_copy(float* w_out, const float* w_in, float* m_out, const float* m_in, const void* g,
                 DType dt, size_t n, const ApplyArgs& a);
 
+/// Squared Euclidean distance sum((a - b)^2), accumulated in double.
+double dist2(const float* a, const float* b, size_t n);
+
 /// The one place where hogwild touches shared parameters: unsynchronised by design. Concurrent
 /// calls race element by element; a torn read or a lost update is Hogwild!'s intended semantics.
-/// ThreadSanitizer's suppressions (csrc/tests/tsan.supp) name these two functions and nothing else.
+/// ThreadSanitizer's suppressions (csrc/tests/tsan.supp) name these three functions and nothing else.
 void hogwild_apply(float* w, float* m, const void* g, DType dt, size_t n, const ApplyArgs& a);
 void hogwild_copy(float* dst, const float* src, size_t n);
+double hogwild_dist2(const float* live, const float* snapshot, size_t n);
 
 }  // namespace fastps::detail

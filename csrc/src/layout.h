@@ -24,6 +24,8 @@ constexpr uint64_t kAlignElems = kCacheLine / sizeof(float);
 
 static_assert(std::atomic<uint64_t>::is_always_lock_free,
               "process-shared counters need address-free, lock-free 64-bit atomics");
+static_assert(std::atomic<double>::is_always_lock_free,
+              "the shared TAIL-tau table needs lock-free atomic doubles");
 static_assert(std::atomic<uint32_t>::is_always_lock_free,
               "process-shared slot states need address-free, lock-free 32-bit atomics");
 
@@ -46,7 +48,7 @@ struct alignas(kCacheLine) Header {
   StoreConfig cfg;  // immutable after creation
   uint32_t slots;   // V per shard in leashed mode, 1 otherwise
   uint64_t total_bytes;
-  uint64_t shards_off, slots_off, hist_off, data_off, mom_off;
+  uint64_t shards_off, slots_off, hist_off, cdf_off, data_off, mom_off;
   // Written by Learner constructors/close (fetch_add/fetch_sub, CAS) in any process; read by
   // learner() and stats(). Publishes nothing but the count: relaxed.
   alignas(kCacheLine) std::atomic<uint32_t> learners_open;
@@ -56,6 +58,16 @@ struct alignas(kCacheLine) Header {
   // statistics only, read by stats().
   alignas(kCacheLine) std::atomic<uint64_t> pushes;
   alignas(kCacheLine) std::atomic<uint64_t> clock;
+  // TAIL-tau state. step_updates: fetch_add (relaxed) by every shard update while the policy
+  // is on; its return value elects the one builder of each CDF (warmup, then every refresh).
+  alignas(kCacheLine) std::atomic<uint64_t> step_updates;
+  // 1 once a CDF is in the table: stored with release by the builder after the table, loaded
+  // with acquire by eta(): pairs so that a reader that sees 1 sees a complete table.
+  std::atomic<uint32_t> cdf_ready;
+  // Held (CAS 0 -> 1, acquire; store 0, release) by a builder, so two never interleave their
+  // writes; a second would-be builder skips its rebuild.
+  std::atomic<uint32_t> cdf_building;
+  std::atomic<uint64_t> cdf_builds;  // statistics only, relaxed
 };
 
 struct alignas(kCacheLine) ShardDesc {
@@ -105,6 +117,10 @@ struct Layout {
   ShardDesc* shards;
   SlotHeader* slots;        // S*V, shard-major (leashed)
   std::atomic<uint64_t>* hist;  // S*(bins+1), shard-major
+  // TAIL-tau: cdf[bins+1] (mid-CDF per tau bin) then cdf_hist[bins+1] (the counts it was built
+  // from). Written by the builder (relaxed, published by cdf_ready), read by eta() and stats().
+  std::atomic<double>* cdf;
+  std::atomic<uint64_t>* cdf_hist;
   char* base;
 
   SlotHeader& slot(uint32_t s, uint32_t i) const { return slots[uint64_t{s} * hdr->slots + i]; }

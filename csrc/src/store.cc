@@ -102,18 +102,39 @@ void validate(const StoreConfig& c) {
                    "Store: max_learners must be in [1, 1024] (got %u)", c.max_learners);
   FASTPS_CHECK_ARG(c.hist_bins >= 1 && c.hist_bins <= 65536,
                    "Store: staleness_bins must be in [1, 65536] (got %u)", c.hist_bins);
+  const StepConfig& p = c.step;
+  FASTPS_CHECK_ARG(static_cast<uint32_t>(p.kind) <= static_cast<uint32_t>(StepKind::kHook),
+                   "Store: unknown step size kind %u", static_cast<unsigned>(p.kind));
+  FASTPS_CHECK_ARG(std::isfinite(p.beta) && p.beta >= 0.0,
+                   "Exponential: beta must be finite and >= 0 (got %g)", p.beta);
+  FASTPS_CHECK_ARG(std::isfinite(p.a) && p.a >= 0.0 && p.a <= 1.0,
+                   "TailTau: a must be in [0, 1] (got %g)", p.a);
+  FASTPS_CHECK_ARG(p.warmup >= 1, "TailTau: warmup must be at least 1 shard update (got %llu)",
+                   static_cast<unsigned long long>(p.warmup));
+  FASTPS_CHECK_ARG(std::isfinite(p.c) && p.c >= 0.0,
+                   "StalenessDistance: c must be finite and >= 0 (got %g)", p.c);
+  FASTPS_CHECK_ARG(std::isfinite(p.eta_max) && p.eta_max >= 0.0,
+                   "StalenessDistance: eta_max must be finite and >= 0 (got %g)", p.eta_max);
+}
+
+// Slots a leashed shard needs so claim_slot() never waits while at most max_learners handles
+// are open: per learner one pinned latest and one WRITING slot, plus (staleness distance) the
+// version its last pull read, kept pinned; plus the published one.
+uint32_t slots_for(const StoreConfig& c) {
+  if (c.mode != Mode::kLeashed) return 1;
+  return (c.step.kind == StepKind::kDistance ? 3 : 2) * c.max_learners + 1;
 }
 
 // Offsets of every part of the arena for a config; total size in `total`.
 struct Plan {
   uint32_t slots;
-  uint64_t shards_off, slots_off, hist_off, data_off, mom_off, total;
+  uint64_t shards_off, slots_off, hist_off, cdf_off, data_off, mom_off, total;
 };
 
 Plan plan(const StoreConfig& c) {
   Plan p{};
   const bool leashed = c.mode == Mode::kLeashed;
-  p.slots = leashed ? 2 * c.max_learners + 1 : 1;
+  p.slots = slots_for(c);
   uint64_t off = sizeof(Header);
   p.shards_off = off;
   off += uint64_t{c.shards} * sizeof(ShardDesc);
@@ -121,6 +142,8 @@ Plan plan(const StoreConfig& c) {
   if (leashed) off += uint64_t{c.shards} * p.slots * sizeof(SlotHeader);
   p.hist_off = off;
   off = round_up(off + uint64_t{c.shards} * (c.hist_bins + 1) * sizeof(uint64_t), kCacheLine);
+  p.cdf_off = off;
+  off = round_up(off + 2 * uint64_t{c.hist_bins + 1} * sizeof(uint64_t), kCacheLine);
   p.data_off = off;
   if (!leashed) {
     off += round_up(c.size, kAlignElems) * sizeof(float);
@@ -137,9 +160,14 @@ Plan plan(const StoreConfig& c) {
 
 Layout make_layout(char* base) {
   auto* h = reinterpret_cast<Header*>(base);
-  return Layout{h, reinterpret_cast<ShardDesc*>(base + h->shards_off),
+  auto* cdf = reinterpret_cast<std::atomic<double>*>(base + h->cdf_off);
+  return Layout{h,
+                reinterpret_cast<ShardDesc*>(base + h->shards_off),
                 reinterpret_cast<SlotHeader*>(base + h->slots_off),
-                reinterpret_cast<std::atomic<uint64_t>*>(base + h->hist_off), base};
+                reinterpret_cast<std::atomic<uint64_t>*>(base + h->hist_off),
+                cdf,
+                reinterpret_cast<std::atomic<uint64_t>*>(cdf + h->cfg.hist_bins + 1),
+                base};
 }
 
 // Locks a shard's robust mutex; returns the nanoseconds spent waiting (0 on the fast path).
@@ -218,11 +246,43 @@ uint32_t claim_slot(const Layout& L, uint32_t s) {
   }
 }
 
+// TAIL-tau: builds the mid-CDF F(b) = (2 * sum_{i<b} h_i + h_b) / (2 * total) of the summed
+// shard histograms (b = hist_bins is the overflow bin) and publishes it with cdf_ready.
+void build_cdf(const Layout& L) {
+  Header& H = *L.hdr;
+  uint32_t idle = 0;
+  // Pairs with the release store below: a second builder starts after the first has finished.
+  if (!H.cdf_building.compare_exchange_strong(idle, 1, std::memory_order_acquire)) return;
+  const uint32_t bins = H.cfg.hist_bins;
+  std::vector<uint64_t> h(bins + 1, 0);
+  uint64_t total = 0;
+  for (uint32_t s = 0; s < H.cfg.shards; ++s)
+    for (uint32_t b = 0; b <= bins; ++b) h[b] += L.shard_hist(s)[b].load(std::memory_order_relaxed);
+  for (uint64_t x : h) total += x;
+  uint64_t cum = 0;
+  for (uint32_t b = 0; b <= bins; ++b) {
+    const double F = total ? static_cast<double>(2 * cum + h[b]) / static_cast<double>(2 * total) : 0.5;
+    L.cdf[b].store(F, std::memory_order_relaxed);          // published by cdf_ready below
+    L.cdf_hist[b].store(h[b], std::memory_order_relaxed);  // likewise
+    cum += h[b];
+  }
+  H.cdf_builds.fetch_add(1, std::memory_order_relaxed);   // statistics only
+  H.cdf_ready.store(1, std::memory_order_release);        // pairs with acquire in eta()
+  H.cdf_building.store(0, std::memory_order_release);     // pairs with the CAS above
+}
+
 void record(const Layout& L, uint32_t s, uint64_t tau, uint64_t bytes) {
   const uint32_t bins = L.hdr->cfg.hist_bins;
   L.shard_hist(s)[std::min<uint64_t>(tau, bins)].fetch_add(1, std::memory_order_relaxed);
   L.shards[s].updates.fetch_add(1, std::memory_order_relaxed);      // statistics only
   L.shards[s].bytes_applied.fetch_add(bytes, std::memory_order_relaxed);  // statistics only
+  const StepConfig& sc = L.hdr->cfg.step;
+  if (sc.kind != StepKind::kTailTau) return;
+  // The update that completes the warmup, and every refresh-th after it, builds the CDF. Relaxed:
+  // the counter only elects; the table is published by cdf_ready.
+  const uint64_t k = L.hdr->step_updates.fetch_add(1, std::memory_order_relaxed) + 1;
+  if (k == sc.warmup || (sc.refresh && k > sc.warmup && (k - sc.warmup) % sc.refresh == 0))
+    build_cdf(L);
 }
 
 }  // namespace
@@ -250,6 +310,7 @@ std::shared_ptr<Store> Store::create(const StoreConfig& cfg, const float* init,
   h->shards_off = p.shards_off;
   h->slots_off = p.slots_off;
   h->hist_off = p.hist_off;
+  h->cdf_off = p.cdf_off;
   h->data_off = p.data_off;
   h->mom_off = p.mom_off;
 
@@ -290,6 +351,10 @@ std::shared_ptr<Store> Store::create(const StoreConfig& cfg, const float* init,
   }
   for (uint64_t i = 0; i < uint64_t{cfg.shards} * (cfg.hist_bins + 1); ++i)
     new (base + p.hist_off + i * sizeof(uint64_t)) std::atomic<uint64_t>(0);
+  for (uint64_t i = 0; i <= cfg.hist_bins; ++i) {
+    new (base + p.cdf_off + i * sizeof(double)) std::atomic<double>(0.0);
+    new (base + p.cdf_off + (cfg.hist_bins + 1 + i) * sizeof(uint64_t)) std::atomic<uint64_t>(0);
+  }
 
   std::shared_ptr<Store> st(new Store(arena, cfg));
   const Layout& L = *st->lay_;
@@ -376,6 +441,12 @@ Stats Store::stats() const {
   st.pushes = L.hdr->pushes.load(std::memory_order_relaxed);
   st.learners = L.hdr->learners_open.load(std::memory_order_relaxed);
   st.staleness_hist.assign(cfg_.hist_bins + 1, 0);
+  if (cfg_.step.kind == StepKind::kTailTau) {
+    st.step_builds = L.hdr->cdf_builds.load(std::memory_order_relaxed);
+    if (L.hdr->cdf_ready.load(std::memory_order_acquire))  // pairs with build_cdf()
+      for (uint32_t b = 0; b <= cfg_.hist_bins; ++b)
+        st.step_hist.push_back(L.cdf_hist[b].load(std::memory_order_relaxed));
+  }
   st.versions.resize(cfg_.shards);
   for (uint32_t s = 0; s < cfg_.shards; ++s) {
     const ShardDesc& d = L.shards[s];
@@ -414,16 +485,39 @@ std::unique_ptr<Learner> Store::learner() {
   return std::unique_ptr<Learner>(new Learner(shared_from_this(), id));
 }
 
+void Store::set_step_hook(StepHook hook) {
+  FASTPS_CHECK_ARG(cfg_.step.kind == StepKind::kHook,
+                   "set_step_hook: this store's step size is not a hook");
+  hook_ = std::move(hook);
+}
+
 // ---------------------------------------------------------------------------------- Learner
 
 Learner::Learner(std::shared_ptr<Store> store, uint32_t id)
-    : store_(std::move(store)), id_(id), read_versions_(store_->cfg_.shards, 0) {}
+    : store_(std::move(store)), id_(id), read_versions_(store_->cfg_.shards, 0) {
+  const StoreConfig& c = store_->cfg_;
+  if (c.step.kind == StepKind::kDistance) {
+    if (c.mode == Mode::kLeashed)
+      read_slots_.assign(c.shards, -1);
+    else
+      snapshot_.resize(c.size);
+  }
+}
+
+void Learner::release_read_pins() noexcept {
+  for (uint32_t s = 0; s < read_slots_.size(); ++s)
+    if (read_slots_[s] >= 0) {
+      unpin(*store_->lay_, s, static_cast<uint32_t>(read_slots_[s]));
+      read_slots_[s] = -1;
+    }
+}
 
 Learner::~Learner() { close(); }
 
 void Learner::close() noexcept {
   if (!open_) return;
   open_ = false;
+  release_read_pins();
   store_->lay_->hdr->learners_open.fetch_sub(1, std::memory_order_relaxed);  // a count only
 }
 
@@ -439,6 +533,7 @@ void Learner::pull(float* out, size_t n) {
                    static_cast<unsigned long long>(cfg.size));
   const Layout& L = *store_->lay_;
   const uint32_t S = cfg.shards;
+  const bool keep_read = cfg.step.kind == StepKind::kDistance;
   for (uint32_t k = 0; k < S; ++k) {
     const uint32_t s = (id_ + k) % S;  // learners start at different shards
     ShardDesc& d = L.shards[s];
@@ -460,20 +555,77 @@ void Learner::pull(float* out, size_t n) {
         const auto slot = static_cast<uint32_t>(c & detail::kSlotMask);
         std::memcpy(dst, L.slot_params(s, slot), d.len * sizeof(float));
         read_versions_[s] = c >> detail::kSlotBits;
-        unpin(L, s, slot);
+        if (keep_read) {  // staleness distance: keep what was read pinned until the next pull
+          if (read_slots_[s] >= 0) unpin(L, s, static_cast<uint32_t>(read_slots_[s]));
+          read_slots_[s] = static_cast<int32_t>(slot);
+        } else {
+          unpin(L, s, slot);
+        }
         break;
       }
     }
+    if (keep_read && cfg.mode != Mode::kLeashed)
+      std::memcpy(snapshot_.data() + d.begin, dst, d.len * sizeof(float));
   }
+  pulled_ = true;
+}
+
+float Learner::eta(uint64_t tau, uint32_t s, uint64_t version, const float* w_now,
+                   const float* w_read) {
+  const StoreConfig& cfg = store_->cfg_;
+  const StepConfig& sc = cfg.step;
+  const double lr = cfg.lr;
+  double e = lr;
+  switch (sc.kind) {
+    case StepKind::kConstant:
+      return cfg.lr;
+    case StepKind::kInverse:
+      e = lr / static_cast<double>(tau + 1);
+      break;
+    case StepKind::kExponential:
+      e = lr * std::exp(-sc.beta * static_cast<double>(tau));
+      break;
+    case StepKind::kTailTau: {
+      const Layout& L = *store_->lay_;
+      if (L.hdr->cdf_ready.load(std::memory_order_acquire)) {  // pairs with build_cdf()
+        const double F = L.cdf[std::min<uint64_t>(tau, cfg.hist_bins)].load(std::memory_order_relaxed);
+        e = lr * (1.0 + sc.a * (1.0 - 2.0 * F));
+      }
+      break;
+    }
+    case StepKind::kDistance: {
+      const size_t len = store_->lay_->shards[s].len;
+      const double d2 = cfg.mode == Mode::kHogwild ? detail::hogwild_dist2(w_now, w_read, len)
+                                                   : detail::dist2(w_now, w_read, len);
+      e = d2 == 0.0 ? sc.eta_max : std::min(sc.c / d2, sc.eta_max);
+      break;
+    }
+    case StepKind::kHook: {
+      e = store_->hook_(StepContext{tau, s, id_, version, read_versions_[s]});
+      FASTPS_CHECK_ARG(std::isfinite(e) && e >= 0.0,
+                       "push: the step_size hook returned %g for tau=%llu at shard %u (expected a "
+                       "finite number >= 0); that shard was left unchanged",
+                       e, static_cast<unsigned long long>(tau), s);
+      break;
+    }
+  }
+  return static_cast<float>(e);
 }
 
 uint32_t Learner::push(const void* grad, DType dtype, size_t n) {
   check_open("push");
+  applied_ = 0;
   const StoreConfig& cfg = store_->cfg_;
   FASTPS_CHECK_ARG(n == cfg.size, "push: grad has %zu elements, expected %llu", n,
                    static_cast<unsigned long long>(cfg.size));
   FASTPS_CHECK_ARG(dtype == DType::kF32 || dtype == DType::kF16 || dtype == DType::kBF16,
                    "push: unknown gradient dtype %u", static_cast<unsigned>(dtype));
+  const bool distance = cfg.step.kind == StepKind::kDistance;
+  FASTPS_CHECK(!distance || pulled_,
+               "push: the StalenessDistance step size needs a pull before the first push");
+  FASTPS_CHECK(cfg.step.kind != StepKind::kHook || store_->hook_,
+               "push: this store's step size is a Python hook, and none is set in this process "
+               "(attach with step_size= the same callable)");
   const Layout& L = *store_->lay_;
   L.hdr->pushes.fetch_add(1, std::memory_order_relaxed);  // statistics only
   const size_t esize = dtype_size(dtype);
@@ -487,37 +639,48 @@ uint32_t Learner::push(const void* grad, DType dtype, size_t n) {
     ShardDesc& d = L.shards[s];
     const void* gs = g + d.begin * esize;
     const uint64_t bytes = d.len * esize;
+    const float* snap = distance && cfg.mode != Mode::kLeashed ? snapshot_.data() + d.begin : nullptr;
+    bool landed = true;
     switch (cfg.mode) {
       case Mode::kLocked: {
-        ShardLock lock(d);
+        ShardLock lock(d);  // released on every exit, a throwing hook included
         d.lock_wait_ns.fetch_add(lock.waited_ns, std::memory_order_relaxed);  // statistics only
         const uint64_t v = d.version.load(std::memory_order_relaxed);  // under the shard lock
         const uint64_t tau = v - read_versions_[s];
-        args.eta = cfg.lr;
+        args.eta = eta(tau, s, v, L.params(s), snap);
         detail::apply_inplace(L.params(s), L.momentum(s), gs, dtype, d.len, args);
         d.version.store(v + 1, std::memory_order_relaxed);  // under the shard lock
         record(L, s, tau, bytes);
         break;
       }
       case Mode::kHogwild: {
-        args.eta = cfg.lr;
+        // Approximate by design: other pushes may interleave with the eta and apply below.
+        const uint64_t v0 = d.version.load(std::memory_order_relaxed);
+        const uint64_t tau0 = v0 >= read_versions_[s] ? v0 - read_versions_[s] : 0;
+        args.eta = eta(tau0, s, v0, L.params(s), snap);
         detail::hogwild_apply(L.params(s), L.momentum(s), gs, dtype, d.len, args);
-        // Approximate by design: other pushes may interleave with the apply above.
         const uint64_t v = d.version.fetch_add(1, std::memory_order_relaxed);
-        const uint64_t tau = v >= read_versions_[s] ? v - read_versions_[s] : 0;
-        record(L, s, tau, bytes);
+        record(L, s, v >= read_versions_[s] ? v - read_versions_[s] : 0, bytes);
         break;
       }
       case Mode::kLeashed: {
         const uint32_t mine = claim_slot(L, s);
         SlotHeader& mh = L.slot(s, mine);
+        const float* w_read =
+            distance ? L.slot_params(s, static_cast<uint32_t>(read_slots_[s])) : nullptr;
         int failures = 0;
         for (;;) {
           const uint64_t c = pin(L, s);
           const auto latest = static_cast<uint32_t>(c & detail::kSlotMask);
           const uint64_t v = c >> detail::kSlotBits;
           const uint64_t tau = v - read_versions_[s];
-          args.eta = cfg.lr;
+          try {
+            args.eta = eta(tau, s, v, L.slot_params(s, latest), w_read);
+          } catch (...) {  // a throwing hook: give back the pin and the claimed slot
+            unpin(L, s, latest);
+            mh.state.store(detail::kFree, std::memory_order_seq_cst);  // never published
+            throw;
+          }
           detail::apply_copy(L.slot_params(s, mine), L.slot_params(s, latest),
                              L.slot_momentum(s, mine), L.slot_momentum(s, latest), gs, dtype,
                              d.len, args);
@@ -536,12 +699,14 @@ uint32_t Learner::push(const void* grad, DType dtype, size_t n) {
             mh.state.store(detail::kFree, std::memory_order_seq_cst);  // never published
             d.dropped.fetch_add(1, std::memory_order_relaxed);        // statistics only
             ++dropped;
+            landed = false;
             break;
           }
         }
         break;
       }
     }
+    if (landed) ++applied_;
   }
   if (dropped == 0) L.hdr->clock.fetch_add(1, std::memory_order_relaxed);  // statistics only
   return dropped;

@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -28,6 +29,38 @@ const char* mode_name(Mode m);
 const char* dtype_name(DType d);
 size_t dtype_size(DType d);
 
+/// Step-size policies eta(tau), evaluated per shard update (formulas in docs/step_size.md).
+enum class StepKind : uint32_t {
+  kConstant = 0,     ///< lr
+  kInverse = 1,      ///< lr / (tau + 1)
+  kExponential = 2,  ///< lr * exp(-beta * tau)
+  kTailTau = 3,      ///< lr * (1 + a * (1 - 2 F(tau))), F the mid-CDF of observed staleness
+  kDistance = 4,     ///< min(c / ||w_now - w_read||^2, eta_max); eta_max at distance 0
+  kHook = 5,         ///< a callable set per process with Store::set_step_hook
+};
+
+struct StepConfig {
+  StepKind kind = StepKind::kConstant;
+  double beta = 0.0;     ///< exponential decay rate
+  double a = 1.0;        ///< TAIL-tau amplitude in [0, 1]
+  uint64_t warmup = 1;   ///< TAIL-tau: shard updates before the CDF is first built (scale 1 until)
+  uint64_t refresh = 0;  ///< TAIL-tau: rebuild every `refresh` shard updates after; 0 = frozen
+  double c = 0.0;        ///< staleness-distance numerator
+  double eta_max = 0.0;  ///< staleness-distance cap
+};
+
+/// What a step-size hook is told about one shard update.
+struct StepContext {
+  uint64_t tau;           ///< version at apply - version read
+  uint32_t shard;
+  uint32_t learner;       ///< handle id
+  uint64_t version;       ///< the shard's version the update applies to
+  uint64_t version_read;  ///< the version the learner's last pull read
+};
+
+/// A per-process step-size callable: returns eta (finite, >= 0) for one shard update.
+using StepHook = std::function<double(const StepContext&)>;
+
 struct StoreConfig {
   uint64_t size = 0;          ///< elements in the flat vector
   uint32_t shards = 1;        ///< S; each shard starts on a 64-byte boundary
@@ -39,6 +72,7 @@ struct StoreConfig {
   int32_t persistence = -1;   ///< leashed: failed CAS attempts before a drop; -1 = never drop
   uint32_t max_learners = 16; ///< open handles at once; leashed keeps 2*max_learners+1 slots/shard
   uint32_t hist_bins = 64;    ///< exact staleness counts for tau < hist_bins, then one overflow bin
+  StepConfig step;            ///< eta(tau); lr is eta0
 };
 
 struct Stats {
@@ -55,6 +89,8 @@ struct Stats {
   uint32_t slots_touched = 0;  ///< leashed: most slots any shard has ever used (memory touched)
   std::vector<uint64_t> staleness_hist;  ///< hist_bins exact bins + 1 overflow bin
   std::vector<uint64_t> versions;        ///< per-shard version (updates applied to it)
+  std::vector<uint64_t> step_hist;  ///< TAIL-tau: the histogram its current CDF was built from
+  uint64_t step_builds = 0;         ///< TAIL-tau: times the CDF was built
 };
 
 class Learner;
@@ -89,6 +125,10 @@ class Store : public std::enable_shared_from_this<Store> {
   Stats stats() const;
   /// Opens a learner handle. Throws std::runtime_error when max_learners handles are open.
   std::unique_ptr<Learner> learner();
+  /// Sets this process's step-size callable (config().step.kind must be kHook). Not thread-safe
+  /// against concurrent pushes: set it before learners start. The hook may throw; the shard it
+  /// was asked about is then left unchanged and the exception propagates out of push().
+  void set_step_hook(StepHook hook);
 
  private:
   friend class Learner;
@@ -98,6 +138,7 @@ class Store : public std::enable_shared_from_this<Store> {
   std::shared_ptr<Arena> arena_;
   StoreConfig cfg_;
   std::unique_ptr<detail::Layout> lay_;
+  StepHook hook_;  // process-local; empty unless set_step_hook() was called
   // Written by close() (release), read by every call through this object or its handles
   // (acquire): publishes nothing but the flag itself. Per Store object, not per segment.
   std::atomic<bool> closed_{false};
@@ -123,16 +164,26 @@ class Learner {
   uint32_t id() const { return id_; }
   /// Version of shard s read by the last pull (0 before any pull).
   uint64_t read_version(uint32_t s) const { return read_versions_.at(s); }
+  /// Shards applied by the last push call (for error reports when a step hook throws).
+  uint32_t last_push_applied() const { return applied_; }
 
  private:
   friend class Store;
   Learner(std::shared_ptr<Store> store, uint32_t id);
   void check_open(const char* api) const;
+  void release_read_pins() noexcept;
+  float eta(uint64_t tau, uint32_t s, uint64_t version, const float* w_now, const float* w_read);
 
   std::shared_ptr<Store> store_;
   uint32_t id_;
   bool open_ = true;
+  bool pulled_ = false;
+  uint32_t applied_ = 0;
   std::vector<uint64_t> read_versions_;
+  // Staleness-distance only: what the last pull read. Leashed keeps the version pinned
+  // (read_slots_, -1 = none); the other modes keep a copy (snapshot_).
+  std::vector<int32_t> read_slots_;
+  std::vector<float> snapshot_;
 };
 
 }  // namespace fastps
