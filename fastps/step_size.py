@@ -307,7 +307,11 @@ class Projected:
             raise ValueError(f"Projected.estimate: updates must be an integer >= 1 (got {updates!r})")
         if probes < 2:
             raise ValueError(f"Projected.estimate: probes must be >= 2 (got {probes})")
-        M = int(batch_size) if batch_size is not None else len(batches[0])
+        if batch_size is None:
+            if not hasattr(batches[0], "__len__"):
+                raise ValueError("Projected.estimate: pass batch_size (the batches have no len())")
+            batch_size = len(batches[0])
+        M = int(batch_size)
         x = np.asarray(params, dtype=np.float64).copy()
         points, means, sigma2, D_f = [], [], 0.0, 0.0
         for j in range(probes):
