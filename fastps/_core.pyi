@@ -14,6 +14,7 @@ def probe_copy(dst: npt.NDArray[np.float32], src: npt.NDArray[np.float32]) -> No
 def probe_triad(
     a: npt.NDArray[np.float32], b: npt.NDArray[np.float32], c: npt.NDArray[np.float32], s: float
 ) -> None: ...
+def probe_axpy(w: npt.NDArray[np.float32], g: npt.NDArray[np.float32], s: float) -> None: ...
 
 class Mode:
     locked: ClassVar[Mode]

@@ -128,6 +128,19 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("a").noconvert(), py::arg("b").noconvert(), py::arg("c").noconvert(), py::arg("s"),
       "Bandwidth probe: a[:] = b + s * c.");
+  m.def(
+      "probe_axpy",
+      [](py::array_t<float, py::array::c_style> w, py::array_t<float, py::array::c_style> g,
+         float s) {
+        FASTPS_CHECK_ARG(w.size() == g.size(), "probe_axpy: w has %zd elements, g %zd", w.size(),
+                         g.size());
+        float* pw = w.mutable_data();
+        const float* pg = g.data();
+        py::gil_scoped_release nogil;
+        fastps::probe_axpy(pw, pg, s, static_cast<size_t>(w.size()));
+      },
+      py::arg("w").noconvert(), py::arg("g").noconvert(), py::arg("s"),
+      "Bandwidth probe: w[:] += s * g (in place).");
 
   py::enum_<Mode>(m, "Mode")
       .value("locked", Mode::kLocked)
