@@ -31,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -124,6 +124,40 @@ def plan(
     t_call = t / batch
     repeats = max(min_repeats, min(max_repeats, int(target_s / (t_call * batch))))
     return batch, repeats
+
+
+def measure_interleaved(
+    fns: Mapping[str, Callable[[], object]], *, warmup: int = 2, repeats: int = 10, batch: int = 1
+) -> dict[str, Timing]:
+    """Time several callables in alternation: round k times ``batch`` calls of each in turn.
+
+    Every callable gets ``warmup`` untimed calls first. The order rotates by one from round to
+    round, so no callable always runs first (or right after a given other). Sample k of every
+    returned Timing comes from the same round: compare callables round by round (``paired``),
+    which cancels drift that lasts longer than a round (other load, clock changes).
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for k in range(max(1, repeats)):
+        shift = k % len(names)
+        for name in names[shift:] + names[:shift]:
+            samples[name].append(_run_batch(fns[name], batch) / batch)
+    return {name: Timing(tuple(xs), batch) for name, xs in samples.items()}
+
+
+def paired(a: Timing, b: Timing, op: Callable[[float, float], float]) -> tuple[float, ...]:
+    """``op(a_k, b_k)`` for each repeat k of two Timings from ``measure_interleaved``."""
+    if len(a.samples) != len(b.samples):
+        raise ValueError("paired: the timings have different numbers of repeats")
+    return tuple(op(x, y) for x, y in zip(a.samples, b.samples))
+
+
+def quantiles(xs: Sequence[float]) -> tuple[float, float, float]:
+    """(p10, median, p90) of ``xs``."""
+    return _quantile(xs, 0.10), statistics.median(xs), _quantile(xs, 0.90)
 
 
 class ThreadTeam:

@@ -4,9 +4,12 @@ baselines, per mode, shard count and learner-thread count?
 For every size n = 2^min_log2 .. 2^max_log2 and learner-thread count T, one run measures:
 
 * baselines (the machine, not fastps):
-  - probe: ``fastps._core.probe_triad(a, b, c, s)`` (a = b + s*c, 12 B/element) and
-    ``probe_copy(dst, src)`` (8 B/element), native loops with the GIL released. With T > 1,
-    T Python threads each run the probe on their own full-size buffers at the same time.
+  - probes, native loops with the GIL released: ``fastps._core.probe_axpy(w, g, s)``
+    (w += s*g in place: two streams, the memory shape of a locked or hogwild push),
+    ``probe_triad(a, b, c, s)`` (a = b + s*c: three streams, the shape of a leashed push, which
+    writes a new version), both 12 B/element nominal, and ``probe_copy(dst, src)`` (8 B/element,
+    the shape of a pull). With T > 1, T Python threads each run the probe on their own full-size
+    buffers at the same time.
   - torch: ``w.add_(g, alpha=-lr)`` (12 B/element) and ``w.copy_(src)`` (8 B/element) with
     ``torch.set_num_threads(T)``: one call split over T intra-op threads. OpenMP's default
     wait policy lets the pool fall asleep between calls, and where waking a thread is slow
@@ -21,9 +24,26 @@ For every size n = 2^min_log2 .. 2^max_log2 and learner-thread count T, one run 
   vector; throughput is the bytes moved by all threads over the wall time of the round.
 
 Each record carries ``gb_per_s`` (1e9 B/s, nominal bytes above), ``us_per_call`` (wall time of
-one call, or of one round with T > 1) and, for fastps, ``ratio_torch`` (push vs add_, pull vs
-copy_) and ``ratio_probe`` (push vs triad, pull vs copy). Targets, reported and never
-asserted: push at n >= 2^22 at least 0.9x torch add_; push and pull at most 2 us at n = 2^10.
+one call, or of one round with T > 1) and, for fastps, GB/s ratios to the baselines at the same
+n and T: push records ``ratio_torch`` (vs add_), ``ratio_axpy`` and ``ratio_triad``; pull
+records ``ratio_torch`` (vs copy_) and ``ratio_copy``. ``ratio_probe`` is the ratio to the probe
+of the same memory shape, named in ``probe_op``: axpy for a locked or hogwild push, triad for a
+leashed push, copy for a pull. Targets, reported and never asserted: push at n >= 2^22 at least
+0.9x torch add_; push and pull at most 2 us at n = 2^10.
+
+Step-size policies (``bench: "store_policy"``; --no-policies skips them): push cost of each
+policy relative to Constant, at n = --policy-n (2^20) and 2^10, --policy-shards shards, one
+learner, every mode. Each store is ``fastps.Store(size=n, shards=S, mode=mode, lr=1e-3,
+step_size=POLICY)`` for Constant, Inverse, Exponential(beta=0.1), TailTau(warmup=10) (its table
+is built during the untimed warmup pushes), StalenessDistance(c=1, eta_max=1e-3) and a Python
+hook ``lambda tau, stats: 1e-3``, plus a second Constant store as an A/A control (its ratio is
+the noise floor). The policies are timed in alternation, batch by batch, with the order rotated
+each round, so ``time_ratio`` (push time / Constant's push time) is the median of per-round
+ratios. StalenessDistance's pull is timed too against Constant's pull (non-leashed modes copy a
+snapshot at pull). ``extra_us_per_shard_update`` = median per-round (time - Constant's time) /
+shards: for the hook, the cost of one Python call per shard update. The issue's target,
+reported and never asserted: native policies (Constant, Inverse, Exponential, TailTau) within
+5% of Constant at n = 2^20.
 
 A shared 2-core box makes every number depend on what else runs. Each record carries
 ``foreign_cpus`` (CPUs other processes kept busy during the cell, from /proc/stat); a cell
@@ -63,6 +83,25 @@ MIN_SHARD_ELEMS = 16
 QUICK_SIZES = (1 << 10, 1 << 16, 1 << 20)
 TARGET_PUSH_RATIO, TARGET_PUSH_FROM = 0.9, 1 << 22
 TARGET_US, TARGET_US_AT = 2.0, 1 << 10
+POLICY_BENCH = "store_policy"
+POLICY_SMALL_N = 1 << 10
+POLICY_TARGET = 0.05  # native policies within 5% of Constant at --policy-n
+TAIL_WARMUP = 10  # TailTau(warmup=...): shard updates before its table is built
+HOOK_LR = 1e-3
+
+
+# (name, factory): every policy gets its own store; "Constant#2" is the A/A control
+POLICIES: tuple[tuple[str, Callable[[], Any]], ...] = (
+    ("Constant", lambda: fastps.Constant()),
+    ("Constant#2", lambda: fastps.Constant()),
+    ("Inverse", lambda: fastps.Inverse()),
+    ("Exponential", lambda: fastps.Exponential(beta=0.1)),
+    ("TailTau", lambda: fastps.TailTau(warmup=TAIL_WARMUP)),
+    ("StalenessDistance", lambda: fastps.StalenessDistance(c=1.0, eta_max=1e-3)),
+    ("hook", lambda: lambda tau, stats: HOOK_LR),
+)
+NATIVE = ("Constant", "Inverse", "Exponential", "TailTau")
+PULL_POLICIES = ("Constant", "StalenessDistance")
 OMP_SPIN = "1000000"
 OMP_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
@@ -144,6 +183,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         f"GOMP_SPINCOUNT is already set; 'keep' leaves OpenMP's defaults "
         f"(default {OMP_SPIN}, see the module docstring)",
     )
+    p.add_argument("--no-policies", action="store_true", help="skip the step-size policy section")
+    p.add_argument(
+        "--policy-n",
+        type=int,
+        default=1 << 20,
+        help="size of the policy section (default 2^20; 2^10 is measured too)",
+    )
+    p.add_argument(
+        "--policy-shards", type=int, default=4, help="shards in the policy section (default 4)"
+    )
+    p.add_argument(
+        "--no-store", action="store_true", help="skip the baselines and store cells (policies only)"
+    )
     p.add_argument("--out", type=argparse.FileType("w"), help="also write the JSON lines here")
     a = p.parse_args(argv)
     if a.quick:
@@ -155,6 +207,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     a.repeats = a.repeats or (5 if a.quick else 20)
     a.min_repeats = max(1, min(a.min_repeats, a.repeats))
     a.target_s = a.target_s or (0.05 if a.quick else 0.3)
+    if a.policy_n < 1 or a.policy_shards < 1:
+        p.error("need --policy-n >= 1 and --policy-shards >= 1")
+    a.policy_sizes = sorted({a.policy_n, POLICY_SMALL_N}, reverse=True)
     return a
 
 
@@ -179,6 +234,7 @@ class Runner:
         self.a = args
         self.files = files
         self.records: list[dict[str, Any]] = []
+        self.policy_records: list[dict[str, Any]] = []
         self.waited_s = 0.0
         self.budget_spent_logged = False
 
@@ -262,8 +318,14 @@ class Runner:
         rec["foreign_cpus"] = foreign
         rec["attempts"] = attempts
         if base is not None:
+            # base: GB/s of the baselines at this n and T, keyed by op ("torch" = torch's op)
             rec["ratio_torch"] = _ratio(rec["gb_per_s"], base.get("torch"))
-            rec["ratio_probe"] = _ratio(rec["gb_per_s"], base.get("probe"))
+            probes = ("axpy", "triad") if op == "push" else ("copy",)
+            for probe in probes:
+                rec[f"ratio_{probe}"] = _ratio(rec["gb_per_s"], base.get(probe))
+            matched = "copy" if op != "push" else "triad" if mode == "leashed" else "axpy"
+            rec["probe_op"] = matched
+            rec["ratio_probe"] = rec[f"ratio_{matched}"]
         if after is not None:
             rec.update(after())
         H.emit(rec, self.files)
@@ -305,7 +367,16 @@ def run_size(r: Runner, n: int, torch: Any) -> None:
             [functools.partial(_core.probe_triad, outs[i], ws[i], grads[i], -LR) for i in ids],
             PUSH_BYTES,
         )
-        push_base["probe"] = rec["gb_per_s"]
+        push_base["triad"] = rec["gb_per_s"]
+        rec = r.cell(
+            "probe",
+            "axpy",
+            n,
+            T,
+            [functools.partial(_core.probe_axpy, ws[i], grads[i], -LR) for i in ids],
+            PUSH_BYTES,
+        )
+        push_base["axpy"] = rec["gb_per_s"]
         rec = r.cell(
             "probe",
             "copy",
@@ -314,7 +385,7 @@ def run_size(r: Runner, n: int, torch: Any) -> None:
             [functools.partial(_core.probe_copy, outs[i], ws[i]) for i in ids],
             PULL_BYTES,
         )
-        pull_base["probe"] = rec["gb_per_s"]
+        pull_base["copy"] = rec["gb_per_s"]
         if torch is not None:
             torch.set_num_threads(T)
             tw, tg, to = (torch.from_numpy(x) for x in (ws[0], grads[0], outs[0]))
@@ -362,8 +433,112 @@ def run_size(r: Runner, n: int, torch: Any) -> None:
 
 
 def _stats_brief(st: dict[str, Any]) -> dict[str, Any]:
-    keys = ("pushes", "dropped", "cas_failures", "slot_waits", "lock_wait_s")
+    keys = ("pushes", "shard_updates", "dropped", "cas_failures", "slot_waits", "lock_wait_s")
+    keys += ("step_builds",)
     return {k: st[k] for k in keys if k in st}
+
+
+# -- step-size policies -------------------------------------------------------------------------
+
+
+def run_policies(r: Runner) -> None:
+    """The policy section: every mode at each of --policy-n and 2^10 (see the module docstring)."""
+    a = r.a
+    S = a.policy_shards
+    for n in a.policy_sizes:
+        if n // S < MIN_SHARD_ELEMS:
+            H.log(f"policies: skipping n={_pow2(n)} (fewer than {MIN_SHARD_ELEMS} elements/shard)")
+            continue
+        rng = np.random.default_rng(n)
+        g = _aligned(n, rng.standard_normal(n, dtype=np.float32) * np.float32(1e-3))
+        out = _aligned(n)
+        for mode in a.modes:
+            t0 = time.perf_counter()
+            r.wait_quiet()
+            _policy_cell(r, mode, n, S, g, out)
+            H.log(f"policies n={_pow2(n)} mode={mode}: done in {time.perf_counter() - t0:.1f} s")
+
+
+def _policy_cell(r: Runner, mode: str, n: int, S: int, g: np.ndarray, out: np.ndarray) -> None:
+    a = r.a
+    # untimed pushes per store before timing: enough for TailTau's table (warmup shard updates)
+    warmup = max(a.warmup, -(-TAIL_WARMUP // S) + 1)
+    stores = {
+        name: fastps.Store(
+            size=n, shards=S, mode=mode, lr=LR, step_size=make(), max_learners=a.max_learners
+        )
+        for name, make in POLICIES
+    }
+    try:
+        handles = {name: st.learner() for name, st in stores.items()}
+        for h in handles.values():
+            h.pull(out)  # a read version for StalenessDistance (and the same start for all)
+        pushes = {name: functools.partial(h.push, g) for name, h in handles.items()}
+        pulls = {name: functools.partial(handles[name].pull, out) for name in PULL_POLICIES}
+        attempt = 1
+        while True:
+            load = H.ForeignLoad()
+            with load:
+                timings = {"push": _interleaved(a, pushes, warmup)}
+                timings["pull"] = _interleaved(a, pulls, a.warmup)
+            if not load.cores >= a.quiet_below or attempt > a.retries or not r.wait_quiet():
+                break
+            H.log(f"other processes kept {load.cores:.2f} CPUs busy during the policies; again")
+            attempt += 1
+        stats = {name: _stats_brief(st.stats()) for name, st in stores.items()}
+        if not stats["TailTau"].get("step_builds"):
+            H.log(f"policies n={_pow2(n)} mode={mode}: TailTau built no table (step_builds=0)")
+        for op, ts in timings.items():
+            ref = ts["Constant"]
+            bytes_per_item = PUSH_BYTES if op == "push" else PULL_BYTES
+            for name, t in ts.items():
+                ratio = H.quantiles(H.paired(t, ref, lambda x, y: x / y))
+                extra = H.quantiles(H.paired(t, ref, lambda x, y: (x - y) * 1e6 / S))
+                params = {
+                    "impl": "fastps",
+                    "op": op,
+                    "n": n,
+                    "threads": 1,
+                    "mode": mode,
+                    "shards": S,
+                    "lr": LR,
+                    "policy": name,
+                    "step_size": repr(stores[name].step_size)
+                    if name != "hook"
+                    else f"lambda tau, stats: {HOOK_LR:g}",
+                    "max_learners": a.max_learners,
+                }
+                rec = H.record(POLICY_BENCH, params, t, items_per_call=n, threads=1)
+                rec["bytes_per_item"] = bytes_per_item
+                rec["gb_per_s"] = rec["items_per_s"] * bytes_per_item / 1e9
+                rec["us_per_call"] = t.median_s * 1e6
+                rec["spread"] = t.spread
+                rec["time_ratio"] = ratio[1]  # time / Constant's time, median of the rounds
+                rec["time_ratio_p10"], rec["time_ratio_p90"] = ratio[0], ratio[2]
+                rec["extra_us_per_shard_update"] = extra[1]
+                rec["extra_us_p10"], rec["extra_us_p90"] = extra[0], extra[2]
+                rec["foreign_cpus"] = load.cores
+                rec["attempts"] = attempt
+                rec["stats"] = stats[name]
+                H.emit(rec, r.files)
+                r.policy_records.append(rec)
+    finally:
+        for st in stores.values():
+            st.close()
+
+
+def _interleaved(
+    a: argparse.Namespace, fns: dict[str, Callable[[], object]], warmup: int
+) -> dict[str, H.Timing]:
+    """``fns`` timed in alternation, --repeats rounds, about --target-s of timing each; the batch
+    is planned on Constant, so every callable runs the same number of calls per round."""
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    batch, _ = H.plan(
+        fns["Constant"], target_s=a.target_s, max_repeats=a.repeats, min_repeats=a.repeats
+    )
+    return H.measure_interleaved(fns, warmup=0, repeats=a.repeats, batch=batch)
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -374,12 +549,16 @@ def _fmt(x: float | None, spec: str) -> str:
 
 
 def _pair_rows(records: Sequence[dict[str, Any]]) -> list[tuple[tuple, dict[str, Any]]]:
-    """Records grouped per table row (n, T, impl, mode, S): {"push": rec, "pull": rec}."""
-    side = {"triad": "push", "add_": "push", "push": "push"}
+    """Records grouped per table row (n, T, impl, mode, S): {"push": rec, "pull": rec}.
+
+    The probes take two rows: "triad/copy" (three streams, and the pull's copy) and "axpy"."""
+    side = {"triad": "push", "axpy": "push", "add_": "push", "push": "push"}
+    label = {"triad": "triad/copy", "copy": "triad/copy", "axpy": "axpy"}
     rows: dict[tuple, dict[str, Any]] = {}
     for rec in records:
         p = rec["params"]
-        key = (p["n"], p["threads"], p["impl"], p["mode"] or "-", p["shards"] or "-")
+        impl = label[p["op"]] if p["impl"] == "probe" else p["impl"]
+        key = (p["n"], p["threads"], impl, p["mode"] or "-", p["shards"] or "-")
         rows.setdefault(key, {})[side.get(p["op"], "pull")] = rec
     return list(rows.items())
 
@@ -395,6 +574,7 @@ def print_table(records: Sequence[dict[str, Any]]) -> None:
         "push_us",
         "spread",
         "/add_",
+        "/axpy",
         "/triad",
         "pull_GB/s",
         "pull_us",
@@ -407,16 +587,17 @@ def print_table(records: Sequence[dict[str, Any]]) -> None:
     rows = []
     for (n, T, impl, mode, S), cell in _pair_rows(records):
         row = [_pow2(n), T, impl, mode, S]
-        for rec in (cell.get("push"), cell.get("pull")):
+        for side, probes in (("push", ("axpy", "triad")), ("pull", ("copy",))):
+            rec = cell.get(side)
             if rec is None:
-                row += ["-"] * 5
+                row += ["-"] * (4 + len(probes))
                 continue
             row += [
                 _fmt(rec["gb_per_s"], ".2f"),
                 _fmt(rec["us_per_call"], ".3g"),
                 _fmt(100 * rec["spread"], ".0f") + "%",
                 _fmt(rec.get("ratio_torch"), ".2f"),
-                _fmt(rec.get("ratio_probe"), ".2f"),
+                *(_fmt(rec.get(f"ratio_{pr}"), ".2f") for pr in probes),
             ]
         other = [r["foreign_cpus"] for r in cell.values() if not math.isnan(r["foreign_cpus"])]
         row.append(_fmt(max(other), ".2f") if other else "-")
@@ -430,9 +611,10 @@ def print_table(records: Sequence[dict[str, Any]]) -> None:
         rows,
         title=(
             "push = push+apply (12 B/elem), pull (8 B/elem); us = one call (T > 1: one round of "
-            "T concurrent calls); spread = (p90-p10)/median; /add_ /triad /copy_ /copy = fastps "
-            "GB/s over the baseline's at the same n and T; other_cpus = CPUs other processes "
-            "kept busy meanwhile"
+            "T concurrent calls); spread = (p90-p10)/median; /add_ /axpy /triad /copy_ /copy = "
+            "fastps GB/s over the baseline's at the same n and T (axpy: in place, the shape of a "
+            "locked/hogwild push; triad: out of place, the shape of a leashed push); other_cpus "
+            "= CPUs other processes kept busy meanwhile"
         ),
     )
 
@@ -448,9 +630,9 @@ def print_summary(records: Sequence[dict[str, Any]], args: argparse.Namespace) -
             and keep(r["params"]["n"])
         ]
 
-    def ratio(mode: str, T: int) -> tuple[float | None, str]:
+    def ratio(mode: str, T: int, key: str = "ratio_torch") -> tuple[float | None, str]:
         big = pick(mode, "push", T, lambda n: n >= TARGET_PUSH_FROM)
-        xs = [r["ratio_torch"] for r in big if r.get("ratio_torch") is not None]
+        xs = [r[key] for r in big if r.get(key) is not None]
         if not xs:
             return None, "-"
         return statistics.median(xs), f"{min(xs):.2f}..{max(xs):.2f}"
@@ -465,31 +647,125 @@ def print_summary(records: Sequence[dict[str, Any]], args: argparse.Namespace) -
     rows = []
     for mode in args.modes:
         (r1, span1), (r2, _) = ratio(mode, 1), ratio(mode, 2)
+        (ax1, ax_span), (tr1, tr_span) = ratio(mode, 1, "ratio_axpy"), ratio(mode, 1, "ratio_triad")
         (push1, push_s), (pull1, pull_s) = us(mode, "push"), us(mode, "pull")
         ok_ratio = None if r1 is None else r1 >= TARGET_PUSH_RATIO
         ok_us = None if push1 is None or pull1 is None else max(push1, pull1) <= TARGET_US
         rows.append(
-            [mode, _fmt(r1, ".2f"), span1, _fmt(r2, ".2f"), _fmt(push1, ".2f"),
-             _fmt(push_s, ".2f"), _fmt(pull1, ".2f"), _fmt(pull_s, ".2f"),
-             verdict[ok_ratio], verdict[ok_us]]
+            [mode, _fmt(r1, ".2f"), span1, _fmt(ax1, ".2f"), ax_span, _fmt(tr1, ".2f"), tr_span,
+             _fmt(r2, ".2f"), _fmt(push1, ".2f"), _fmt(push_s, ".2f"), _fmt(pull1, ".2f"),
+             _fmt(pull_s, ".2f"), verdict[ok_ratio], verdict[ok_us]]
         )  # fmt: skip
     smax = max(args.shards)
     H.print_table(
         (
-            f"mode push/add_@T1 range push/add_@T2 push_us@S1 push_us@S{smax} pull_us@S1 "
+            f"mode push/add_@T1 range push/axpy@T1 range push/triad@T1 range push/add_@T2 "
+            f"push_us@S1 push_us@S{smax} pull_us@S1 "
             f"pull_us@S{smax} >={TARGET_PUSH_RATIO}x_add_ <={TARGET_US:g}us"
         ).split(),
         rows,
         title=(
-            f"summary: push/add_ = median fastps/torch GB/s over n >= {_pow2(TARGET_PUSH_FROM)} "
-            f"and all shard counts (range: min..max); us = one call at n = {_pow2(TARGET_US_AT)}, "
-            "1 thread; targets judged at T=1 (ratio) and S=1 (us); reported, not asserted"
+            f"summary: push/add_, push/axpy, push/triad = median fastps/baseline GB/s over "
+            f"n >= {_pow2(TARGET_PUSH_FROM)} and all shard counts (range: min..max); the matched "
+            "probe is axpy for locked/hogwild, triad for leashed; us = one call at "
+            f"n = {_pow2(TARGET_US_AT)}, 1 thread; targets judged at T=1 (ratio vs add_) and "
+            "S=1 (us); reported, not asserted"
         ),
     )
     noisy = [r for r in records if r["foreign_cpus"] >= args.quiet_below]
     if noisy:
         print(
             f"# {len(noisy)} of {len(records)} cells ran while other processes kept "
+            f">= {args.quiet_below} CPUs busy (after retries): see other_cpus"
+        )
+
+
+def print_policy_table(records: Sequence[dict[str, Any]]) -> None:
+    rows = []
+    for rec in records:
+        p = rec["params"]
+        st = rec["stats"]
+        notes = [f"step_builds={st['step_builds']}"] if "step_builds" in st else []
+        notes += [f"{k}={st[k]}" for k in ("dropped", "slot_waits") if st.get(k)]
+        rows.append(
+            [p["mode"], _pow2(p["n"]), p["shards"], p["policy"], p["op"],
+             _fmt(rec["us_per_call"], ".4g"), _fmt(100 * rec["spread"], ".0f") + "%",
+             _fmt(rec["time_ratio"], ".3f"),
+             f"{_fmt(rec['time_ratio_p10'], '.3f')}..{_fmt(rec['time_ratio_p90'], '.3f')}",
+             _fmt(rec["extra_us_per_shard_update"], ".3f"), _fmt(rec["foreign_cpus"], ".2f"),
+             " ".join(notes) or "-"]
+        )  # fmt: skip
+    header = ("mode", "n", "S", "policy", "op", "us", "spread", "/Constant", "p10..p90",
+              "extra_us/upd", "other_cpus", "stats")  # fmt: skip
+    H.print_table(
+        header,
+        rows,
+        title=(
+            "step-size policies, 1 learner: us = one call; /Constant = time over Constant's "
+            "time in the same round (median of rounds, p10..p90 of rounds); extra_us/upd = "
+            "(time - Constant's) / shards, in us per shard update; Constant#2 is a second "
+            "Constant store (A/A control: the noise floor)"
+        ),
+    )
+
+
+def print_policy_summary(records: Sequence[dict[str, Any]], args: argparse.Namespace) -> None:
+    def get(mode: str, n: int, policy: str, op: str = "push") -> dict[str, Any] | None:
+        for rec in records:
+            p = rec["params"]
+            if (p["mode"], p["n"], p["policy"], p["op"]) == (mode, n, policy, op):
+                return rec
+        return None
+
+    sizes = [n for n in args.policy_sizes if any(r["params"]["n"] == n for r in records)]
+    header = ["mode"]
+    for n in sizes:
+        k = _pow2(n)
+        header += [f"native|r-1|@{k}", f"A/A|r-1|@{k}", f"SD_push@{k}", f"SD_pull@{k}"]
+        header += [f"hook@{k}", f"hook_us/upd@{k}"]
+    header.append(f"native<={100 * POLICY_TARGET:g}%@{_pow2(args.policy_n)}")
+    verdict = {None: "n/a", True: "met", False: "MISSED"}
+    rows = []
+    for mode in args.modes:
+        row: list[Any] = [mode]
+        ok = None
+        for n in sizes:
+            native = [rec for p in NATIVE if (rec := get(mode, n, p)) is not None]
+            worst = max(native, key=lambda rec: abs(rec["time_ratio"] - 1), default=None)
+            dev = None if worst is None else abs(worst["time_ratio"] - 1)
+            aa, sd, sd_pull, hook = (
+                get(mode, n, "Constant#2"),
+                get(mode, n, "StalenessDistance"),
+                get(mode, n, "StalenessDistance", "pull"),
+                get(mode, n, "hook"),
+            )
+            row += [
+                "-" if worst is None else f"{dev:.3f} ({worst['params']['policy']})",
+                _fmt(None if aa is None else abs(aa["time_ratio"] - 1), ".3f"),
+                _fmt(None if sd is None else sd["time_ratio"], ".3f"),
+                _fmt(None if sd_pull is None else sd_pull["time_ratio"], ".3f"),
+                _fmt(None if hook is None else hook["time_ratio"], ".3f"),
+                _fmt(None if hook is None else hook["extra_us_per_shard_update"], ".3f"),
+            ]
+            if n == args.policy_n and dev is not None:
+                ok = dev <= POLICY_TARGET
+        rows.append([*row, verdict[ok]])
+    H.print_table(
+        header,
+        rows,
+        title=(
+            f"policy summary, {args.policy_shards} shards, 1 learner: native|r-1| = largest "
+            "|push time / Constant's - 1| over Constant, Inverse, Exponential, TailTau (which "
+            "one); A/A = the same for a second Constant store (noise floor); SD_push, SD_pull, "
+            "hook = time / Constant's (StalenessDistance's extra pass; its pull copies a snapshot "
+            "outside leashed mode); hook_us/upd = the hook's extra us per shard update; target "
+            "reported, not asserted"
+        ),
+    )
+    noisy = [r for r in records if r["foreign_cpus"] >= args.quiet_below]
+    if noisy:
+        print(
+            f"# {len(noisy)} of {len(records)} policy records ran while other processes kept "
             f">= {args.quiet_below} CPUs busy (after retries): see other_cpus"
         )
 
@@ -514,8 +790,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     r = Runner(args, files)
     t0 = time.perf_counter()
     try:
-        for n in args.sizes:
-            run_size(r, n, torch)
+        if not args.no_store:
+            for n in args.sizes:
+                run_size(r, n, torch)
+        if not args.no_policies:
+            run_policies(r)
     finally:
         if torch is not None:
             torch.set_num_threads(torch_threads)
@@ -524,8 +803,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     H.log(
         f"all cells in {time.perf_counter() - t0:.0f} s, {r.waited_s:.0f} s of it waiting for quiet"
     )
-    print_table(r.records)
-    print_summary(r.records, args)
+    if r.records:
+        print_table(r.records)
+        print_summary(r.records, args)
+    if r.policy_records:
+        print_policy_table(r.policy_records)
+        print_policy_summary(r.policy_records, args)
     return 0
 
 

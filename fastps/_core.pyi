@@ -48,6 +48,22 @@ class DType:
     @property
     def value(self) -> int: ...
 
+class NanGuard:
+    raise_: ClassVar[NanGuard]
+    skip: ClassVar[NanGuard]
+    off: ClassVar[NanGuard]
+    __members__: ClassVar[dict[str, NanGuard]]
+    def __init__(self, value: int) -> None: ...
+    def __eq__(self, other: object) -> bool: ...
+    def __hash__(self) -> int: ...
+    def __index__(self) -> int: ...
+    def __int__(self) -> int: ...
+    def __ne__(self, other: object) -> bool: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def value(self) -> int: ...
+
 class StepKind:
     constant: ClassVar[StepKind]
     inverse: ClassVar[StepKind]
@@ -86,6 +102,7 @@ class StoreConfig:
     nesterov: bool
     weight_decay: float
     persistence: int
+    nan_guard: NanGuard
     max_learners: int
     hist_bins: int
     step: StepConfig

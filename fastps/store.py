@@ -19,6 +19,13 @@ from fastps import step_size as _steps
 MODES = ("locked", "hogwild", "leashed")
 """Consistency modes: lock per shard, no synchronisation (Hogwild!), Leashed-SGD."""
 
+NAN_GUARDS = {
+    "raise": _core.NanGuard.raise_,
+    "skip": _core.NanGuard.skip,
+    "off": _core.NanGuard.off,
+}
+"""What push does with a NaN or Inf in a gradient."""
+
 _DEFAULT_SHARD_BYTES = 1 << 20  # one shard per MiB of parameters by default...
 _DEFAULT_MAX_SHARDS = 16  # ...up to this many
 
@@ -121,7 +128,8 @@ class LearnerHandle:
 
         ``grad``: ``store.size`` contiguous elements of float32, float16 or bfloat16 (half
         precision is widened in the same pass). Nothing changes if the gradient is refused.
-        Returns the number of shard updates dropped (leashed mode with persistence >= 0).
+        Returns the number of shard updates not applied: dropped (leashed mode with
+        persistence >= 0), or all of them when ``nan_guard="skip"`` skipped the gradient.
         """
         if type(grad) is np.ndarray:
             return self._h.push(grad)
@@ -184,6 +192,10 @@ class Store:
             leashed mode inside each published version). weight_decay: L2 term lambda*w.
         persistence: leashed mode: failed publication attempts tolerated before a gradient's
             shard update is dropped and counted; -1 retries forever.
+        nan_guard: a gradient holding NaN or Inf is refused with ValueError (``"raise"``),
+            skipped and counted in ``stats()["nonfinite_skipped"]`` (``"skip"``), or not
+            checked (``"off"``: saves one read pass over the gradient). Checked before any
+            shard changes.
         shared: put the whole store in the POSIX shared-memory segment with this name
             (created exclusively, mode 0600, unlinked on close) so other processes can
             ``Store.attach(name)``.
@@ -205,6 +217,7 @@ class Store:
         nesterov: bool = False,
         weight_decay: float = 0.0,
         persistence: int = -1,
+        nan_guard: str = "raise",
         shared: str | None = None,
         max_learners: int = 16,
         staleness_bins: int = 64,
@@ -249,6 +262,11 @@ class Store:
             raise ValueError(f"Store: persistence must be -1 (never drop) or >= 0 (got {persistence})")
         cfg.max_learners = self._nonneg("max_learners", max_learners)
         cfg.hist_bins = self._nonneg("staleness_bins", staleness_bins)
+        if nan_guard not in NAN_GUARDS:
+            raise ValueError(
+                f"Store: nan_guard must be one of {', '.join(NAN_GUARDS)} (got {nan_guard!r})"
+            )
+        cfg.nan_guard = NAN_GUARDS[nan_guard]
         if cfg.max_learners < 1:
             raise ValueError(f"Store: max_learners must be in [1, 1024] (got {cfg.max_learners})")
         self._policy = policy.bind(cfg.lr, cfg.max_learners)
@@ -359,7 +377,8 @@ class Store:
         return {
             "size": c.size, "shards": c.shards, "mode": c.mode.name, "lr": c.lr,
             "momentum": c.momentum, "nesterov": c.nesterov, "weight_decay": c.weight_decay,
-            "persistence": c.persistence, "max_learners": c.max_learners,
+            "persistence": c.persistence, "nan_guard": c.nan_guard.name.rstrip("_"),
+            "max_learners": c.max_learners,
             "staleness_bins": c.hist_bins, "step_size": self._policy,
         }  # fmt: skip
 

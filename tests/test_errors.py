@@ -66,6 +66,47 @@ def test_bad_out_is_refused(store, out, exc, msg):
         h.pull(out)
 
 
+NONFINITE = [
+    ("float32", np.nan), ("float32", np.inf), ("float32", -np.inf),
+    ("float16", np.nan), ("float16", np.inf), ("bfloat16", np.nan), ("bfloat16", -np.inf),
+]  # fmt: skip
+
+
+def _grad_with(dtype, value, index):
+    g = torch.ones(N, dtype=getattr(torch, dtype))
+    g[index] = value
+    return g
+
+
+@pytest.mark.parametrize("dtype,value", NONFINITE)
+def test_nonfinite_gradient_is_refused_by_default(store, dtype, value):
+    h = store.learner()
+    before = store.read(), store.stats()
+    with pytest.raises(ValueError, match=r"push: grad\[57\] is not finite \(NaN or Inf\); nothing was applied"):
+        h.push(_grad_with(dtype, value, 57))
+    assert_unchanged(store, *before)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype,value", NONFINITE[:4])
+def test_nan_guard_skip_counts_and_applies_nothing(mode, dtype, value):
+    with fastps.Store(N, shards=3, mode=mode, nan_guard="skip", lr=1.0) as store:
+        h = store.learner()
+        assert h.push(_grad_with(dtype, value, N - 1)) == 3  # every shard update skipped
+        h.push(np.ones(N, np.float32))
+        st = store.stats()
+        assert st["nonfinite_skipped"] == 1 and st["pushes"] == 1 and st["clock"] == 1
+        np.testing.assert_array_equal(store.read(), -np.ones(N, np.float32))
+
+
+def test_nan_guard_off_applies_what_it_is_given():
+    with fastps.Store(N, nan_guard="off") as store:
+        store.learner().push(_grad_with("float32", np.nan, 3))
+        assert np.isnan(store.read()[3]) and store.stats()["nonfinite_skipped"] == 0
+    with pytest.raises(ValueError, match=r"Store: nan_guard must be one of raise, skip, off \(got 'no'\)"):
+        fastps.Store(N, nan_guard="no")
+
+
 def test_read_only_out_is_refused_and_left_alone(store):
     out = np.full(N, 7.0, np.float32)
     out.setflags(write=False)

@@ -75,6 +75,7 @@ py::dict stats_dict(const fastps::Stats& s, const StoreConfig& cfg) {
   d["slot_waits"] = s.slot_waits;
   d["lock_wait_s"] = static_cast<double>(s.lock_wait_ns) * 1e-9;
   d["bytes_applied"] = s.bytes_applied;
+  d["nonfinite_skipped"] = s.nonfinite_skipped;
   d["learners"] = s.learners;
   if (cfg.mode == Mode::kLeashed) {
     d["slots_in_use"] = s.slots_in_use;
@@ -151,6 +152,11 @@ PYBIND11_MODULE(_core, m) {
       .value("float16", DType::kF16)
       .value("bfloat16", DType::kBF16);
 
+  py::enum_<fastps::NanGuard>(m, "NanGuard")
+      .value("raise_", fastps::NanGuard::kRaise)
+      .value("skip", fastps::NanGuard::kSkip)
+      .value("off", fastps::NanGuard::kOff);
+
   py::enum_<StepKind>(m, "StepKind")
       .value("constant", StepKind::kConstant)
       .value("inverse", StepKind::kInverse)
@@ -179,6 +185,7 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("nesterov", &StoreConfig::nesterov)
       .def_readwrite("weight_decay", &StoreConfig::weight_decay)
       .def_readwrite("persistence", &StoreConfig::persistence)
+      .def_readwrite("nan_guard", &StoreConfig::nan_guard)
       .def_readwrite("max_learners", &StoreConfig::max_learners)
       .def_readwrite("hist_bins", &StoreConfig::hist_bins)
       .def_readwrite("step", &StoreConfig::step);

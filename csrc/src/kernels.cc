@@ -121,6 +121,29 @@ void apply_copy(float* w_out, const float* w_in, float* m_out, const float* m_in
   dispatch<Copy>(dt, a, w_out, w_in, m_out, m_in, g, n, a);
 }
 
+namespace {
+
+template <typename U, U kExpMask>
+int64_t first_nonfinite_t(const U* g, size_t n) {
+  U any = 0;
+  for (size_t i = 0; i < n; ++i) any |= static_cast<U>((g[i] & kExpMask) == kExpMask);
+  if (!any) return -1;
+  for (size_t i = 0; i < n; ++i)
+    if ((g[i] & kExpMask) == kExpMask) return static_cast<int64_t>(i);
+  return -1;
+}
+
+}  // namespace
+
+int64_t first_nonfinite(const void* g, DType dt, size_t n) {
+  switch (dt) {
+    case DType::kF32: return first_nonfinite_t<uint32_t, 0x7f800000u>(static_cast<const uint32_t*>(g), n);
+    case DType::kF16: return first_nonfinite_t<uint16_t, 0x7c00u>(static_cast<const uint16_t*>(g), n);
+    case DType::kBF16: return first_nonfinite_t<uint16_t, 0x7f80u>(static_cast<const uint16_t*>(g), n);
+  }
+  return -1;
+}
+
 double dist2(const float* a, const float* b, size_t n) {
   // Eight independent accumulators, so the loop vectorises without reassociating a sum.
   double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};

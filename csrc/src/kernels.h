@@ -23,6 +23,10 @@ void apply_inplace(float* w, float* m, const void* g, DType dt, size_t n, const 
 void apply_copy(float* w_out, const float* w_in, float* m_out, const float* m_in, const void* g,
                 DType dt, size_t n, const ApplyArgs& a);
 
+/// Index of the first NaN or Inf in g[0..n), or -1. One read pass (vectorised OR of an
+/// all-ones-exponent test), then a scan to locate the element only when one exists.
+int64_t first_nonfinite(const void* g, DType dt, size_t n);
+
 /// Squared Euclidean distance sum((a - b)^2), accumulated in double.
 double dist2(const float* a, const float* b, size_t n);
 

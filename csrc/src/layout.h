@@ -58,6 +58,7 @@ struct alignas(kCacheLine) Header {
   // statistics only, read by stats().
   alignas(kCacheLine) std::atomic<uint64_t> pushes;
   alignas(kCacheLine) std::atomic<uint64_t> clock;
+  std::atomic<uint64_t> nonfinite_skipped;  // statistics only, relaxed
   // TAIL-tau state. step_updates: fetch_add (relaxed) by every shard update while the policy
   // is on; its return value elects the one builder of each CDF (warmup, then every refresh).
   alignas(kCacheLine) std::atomic<uint64_t> step_updates;

@@ -96,6 +96,8 @@ void validate(const StoreConfig& c) {
   FASTPS_CHECK_ARG(std::isfinite(c.weight_decay) && c.weight_decay >= 0.0f,
                    "Store: weight_decay must be finite and >= 0 (got %g)",
                    static_cast<double>(c.weight_decay));
+  FASTPS_CHECK_ARG(static_cast<uint32_t>(c.nan_guard) <= static_cast<uint32_t>(NanGuard::kOff),
+                   "Store: unknown nan_guard %u", static_cast<unsigned>(c.nan_guard));
   FASTPS_CHECK_ARG(c.persistence >= -1, "Store: persistence must be -1 (never drop) or >= 0 (got %d)",
                    c.persistence);
   FASTPS_CHECK_ARG(c.max_learners >= 1 && c.max_learners <= 1024,
@@ -439,6 +441,7 @@ Stats Store::stats() const {
   Stats st;
   st.clock = L.hdr->clock.load(std::memory_order_relaxed);
   st.pushes = L.hdr->pushes.load(std::memory_order_relaxed);
+  st.nonfinite_skipped = L.hdr->nonfinite_skipped.load(std::memory_order_relaxed);
   st.learners = L.hdr->learners_open.load(std::memory_order_relaxed);
   st.staleness_hist.assign(cfg_.hist_bins + 1, 0);
   if (cfg_.step.kind == StepKind::kTailTau) {
@@ -627,6 +630,17 @@ uint32_t Learner::push(const void* grad, DType dtype, size_t n) {
                "push: this store's step size is a Python hook, and none is set in this process "
                "(attach with step_size= the same callable)");
   const Layout& L = *store_->lay_;
+  if (cfg.nan_guard != NanGuard::kOff) {
+    const int64_t bad = detail::first_nonfinite(grad, dtype, n);
+    if (bad >= 0) {
+      FASTPS_CHECK_ARG(cfg.nan_guard != NanGuard::kRaise,
+                       "push: grad[%lld] is not finite (NaN or Inf); nothing was applied "
+                       "(nan_guard='raise'; 'skip' drops such gradients and counts them)",
+                       static_cast<long long>(bad));
+      L.hdr->nonfinite_skipped.fetch_add(1, std::memory_order_relaxed);  // statistics only
+      return cfg.shards;
+    }
+  }
   L.hdr->pushes.fetch_add(1, std::memory_order_relaxed);  // statistics only
   const size_t esize = dtype_size(dtype);
   const auto* g = static_cast<const char*>(grad);

@@ -29,6 +29,13 @@ const char* mode_name(Mode m);
 const char* dtype_name(DType d);
 size_t dtype_size(DType d);
 
+/// What push does with a gradient holding NaN or Inf (checked before any shard changes).
+enum class NanGuard : uint32_t {
+  kRaise = 0,  ///< refuse the push with std::invalid_argument
+  kSkip = 1,   ///< apply nothing, count it in Stats::nonfinite_skipped
+  kOff = 2,    ///< no check (no extra pass over the gradient)
+};
+
 /// Step-size policies eta(tau), evaluated per shard update (formulas in docs/step_size.md).
 enum class StepKind : uint32_t {
   kConstant = 0,     ///< lr
@@ -70,6 +77,7 @@ struct StoreConfig {
   bool nesterov = false;
   float weight_decay = 0.0f;
   int32_t persistence = -1;   ///< leashed: failed CAS attempts before a drop; -1 = never drop
+  NanGuard nan_guard = NanGuard::kRaise;
   uint32_t max_learners = 16; ///< open handles at once; leashed keeps 2*max_learners+1 slots/shard
   uint32_t hist_bins = 64;    ///< exact staleness counts for tau < hist_bins, then one overflow bin
   StepConfig step;            ///< eta(tau); lr is eta0
@@ -84,6 +92,7 @@ struct Stats {
   uint64_t slot_waits = 0;     ///< leashed: times a writer found no free slot and yielded
   uint64_t lock_wait_ns = 0;   ///< locked: time spent waiting for busy shard locks
   uint64_t bytes_applied = 0;  ///< gradient bytes applied (in the dtype they arrived in)
+  uint64_t nonfinite_skipped = 0;  ///< pushes skipped by nan_guard = kSkip
   uint32_t learners = 0;       ///< handles open now, across processes
   uint64_t slots_in_use = 0;   ///< leashed: slots not FREE now, summed over shards
   uint32_t slots_touched = 0;  ///< leashed: most slots any shard has ever used (memory touched)
@@ -156,7 +165,8 @@ class Learner {
   /// Applies w -= eta(tau) * (g + weight_decay * w) (with momentum when set) to every shard,
   /// tau = version at apply - version read at the last pull. Validates before touching any
   /// shard: a refused push changes nothing. Returns the number of shard updates dropped
-  /// (leashed with persistence >= 0 only). Caller keeps `grad` alive until it returns.
+  /// (leashed with persistence >= 0 only), or all S shards when nan_guard = kSkip skipped a
+  /// non-finite gradient. Caller keeps `grad` alive until it returns.
   uint32_t push(const void* grad, DType dtype, size_t n);
   /// Releases this handle's learner slot; later calls throw. Idempotent, never throws.
   void close() noexcept;
