@@ -8,12 +8,14 @@ checks arguments so that errors name what was wrong before anything changes.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from typing import Any
 
 import numpy as np
 
 from fastps import _core
+from fastps import checkpoint as _ckpt
 from fastps import step_size as _steps
 
 MODES = ("locked", "hogwild", "leashed")
@@ -269,6 +271,8 @@ class Store:
         cfg.nan_guard = NAN_GUARDS[nan_guard]
         if cfg.max_learners < 1:
             raise ValueError(f"Store: max_learners must be in [1, 1024] (got {cfg.max_learners})")
+        self.metadata: Any = None
+        """What ``save(metadata=...)`` stored, for a store made by ``Store.load``."""
         self._policy = policy.bind(cfg.lr, cfg.max_learners)
         self._policy._native(cfg.step)
         self._s = _core.Store.create(cfg, init_arr, "" if shared is None else shared)
@@ -305,6 +309,7 @@ class Store:
         if not isinstance(name, str):
             raise TypeError(f"attach: name must be a string (got {_type_name(name)})")
         self = cls.__new__(cls)
+        self.metadata = None
         self._s = _core.Store.attach(name)
         cfg = self._s.config
         self._policy = _steps.from_native(cfg.step, cfg.lr)
@@ -317,6 +322,78 @@ class Store:
             self._policy = _steps.Hook(fn=step_size, lr=cfg.lr)
             self._s.set_step_hook(step_size)
         return self
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str], *, metadata: Any = None) -> None:
+        """Write parameters, momentum, clock, versions and staleness histograms to ``path``.
+
+        Safe while learners keep pushing: each shard is copied at one instant (locked and
+        leashed modes). The file is written to a temporary name, fsynced and renamed into
+        place, so a crash mid-save leaves the previous checkpoint intact. ``metadata``: any
+        JSON-serialisable value, returned as ``store.metadata`` by ``Store.load``.
+        """
+        _ckpt.save(self, path, metadata)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        size: int | None = None,
+        shards: int | None = None,
+        mode: str | None = None,
+        shared: str | None = None,
+        step_size: Any = None,
+        max_learners: int | None = None,
+        nan_guard: str | None = None,
+    ) -> Store:
+        """A new store holding the checkpoint at ``path``.
+
+        A truncated, corrupted (checksum), wrong-version file, or one whose layout disagrees
+        with ``size`` / ``shards`` when given, raises ValueError before any store exists.
+        ``mode``, ``shared``, ``max_learners`` and ``nan_guard`` may differ from the saved
+        store; a Python-callable step size must be given again as ``step_size``.
+        """
+        header, params, momentum = _ckpt.read(path)
+        c = header["config"]
+        for name, want in (("size", size), ("shards", shards)):
+            if want is not None and c[name] != want:
+                raise ValueError(
+                    f"load: {os.fspath(path)} has {name}={c[name]}, expected {want} (wrong layout)"
+                )
+        step = c["step"]
+        if step["kind"] == "hook":
+            if not callable(step_size):
+                raise ValueError(
+                    f"load: {os.fspath(path)} was saved with a Python step_size hook; pass it "
+                    "again as step_size="
+                )
+            policy = step_size
+        else:
+            if step_size is not None:
+                raise ValueError("load: step_size is only for checkpoints saved with a hook")
+            sc = _core.StepConfig()
+            sc.kind = getattr(_core.StepKind, step["kind"])
+            for k in _ckpt._STEP_FIELDS:
+                setattr(sc, k, step[k])
+            policy = _steps.from_native(sc, c["lr"])
+        store = cls(
+            c["size"], shards=c["shards"], mode=mode or c["mode"], lr=c["lr"],
+            step_size=policy, momentum=c["momentum"], nesterov=c["nesterov"],
+            weight_decay=c["weight_decay"], persistence=c["persistence"],
+            nan_guard=nan_guard or c["nan_guard"], shared=shared,
+            max_learners=max_learners or c["max_learners"], staleness_bins=c["staleness_bins"],
+        )  # fmt: skip
+        try:
+            if [list(r) for r in store.shard_ranges()] != header["shard_ranges"]:
+                raise ValueError(f"load: {os.fspath(path)} has shard ranges this build does not make")
+            store._s.restore(params, momentum, _ckpt.counters_from(header))
+        except BaseException:
+            store.close()
+            raise
+        store.metadata = header["metadata"]
+        return store
 
     # -- data ------------------------------------------------------------------------------
 

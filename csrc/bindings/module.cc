@@ -190,6 +190,24 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("hist_bins", &StoreConfig::hist_bins)
       .def_readwrite("step", &StoreConfig::step);
 
+  py::class_<fastps::Counters>(m, "Counters")
+      .def(py::init<>())
+      .def_readwrite("clock", &fastps::Counters::clock)
+      .def_readwrite("pushes", &fastps::Counters::pushes)
+      .def_readwrite("nonfinite_skipped", &fastps::Counters::nonfinite_skipped)
+      .def_readwrite("versions", &fastps::Counters::versions)
+      .def_readwrite("hist", &fastps::Counters::hist)
+      .def_readwrite("step_updates", &fastps::Counters::step_updates)
+      .def_readwrite("cdf_ready", &fastps::Counters::cdf_ready)
+      .def_readwrite("cdf", &fastps::Counters::cdf)
+      .def_readwrite("cdf_hist", &fastps::Counters::cdf_hist);
+
+  py::class_<fastps::SegmentInfo>(m, "SegmentInfo")
+      .def_readonly("is_store", &fastps::SegmentInfo::is_store)
+      .def_readonly("creator_pid", &fastps::SegmentInfo::creator_pid)
+      .def_readonly("size", &fastps::SegmentInfo::size)
+      .def_readonly("mode", &fastps::SegmentInfo::mode);
+
   py::class_<Store, std::shared_ptr<Store>>(m, "Store")
       .def_static(
           "create",
@@ -232,6 +250,35 @@ PYBIND11_MODULE(_core, m) {
       .def(
           "stats", [](const Store& s) { return stats_dict(s.stats(), s.config()); })
       .def("learner", &Store::learner)
+      .def(
+          "snapshot",
+          [](const Store& s, py::array params, std::optional<py::array> momentum) {
+            float* p = out_buffer("save", params);
+            float* m = momentum ? out_buffer("save", *momentum) : nullptr;
+            FASTPS_CHECK_ARG(static_cast<uint64_t>(params.size()) == s.config().size &&
+                                 (!momentum || momentum->size() == params.size()),
+                             "save: buffers must have %llu elements",
+                             static_cast<unsigned long long>(s.config().size));
+            py::gil_scoped_release nogil;
+            return s.snapshot(p, m);
+          },
+          py::arg("params").noconvert(), py::arg("momentum").none(true))
+      .def(
+          "restore",
+          [](Store& s, py::array_t<float, py::array::c_style> params,
+             std::optional<py::array_t<float, py::array::c_style>> momentum,
+             const fastps::Counters& c) {
+            FASTPS_CHECK_ARG(static_cast<uint64_t>(params.size()) == s.config().size &&
+                                 (!momentum || momentum->size() == params.size()),
+                             "load: arrays must have %llu elements",
+                             static_cast<unsigned long long>(s.config().size));
+            const float* p = params.data();
+            const float* m = momentum ? momentum->data() : nullptr;
+            py::gil_scoped_release nogil;
+            s.restore(p, m, c);
+          },
+          py::arg("params"), py::arg("momentum").none(true), py::arg("counters"))
+      .def_static("inspect", &Store::inspect, py::arg("name"))
       .def(
           "set_step_hook",
           [](Store& s, py::function fn) {

@@ -48,6 +48,7 @@ struct alignas(kCacheLine) Header {
   StoreConfig cfg;  // immutable after creation
   uint32_t slots;   // V per shard in leashed mode, 1 otherwise
   uint64_t total_bytes;
+  int32_t creator_pid;  // the process that created the store (for fastps.cleanup())
   uint64_t shards_off, slots_off, hist_off, cdf_off, data_off, mom_off;
   // Written by Learner constructors/close (fetch_add/fetch_sub, CAS) in any process; read by
   // learner() and stats(). Publishes nothing but the count: relaxed.

@@ -309,6 +309,7 @@ std::shared_ptr<Store> Store::create(const StoreConfig& cfg, const float* init,
   h->cfg = cfg;
   h->slots = p.slots;
   h->total_bytes = p.total;
+  h->creator_pid = static_cast<int32_t>(getpid());
   h->shards_off = p.shards_off;
   h->slots_off = p.slots_off;
   h->hist_off = p.hist_off;
@@ -486,6 +487,122 @@ std::unique_ptr<Learner> Store::learner() {
   } while (!open.compare_exchange_weak(n, n + 1, std::memory_order_relaxed));  // a count only
   const uint32_t id = lay_->hdr->next_learner_id.fetch_add(1, std::memory_order_relaxed);
   return std::unique_ptr<Learner>(new Learner(shared_from_this(), id));
+}
+
+Counters Store::snapshot(float* params, float* momentum) const {
+  check_open("save");
+  const Layout& L = *lay_;
+  const bool has_mom = cfg_.momentum != 0.0f;
+  FASTPS_CHECK_ARG(!has_mom || momentum, "save: the store has momentum; a buffer is needed");
+  Counters c;
+  c.versions.resize(cfg_.shards);
+  for (uint32_t s = 0; s < cfg_.shards; ++s) {
+    ShardDesc& d = L.shards[s];
+    const size_t bytes = d.len * sizeof(float);
+    switch (cfg_.mode) {
+      case Mode::kLocked: {
+        ShardLock lock(d);
+        std::memcpy(params + d.begin, L.params(s), bytes);
+        if (has_mom) std::memcpy(momentum + d.begin, L.momentum(s), bytes);
+        c.versions[s] = d.version.load(std::memory_order_relaxed);  // under the shard lock
+        break;
+      }
+      case Mode::kHogwild:
+        c.versions[s] = d.version.load(std::memory_order_relaxed);  // approximate by design
+        detail::hogwild_copy(params + d.begin, L.params(s), d.len);
+        if (has_mom) detail::hogwild_copy(momentum + d.begin, L.momentum(s), d.len);
+        break;
+      case Mode::kLeashed: {
+        const uint64_t cur = pin(L, s);
+        const auto slot = static_cast<uint32_t>(cur & detail::kSlotMask);
+        std::memcpy(params + d.begin, L.slot_params(s, slot), bytes);
+        if (has_mom) std::memcpy(momentum + d.begin, L.slot_momentum(s, slot), bytes);
+        c.versions[s] = cur >> detail::kSlotBits;
+        unpin(L, s, slot);
+        break;
+      }
+    }
+  }
+  // Counters are statistics: read relaxed, not synchronised with the shard copies above.
+  const uint32_t nb = cfg_.hist_bins + 1;
+  c.hist.resize(uint64_t{cfg_.shards} * nb);
+  for (uint32_t s = 0; s < cfg_.shards; ++s)
+    for (uint32_t b = 0; b < nb; ++b)
+      c.hist[uint64_t{s} * nb + b] = L.shard_hist(s)[b].load(std::memory_order_relaxed);
+  c.clock = L.hdr->clock.load(std::memory_order_relaxed);
+  c.pushes = L.hdr->pushes.load(std::memory_order_relaxed);
+  c.nonfinite_skipped = L.hdr->nonfinite_skipped.load(std::memory_order_relaxed);
+  c.step_updates = L.hdr->step_updates.load(std::memory_order_relaxed);
+  c.cdf_ready = L.hdr->cdf_ready.load(std::memory_order_acquire);  // pairs with build_cdf()
+  for (uint32_t b = 0; b < nb; ++b) {
+    c.cdf.push_back(L.cdf[b].load(std::memory_order_relaxed));
+    c.cdf_hist.push_back(L.cdf_hist[b].load(std::memory_order_relaxed));
+  }
+  return c;
+}
+
+void Store::restore(const float* params, const float* momentum, const Counters& c) {
+  check_open("load");
+  const Layout& L = *lay_;
+  const uint32_t S = cfg_.shards, nb = cfg_.hist_bins + 1;
+  const bool has_mom = cfg_.momentum != 0.0f;
+  FASTPS_CHECK(L.hdr->learners_open.load(std::memory_order_relaxed) == 0 &&
+                   L.hdr->pushes.load(std::memory_order_relaxed) == 0,
+               "load: the store is already in use (restore only into a fresh store)");
+  FASTPS_CHECK_ARG(!has_mom || momentum, "load: the store has momentum; its values are needed");
+  FASTPS_CHECK_ARG(c.versions.size() == S, "load: %zu shard versions, expected %u",
+                   c.versions.size(), S);
+  FASTPS_CHECK_ARG(c.hist.size() == uint64_t{S} * nb, "load: %zu histogram counts, expected %llu",
+                   c.hist.size(), static_cast<unsigned long long>(uint64_t{S} * nb));
+  FASTPS_CHECK_ARG(c.cdf.size() == nb && c.cdf_hist.size() == nb,
+                   "load: TAIL-tau table has %zu entries, expected %u", c.cdf.size(), nb);
+  for (uint64_t v : c.versions)
+    FASTPS_CHECK_ARG(v < (uint64_t{1} << (64 - detail::kSlotBits)),
+                     "load: shard version %llu is out of range", static_cast<unsigned long long>(v));
+  for (uint32_t s = 0; s < S; ++s) {
+    ShardDesc& d = L.shards[s];
+    const size_t bytes = d.len * sizeof(float);
+    if (cfg_.mode == Mode::kLeashed) {
+      // Slot 0 is the published version of a fresh store; nobody else can see it yet.
+      std::memcpy(L.slot_params(s, 0), params + d.begin, bytes);
+      if (has_mom) std::memcpy(L.slot_momentum(s, 0), momentum + d.begin, bytes);
+      d.current.store(c.versions[s] << detail::kSlotBits, std::memory_order_seq_cst);
+    } else {
+      std::memcpy(L.params(s), params + d.begin, bytes);
+      if (has_mom) std::memcpy(L.momentum(s), momentum + d.begin, bytes);
+      d.version.store(c.versions[s], std::memory_order_release);  // before any learner exists
+    }
+    uint64_t updates = 0;
+    for (uint32_t b = 0; b < nb; ++b) {
+      L.shard_hist(s)[b].store(c.hist[uint64_t{s} * nb + b], std::memory_order_relaxed);
+      updates += c.hist[uint64_t{s} * nb + b];
+    }
+    d.updates.store(updates, std::memory_order_relaxed);  // statistics only
+  }
+  L.hdr->clock.store(c.clock, std::memory_order_relaxed);
+  L.hdr->pushes.store(c.pushes, std::memory_order_relaxed);
+  L.hdr->nonfinite_skipped.store(c.nonfinite_skipped, std::memory_order_relaxed);
+  L.hdr->step_updates.store(c.step_updates, std::memory_order_relaxed);
+  for (uint32_t b = 0; b < nb; ++b) {
+    L.cdf[b].store(c.cdf[b], std::memory_order_relaxed);
+    L.cdf_hist[b].store(c.cdf_hist[b], std::memory_order_relaxed);
+  }
+  L.hdr->cdf_ready.store(c.cdf_ready ? 1 : 0, std::memory_order_release);  // pairs with eta()
+}
+
+SegmentInfo Store::inspect(const std::string& name) {
+  std::shared_ptr<Arena> arena = Arena::attach(name);
+  SegmentInfo info;
+  if (arena->bytes() < sizeof(Header)) return info;
+  const Header* h = arena->at<Header>(0);
+  if (h->magic.load(std::memory_order_acquire) != detail::kMagic ||  // pairs with create()
+      h->format_version != detail::kFormatVersion)
+    return info;
+  info.is_store = true;
+  info.creator_pid = h->creator_pid;
+  info.size = h->cfg.size;
+  info.mode = h->cfg.mode;
+  return info;
 }
 
 void Store::set_step_hook(StepHook hook) {

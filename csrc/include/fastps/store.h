@@ -102,6 +102,25 @@ struct Stats {
   uint64_t step_builds = 0;         ///< TAIL-tau: times the CDF was built
 };
 
+/// Everything but the parameters and momentum that a checkpoint carries (see Store::snapshot).
+struct Counters {
+  uint64_t clock = 0, pushes = 0, nonfinite_skipped = 0;
+  std::vector<uint64_t> versions;  ///< per shard
+  std::vector<uint64_t> hist;      ///< per shard, hist_bins + 1 each, shard-major
+  uint64_t step_updates = 0;       ///< TAIL-tau state: shard updates counted, CDF table, and
+  uint32_t cdf_ready = 0;          ///< the histogram it was built from
+  std::vector<double> cdf;
+  std::vector<uint64_t> cdf_hist;
+};
+
+/// What a process can learn about a shared segment without using it (for cleanup).
+struct SegmentInfo {
+  bool is_store = false;
+  int32_t creator_pid = 0;
+  uint64_t size = 0;
+  Mode mode = Mode::kLeashed;
+};
+
 class Learner;
 namespace detail {
 struct Layout;
@@ -138,6 +157,17 @@ class Store : public std::enable_shared_from_this<Store> {
   /// against concurrent pushes: set it before learners start. The hook may throw; the shard it
   /// was asked about is then left unchanged and the exception propagates out of push().
   void set_step_hook(StepHook hook);
+
+  /// Copies the parameters (and momentum, when the store has it; `momentum` may be null
+  /// otherwise) and returns the counters: a consistent snapshot per shard in locked and
+  /// leashed modes (each shard's values, momentum and version from one instant), taken while
+  /// learners keep pushing. Blocks on shard locks (locked). Thread-safe.
+  Counters snapshot(float* params, float* momentum) const;
+  /// Puts a snapshot into a store that no learner has used yet (no handle open, no push
+  /// applied). Validates everything first; throws and changes nothing otherwise.
+  void restore(const float* params, const float* momentum, const Counters& c);
+  /// Reads the header of the shared segment `name` (ownership and format checked as attach).
+  static SegmentInfo inspect(const std::string& name);
 
  private:
   friend class Learner;
