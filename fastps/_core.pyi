@@ -108,6 +108,28 @@ class StoreConfig:
     step: StepConfig
     def __init__(self) -> None: ...
 
+class Counters:
+    clock: int
+    pushes: int
+    nonfinite_skipped: int
+    versions: list[int]
+    hist: list[int]
+    step_updates: int
+    cdf_ready: int
+    cdf: list[float]
+    cdf_hist: list[int]
+    def __init__(self) -> None: ...
+
+class SegmentInfo:
+    @property
+    def is_store(self) -> bool: ...
+    @property
+    def creator_pid(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def mode(self) -> Mode: ...
+
 class Store:
     @staticmethod
     def create(config: StoreConfig, init: npt.NDArray[np.float32] | None, shared: str = "") -> Store: ...
@@ -127,6 +149,17 @@ class Store:
     def stats(self) -> dict[str, Any]: ...
     def learner(self) -> Learner: ...
     def set_step_hook(self, hook: Callable[[int, dict[str, int]], float]) -> None: ...
+    def snapshot(
+        self, params: npt.NDArray[np.float32], momentum: npt.NDArray[np.float32] | None
+    ) -> Counters: ...
+    def restore(
+        self,
+        params: npt.NDArray[np.float32],
+        momentum: npt.NDArray[np.float32] | None,
+        counters: Counters,
+    ) -> None: ...
+    @staticmethod
+    def inspect(name: str) -> SegmentInfo: ...
 
 class Learner:
     def pull(self, out: npt.NDArray[np.float32]) -> None: ...
