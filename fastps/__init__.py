@@ -18,7 +18,7 @@ from fastps.step_size import (
     StepSize,
     TailTau,
 )
-from fastps.store import MODES, LearnerHandle, Store
+from fastps.store import MODES, LearnerHandle, Store, cleanup
 
 __version__: str = _core.__version__
 built_with_cuda: bool = _core.built_with_cuda
@@ -32,5 +32,5 @@ def cuda_available() -> bool:
 __all__ = [
     "MODES", "Constant", "Exponential", "Inverse", "LearnerHandle", "Projected",
     "StalenessDistance", "StepSize", "Store", "TailTau", "__version__", "built_with_cuda",
-    "cuda_available", "step_size",
+    "cleanup", "cuda_available", "step_size",
 ]  # fmt: skip

@@ -3,7 +3,9 @@
 import multiprocessing as mp
 import os
 import pickle
+import signal
 import stat
+import time
 
 import numpy as np
 import pytest
@@ -99,3 +101,48 @@ def test_a_private_store_refuses_to_pickle():
     with fastps.Store(8) as store:
         with pytest.raises(TypeError, match=r"Store: a private store cannot be pickled"):
             pickle.dumps(store)
+
+
+def _create_and_die(name, ready):
+    store = fastps.Store(1000, shared=name)  # never closed: the process is killed
+    ready.set()
+    time.sleep(60)
+    store.close()
+
+
+def test_cleanup_removes_the_segment_of_a_crashed_creator(shm_name):
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    p = ctx.Process(target=_create_and_die, args=(shm_name, ready))
+    p.start()
+    assert ready.wait(60)
+    path = f"/dev/shm/fastps.{shm_name}"
+    with pytest.raises(RuntimeError, match=rf"cleanup: store '{shm_name}' is still open in its creator \(pid {p.pid}\)"):
+        fastps.cleanup(shm_name)
+    assert shm_name not in fastps.cleanup()  # its creator is alive: left alone
+    os.kill(p.pid, signal.SIGKILL)
+    p.join()
+    assert os.path.exists(path)
+    survivor = fastps.Store.attach(shm_name)  # attached processes keep working after cleanup
+    assert shm_name in fastps.cleanup()
+    assert not os.path.exists(path)
+    survivor.learner().push(np.ones(1000, np.float32))
+    survivor.close()
+
+
+def test_cleanup_refuses_unsafe_foreign_and_non_store_names(shm_name):
+    with pytest.raises(ValueError, match=r"shared name '\.\./etc' has the character '/'"):
+        fastps.cleanup("../etc")
+    path = f"/dev/shm/fastps.{shm_name}"
+    with open(path, "wb") as f:
+        f.write(b"\0" * 4096)
+    assert shm_name not in fastps.cleanup()  # not a store: the scan leaves it
+    with pytest.raises(RuntimeError, match=rf"cleanup: '{shm_name}' is not a fastps store"):
+        fastps.cleanup(shm_name)
+    if os.geteuid() == 0:
+        os.chown(path, 4242, 4242)
+        with pytest.raises(ValueError, match=r"belongs to uid 4242"):
+            fastps.cleanup(shm_name, force=True)
+        os.chown(path, 0, 0)
+    assert fastps.cleanup(shm_name, force=True) == [shm_name]
+    assert not os.path.exists(path)

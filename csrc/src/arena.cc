@@ -58,35 +58,35 @@ std::shared_ptr<Arena> Arena::create_shared(const std::string& name, size_t byte
   return std::shared_ptr<Arena>(new Arena(static_cast<char*>(p), bytes, name, true));
 }
 
-std::shared_ptr<Arena> Arena::attach(const std::string& name) {
-  check_name("attach", name);
+std::shared_ptr<Arena> Arena::attach(const std::string& name, const char* api) {
+  check_name(api, name);
   const std::string path = shm_name(name);
   int fd = shm_open(path.c_str(), O_RDWR, 0);
-  FASTPS_CHECK_ARG(fd >= 0, "attach: no shared store named '%s' (%s)", name.c_str(),
+  FASTPS_CHECK_ARG(fd >= 0, "%s: no shared store named '%s' (%s)", api, name.c_str(),
                    std::strerror(errno));
   struct stat st {};
   if (fstat(fd, &st) != 0) {
     int err = errno;
     close(fd);
-    FASTPS_CHECK(false, "attach: cannot stat shared segment '%s': %s", name.c_str(),
+    FASTPS_CHECK(false, "%s: cannot stat shared segment '%s': %s", api, name.c_str(),
                  std::strerror(err));
   }
   if (st.st_uid != geteuid()) {
     close(fd);
-    FASTPS_CHECK_ARG(false, "attach: shared segment '%s' belongs to uid %u, expected uid %u",
-                     name.c_str(), static_cast<unsigned>(st.st_uid),
+    FASTPS_CHECK_ARG(false, "%s: shared segment '%s' belongs to uid %u, expected uid %u",
+                     api, name.c_str(), static_cast<unsigned>(st.st_uid),
                      static_cast<unsigned>(geteuid()));
   }
   const size_t bytes = static_cast<size_t>(st.st_size);
   if (bytes == 0) {
     close(fd);
-    FASTPS_CHECK_ARG(false, "attach: shared segment '%s' is empty, not a fastps store",
-                     name.c_str());
+    FASTPS_CHECK_ARG(false, "%s: shared segment '%s' is empty, not a fastps store",
+                     api, name.c_str());
   }
   void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   int err = errno;
   close(fd);
-  FASTPS_CHECK(p != MAP_FAILED, "attach: cannot map shared segment '%s': %s", name.c_str(),
+  FASTPS_CHECK(p != MAP_FAILED, "%s: cannot map shared segment '%s': %s", api, name.c_str(),
                std::strerror(err));
   return std::shared_ptr<Arena>(new Arena(static_cast<char*>(p), bytes, name, false));
 }

@@ -591,7 +591,7 @@ void Store::restore(const float* params, const float* momentum, const Counters& 
 }
 
 SegmentInfo Store::inspect(const std::string& name) {
-  std::shared_ptr<Arena> arena = Arena::attach(name);
+  std::shared_ptr<Arena> arena = Arena::attach(name, "cleanup");
   SegmentInfo info;
   if (arena->bytes() < sizeof(Header)) return info;
   const Header* h = arena->at<Header>(0);

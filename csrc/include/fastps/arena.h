@@ -18,7 +18,8 @@ class Arena {
   /// (posix_fallocate, so a full /dev/shm is an error here rather than SIGBUS later).
   static std::shared_ptr<Arena> create_shared(const std::string& name, size_t bytes);
   /// Maps an existing segment created by this user. Throws if it is missing or foreign.
-  static std::shared_ptr<Arena> attach(const std::string& name);
+  /// `api` names the caller in error messages.
+  static std::shared_ptr<Arena> attach(const std::string& name, const char* api = "attach");
   /// Throws std::invalid_argument unless `name` is 1..200 characters of [A-Za-z0-9._-].
   static void check_name(const std::string& api, const std::string& name);
 
