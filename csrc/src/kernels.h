@@ -27,7 +27,7 @@ void apply_copy(float* w_out, const float* w_in, float* m_out, const float* m_in
 /// all-ones-exponent test), then a scan to locate the element only when one exists.
 int64_t first_nonfinite(const void* g, DType dt, size_t n);
 
-/// Squared Euclidean distance sum((a - b)^2), accumulated in double.
+/// Squared Euclidean distance sum((a - b)^2): float within blocks of 512, double across.
 double dist2(const float* a, const float* b, size_t n);
 
 /// The one place where hogwild touches shared parameters: unsynchronised by design. Concurrent
