@@ -401,6 +401,18 @@ class Store:
         """Open a learner handle (RuntimeError once ``max_learners`` are open)."""
         return LearnerHandle(self._s.learner(), self)
 
+    def recover(self) -> int:
+        """Recover what handles of dead processes held; returns how many handles.
+
+        A learner process killed mid-push or mid-pull leaves its registration, and in leashed
+        mode its pinned and half-written versions, behind. They are reclaimed here (lock-free,
+        safe while other learners run), and also automatically by ``attach``, by ``learner()``
+        when no place is free, and by a writer that finds no free version slot. Locked mode's
+        shard locks are robust mutexes: a lock held by a dead process is taken over at once;
+        ``stats()["torn_shards"]`` counts such takeovers, whose update may be partial.
+        """
+        return self._s.recover()
+
     def read(self, out: Any = None) -> Any:
         """A copy of the parameters (consistent per shard in locked and leashed modes).
 

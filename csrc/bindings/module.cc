@@ -77,6 +77,8 @@ py::dict stats_dict(const fastps::Stats& s, const StoreConfig& cfg) {
   d["bytes_applied"] = s.bytes_applied;
   d["nonfinite_skipped"] = s.nonfinite_skipped;
   d["learners"] = s.learners;
+  d["recovered"] = s.recovered;
+  d["torn_shards"] = s.torn_shards;
   if (cfg.mode == Mode::kLeashed) {
     d["slots_in_use"] = s.slots_in_use;
     d["slots_touched"] = s.slots_touched;
@@ -250,6 +252,7 @@ PYBIND11_MODULE(_core, m) {
       .def(
           "stats", [](const Store& s) { return stats_dict(s.stats(), s.config()); })
       .def("learner", &Store::learner)
+      .def("recover", &Store::recover, py::call_guard<py::gil_scoped_release>())
       .def(
           "snapshot",
           [](const Store& s, py::array params, std::optional<py::array> momentum) {

@@ -29,10 +29,32 @@ static_assert(std::atomic<double>::is_always_lock_free,
 static_assert(std::atomic<uint32_t>::is_always_lock_free,
               "process-shared slot states need address-free, lock-free 32-bit atomics");
 
-// Leashed slot states. FREE -> WRITING (a writer claims it) -> PUBLISHED (set just before the
-// publishing CAS; stays so if the CAS fails and the writer retries) -> STALE (set by the writer
-// that published its successor) -> FREE (reclaimed once, when STALE with zero readers).
-enum SlotState : uint32_t { kFree = 0, kWriting = 1, kPublished = 2, kStale = 3 };
+// Leashed slot states. FREE -> WRITING (a writer claims it; the owner's entry is recorded) ->
+// PUBLISHED (stored by the writer right after its CAS made the slot current) -> FREE (reclaimed
+// once: PUBLISHED, no longer current, and no reader bit set). A WRITING slot whose CAS failed
+// stays the writer's for its retry, or goes back to FREE when the update is dropped.
+// The state word packs (generation << 32) | (owner entry + 1) << 8 | state; the generation
+// grows with every claim, so a reclaimer's CAS from an old observation always fails (no ABA).
+enum SlotState : uint32_t { kFree = 0, kWriting = 1, kPublished = 2 };
+
+inline uint32_t slot_state(uint64_t w) { return static_cast<uint32_t>(w & 0xff); }
+inline uint32_t slot_owner(uint64_t w) { return static_cast<uint32_t>((w >> 8) & 0xffffff); }
+inline uint64_t slot_gen(uint64_t w) { return w >> 32; }
+inline uint64_t make_slot_word(uint64_t gen, uint32_t owner, uint32_t state) {
+  return (gen << 32) | (uint64_t{owner} << 8) | state;
+}
+
+// Registration entries: one per learner handle (the first max_learners) and a few for readers
+// without a handle (Store::read, snapshot). The word packs (state << 32) | pid.
+enum EntryState : uint32_t { kEntryFree = 0, kEntryClaiming = 1, kEntryOwned = 2, kEntryRecovering = 3 };
+constexpr uint32_t kInternalEntries = 4;
+constexpr uint32_t kRolesPerEntry = 2;  // reader bits per entry: 0 transient pin, 1 kept read pin
+
+inline uint64_t make_entry_word(uint32_t state, int32_t pid) {
+  return (uint64_t{state} << 32) | static_cast<uint32_t>(pid);
+}
+inline uint32_t entry_state(uint64_t w) { return static_cast<uint32_t>(w >> 32); }
+inline int32_t entry_pid(uint64_t w) { return static_cast<int32_t>(w & 0xffffffffu); }
 
 // `current` of a leashed shard packs (version << kSlotBits) | slot. The version doubles as the
 // ABA tag: it grows by one on every publication, so a recycled slot never looks current again.
@@ -49,12 +71,14 @@ struct alignas(kCacheLine) Header {
   uint32_t slots;   // V per shard in leashed mode, 1 otherwise
   uint64_t total_bytes;
   int32_t creator_pid;  // the process that created the store (for fastps.cleanup())
+  uint32_t entries;       // registration entries: max_learners + kInternalEntries
+  uint32_t reader_words;  // 64-bit reader-bit words per slot, padded to a cache line
+  uint64_t entries_off, readers_off;
   uint64_t shards_off, slots_off, hist_off, cdf_off, data_off, mom_off;
-  // Written by Learner constructors/close (fetch_add/fetch_sub, CAS) in any process; read by
-  // learner() and stats(). Publishes nothing but the count: relaxed.
-  alignas(kCacheLine) std::atomic<uint32_t> learners_open;
-  // Incremented by every learner(); gives each handle its id (start shard). Relaxed.
-  std::atomic<uint32_t> next_learner_id;
+  // Recovery statistics, relaxed: entries whose process died and were recovered, and locked
+  // shards whose lock was taken over from a dead owner (their last update may be partial).
+  alignas(kCacheLine) std::atomic<uint64_t> recovered;
+  std::atomic<uint64_t> torn_shards;
   // Written by push() after validation (pushes) and after its last shard (clock), relaxed:
   // statistics only, read by stats().
   alignas(kCacheLine) std::atomic<uint64_t> pushes;
@@ -101,12 +125,18 @@ struct alignas(kCacheLine) ShardDesc {
 };
 
 struct alignas(kCacheLine) SlotHeader {
-  // Incremented by pin() before it re-checks `current`, decremented by unpin(); read by
-  // try_reclaim(). seq_cst: pairs with the STALE store + readers load in publish (Dekker).
-  std::atomic<uint32_t> readers;
-  // SlotState. Transitions listed above; each is a seq_cst store or CAS by the slot's owner
-  // (the claiming writer, the publisher of its successor, or the one reclaimer that wins).
-  std::atomic<uint32_t> state;
+  // make_slot_word(gen, owner, SlotState). Written by CAS (claim, reclaim, recovery) or by a
+  // store of its owning writer (PUBLISHED after its CAS, FREE on a drop); read by claim_slot,
+  // try_reclaim and stats. seq_cst, the reclaim argument at the top of store.cc needs it.
+  std::atomic<uint64_t> state;
+};
+
+// Registration entry. `word` is claimed by CAS (FREE -> CLAIMING -> OWNED by a pid), released
+// by a store of FREE, taken over for recovery by CAS (-> RECOVERING); acq_rel/acquire so that
+// `start_time` (written while CLAIMING) is visible to whoever sees OWNED.
+struct LearnerEntry {
+  std::atomic<uint64_t> word;
+  uint64_t start_time;  // the owner's start time (/proc/<pid>/stat), to detect a reused pid
 };
 
 static_assert(sizeof(SlotHeader) == kCacheLine, "one slot header per cache line");
@@ -119,6 +149,11 @@ struct Layout {
   ShardDesc* shards;
   SlotHeader* slots;        // S*V, shard-major (leashed)
   std::atomic<uint64_t>* hist;  // S*(bins+1), shard-major
+  LearnerEntry* entries;        // hdr->entries
+  // Reader bits: per (shard, slot) hdr->reader_words words; bit 2*entry + role. Set by pin()
+  // (fetch_or) before it re-checks `current`, cleared by unpin() and recovery (fetch_and), read
+  // by try_reclaim(). seq_cst: the Dekker pairing at the top of store.cc.
+  std::atomic<uint64_t>* readers;
   // TAIL-tau: cdf[bins+1] (mid-CDF per tau bin) then cdf_hist[bins+1] (the counts it was built
   // from). Written by the builder (relaxed, published by cdf_ready), read by eta() and stats().
   std::atomic<double>* cdf;
@@ -126,6 +161,9 @@ struct Layout {
   char* base;
 
   SlotHeader& slot(uint32_t s, uint32_t i) const { return slots[uint64_t{s} * hdr->slots + i]; }
+  std::atomic<uint64_t>* slot_readers(uint32_t s, uint32_t i) const {
+    return readers + (uint64_t{s} * hdr->slots + i) * hdr->reader_words;
+  }
   std::atomic<uint64_t>* shard_hist(uint32_t s) const {
     return hist + uint64_t{s} * (hdr->cfg.hist_bins + 1);
   }

@@ -1,25 +1,36 @@
-// Leashed-SGD per shard (Baeckstroem et al. 2021), with recycled slots and a tagged pointer:
-//  1. pin(): load current c = (version, slot L); readers[L] += 1; re-load current. If it moved,
-//     readers[L] -= 1 (and try to reclaim L) and start again; else L is pinned: its data and
-//     version stay valid and unchanged until unpin().
-//  2. push: claim a FREE slot N (CAS FREE->WRITING), pin L, tau = version(L) - version read,
-//     write N = L - eta(tau) * d(g), mark N PUBLISHED, CAS current from (v, L) to (v+1, N).
-//  3. On success: mark L STALE, unpin L; whoever then sees L STALE with zero readers moves it
-//     to FREE with one CAS (so exactly once). On failure: unpin L, count the failure, and go
-//     back to 2 with the same gradient and N (tau recomputed), or drop after `persistence`.
+// Leashed-SGD per shard (Baeckstroem et al. 2021), with recycled slots, a tagged pointer and
+// per-entry reader bits so that a learner killed at any instant can be cleaned up after:
+//  1. pin(e, role): load current c = (version, slot L); set bit 2e+role in L's reader words;
+//     re-load current. If it moved, clear the bit (and try to reclaim L) and start again; else
+//     L is pinned: its data and version stay valid and unchanged until unpin().
+//  2. push: claim a FREE slot N (CAS -> WRITING, owner e), pin L, tau = version(L) - version
+//     read, write N = L - eta(tau) * d(g), CAS current from (v, L) to (v + 1, N).
+//  3. On success: store PUBLISHED in N, unpin L, try to reclaim L and N. On failure: unpin L,
+//     count the failure, and go back to 2 with the same gradient and N (tau recomputed), or
+//     store FREE in N and drop the update after `persistence` failures.
 //  4. pull: pin, copy, record the version, unpin.
-// Invariants: a PUBLISHED or STALE slot's data never changes; a slot is reclaimed only when
-// STALE with no readers; the version in `current` grows by one per publication, so a late CAS
-// against a recycled slot fails (no ABA). Each learner holds at most one pinned and one WRITING
-// slot per shard, so V = 2 * max_learners + 1 slots never run out while the handle limit holds;
-// readers outside handles (Store::read) may make a writer wait briefly (counted as slot_waits).
-// Why pin() is safe (needs seq_cst on the four accesses): the reader does readers += 1 then
-// loads current; the publisher CASes current then stores STALE then loads readers. If the
-// reader's re-load still sees (v, L), its increment precedes the CAS in the single total order,
-// so the publisher's load sees readers >= 1 and the last reader out reclaims instead.
+//  5. try_reclaim(X): if X is PUBLISHED, is not current's slot, and has no reader bit set, CAS
+//     its state word (as loaded) to FREE. Every event that can make X reclaimable (superseded,
+//     last bit cleared, PUBLISHED stored) is followed by a try_reclaim by the one who caused it.
+// Invariants: a slot's data changes only while it is WRITING; a slot is current only after
+// the CAS that published it; the version in `current` grows by one per publication and the
+// generation in a state word by one per claim, so a late CAS against a recycled slot or an old
+// state fails (no ABA). Each learner holds at most one pinned and one WRITING slot per shard
+// (plus its kept read pin under the staleness-distance policy), and readers without a handle
+// hold one pin each on reserved entries, so V slots never run out (slots_for()).
+// Why reclaim is safe (seq_cst on the bit set, the current loads and the bit loads): if a
+// pinner's re-load saw X current, its bit set precedes the CAS that superseded X in the single
+// total order, which precedes the reclaimer's load of current that saw X superseded, which
+// precedes its load of the bits: it sees the bit. Either both see each other or one backs off.
+// Recovery (recover()): the entry of a dead process is taken over by CAS (RECOVERING); its
+// reader bits are cleared everywhere, its WRITING slots become PUBLISHED if current (it died
+// between its CAS and the PUBLISHED store) or FREE otherwise, then every slot is offered to
+// try_reclaim and the entry is freed. All of it is idempotent, so a recoverer that dies is
+// simply replaced by the next one.
 #include "fastps/store.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -27,7 +38,9 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <fstream>
 #include <new>
+#include <sstream>
 #include <thread>
 
 #include "fastps/check.h"
@@ -121,16 +134,17 @@ void validate(const StoreConfig& c) {
 
 // Slots a leashed shard needs so claim_slot() never waits while at most max_learners handles
 // are open: per learner one pinned latest and one WRITING slot, plus (staleness distance) the
-// version its last pull read, kept pinned; plus the published one.
+// version its last pull read, kept pinned; one pin per reserved reader entry; the published one.
 uint32_t slots_for(const StoreConfig& c) {
   if (c.mode != Mode::kLeashed) return 1;
-  return (c.step.kind == StepKind::kDistance ? 3 : 2) * c.max_learners + 1;
+  return (c.step.kind == StepKind::kDistance ? 3 : 2) * c.max_learners + detail::kInternalEntries + 1;
 }
 
 // Offsets of every part of the arena for a config; total size in `total`.
 struct Plan {
-  uint32_t slots;
-  uint64_t shards_off, slots_off, hist_off, cdf_off, data_off, mom_off, total;
+  uint32_t slots, entries, reader_words;
+  uint64_t shards_off, slots_off, entries_off, readers_off, hist_off, cdf_off, data_off, mom_off,
+      total;
 };
 
 Plan plan(const StoreConfig& c) {
@@ -142,6 +156,13 @@ Plan plan(const StoreConfig& c) {
   off += uint64_t{c.shards} * sizeof(ShardDesc);
   p.slots_off = off;
   if (leashed) off += uint64_t{c.shards} * p.slots * sizeof(SlotHeader);
+  p.entries = c.max_learners + detail::kInternalEntries;
+  p.entries_off = off;
+  off = round_up(off + uint64_t{p.entries} * sizeof(detail::LearnerEntry), kCacheLine);
+  const uint64_t bits = uint64_t{p.entries} * detail::kRolesPerEntry;
+  p.reader_words = static_cast<uint32_t>(round_up((bits + 63) / 64, kCacheLine / sizeof(uint64_t)));
+  p.readers_off = off;
+  if (leashed) off += uint64_t{c.shards} * p.slots * p.reader_words * sizeof(uint64_t);
   p.hist_off = off;
   off = round_up(off + uint64_t{c.shards} * (c.hist_bins + 1) * sizeof(uint64_t), kCacheLine);
   p.cdf_off = off;
@@ -167,13 +188,15 @@ Layout make_layout(char* base) {
                 reinterpret_cast<ShardDesc*>(base + h->shards_off),
                 reinterpret_cast<SlotHeader*>(base + h->slots_off),
                 reinterpret_cast<std::atomic<uint64_t>*>(base + h->hist_off),
+                reinterpret_cast<detail::LearnerEntry*>(base + h->entries_off),
+                reinterpret_cast<std::atomic<uint64_t>*>(base + h->readers_off),
                 cdf,
                 reinterpret_cast<std::atomic<uint64_t>*>(cdf + h->cfg.hist_bins + 1),
                 base};
 }
 
 // Locks a shard's robust mutex; returns the nanoseconds spent waiting (0 on the fast path).
-uint64_t lock_shard(ShardDesc& d) {
+uint64_t lock_shard(ShardDesc& d, std::atomic<uint64_t>& torn) {
   int rc = pthread_mutex_trylock(&d.mu);
   uint64_t waited = 0;
   if (rc == EBUSY) {
@@ -182,9 +205,10 @@ uint64_t lock_shard(ShardDesc& d) {
     waited = now_ns() - t0;
   }
   if (rc == EOWNERDEAD) {
-    // The previous owner died holding the lock; its shard update may be partial. The store stays
-    // usable: mark the mutex consistent and go on (recovery policy is the reliability issue's).
+    // The previous owner died holding the lock: the store stays usable, but that owner's update
+    // of this shard may be partial. Counted (stats()["torn_shards"]), not repaired.
     pthread_mutex_consistent(&d.mu);
+    torn.fetch_add(1, std::memory_order_relaxed);  // statistics only
     rc = 0;
   }
   FASTPS_CHECK(rc == 0, "shard lock failed: %s", std::strerror(rc));
@@ -192,7 +216,8 @@ uint64_t lock_shard(ShardDesc& d) {
 }
 
 struct ShardLock {
-  explicit ShardLock(ShardDesc& d) : d_(d), waited_ns(lock_shard(d)) {}
+  ShardLock(const Layout& L, uint32_t s)
+      : d_(L.shards[s]), waited_ns(lock_shard(d_, L.hdr->torn_shards)) {}
   ~ShardLock() { pthread_mutex_unlock(&d_.mu); }
   ShardLock(const ShardLock&) = delete;
   ShardLock& operator=(const ShardLock&) = delete;
@@ -200,42 +225,181 @@ struct ShardLock {
   uint64_t waited_ns;
 };
 
-// ---- leashed primitives (steps 1 and 3 of the algorithm at the top of this file) ----
+// ---- leashed primitives (steps 1, 3 and 5 of the algorithm at the top of this file) ----
 
-void try_reclaim(SlotHeader& h) {
-  if (h.state.load(std::memory_order_seq_cst) == detail::kStale &&
-      h.readers.load(std::memory_order_seq_cst) == 0) {
-    uint32_t expected = detail::kStale;
-    h.state.compare_exchange_strong(expected, detail::kFree, std::memory_order_seq_cst);
-  }
+uint32_t current_slot(const ShardDesc& d) {
+  return static_cast<uint32_t>(d.current.load(std::memory_order_seq_cst) & detail::kSlotMask);
 }
 
-void unpin(const Layout& L, uint32_t s, uint32_t slot) {
-  SlotHeader& h = L.slot(s, slot);
-  h.readers.fetch_sub(1, std::memory_order_seq_cst);
-  try_reclaim(h);
+void try_reclaim(const Layout& L, uint32_t s, uint32_t i) {
+  SlotHeader& h = L.slot(s, i);
+  const uint64_t w = h.state.load(std::memory_order_seq_cst);
+  if (detail::slot_state(w) != detail::kPublished || current_slot(L.shards[s]) == i) return;
+  const std::atomic<uint64_t>* bits = L.slot_readers(s, i);
+  for (uint32_t k = 0; k < L.hdr->reader_words; ++k)
+    if (bits[k].load(std::memory_order_seq_cst) != 0) return;
+  uint64_t expected = w;
+  h.state.compare_exchange_strong(expected, detail::make_slot_word(detail::slot_gen(w), 0, detail::kFree),
+                                  std::memory_order_seq_cst);
 }
 
-uint64_t pin(const Layout& L, uint32_t s) {
+struct Bit {
+  uint32_t word;
+  uint64_t mask;
+};
+
+Bit reader_bit(uint32_t entry, uint32_t role) {
+  const uint32_t b = entry * detail::kRolesPerEntry + role;
+  return {b / 64, uint64_t{1} << (b % 64)};
+}
+
+void unpin(const Layout& L, uint32_t s, uint32_t slot, uint32_t entry, uint32_t role = 0) {
+  const Bit b = reader_bit(entry, role);
+  L.slot_readers(s, slot)[b.word].fetch_and(~b.mask, std::memory_order_seq_cst);
+  try_reclaim(L, s, slot);
+}
+
+uint64_t pin(const Layout& L, uint32_t s, uint32_t entry, uint32_t role = 0) {
   ShardDesc& d = L.shards[s];
+  const Bit b = reader_bit(entry, role);
   for (;;) {
     const uint64_t c = d.current.load(std::memory_order_seq_cst);
     const auto slot = static_cast<uint32_t>(c & detail::kSlotMask);
-    L.slot(s, slot).readers.fetch_add(1, std::memory_order_seq_cst);
+    L.slot_readers(s, slot)[b.word].fetch_or(b.mask, std::memory_order_seq_cst);
     if (d.current.load(std::memory_order_seq_cst) == c) return c;
-    unpin(L, s, slot);
+    unpin(L, s, slot, entry, role);
   }
 }
 
-uint32_t claim_slot(const Layout& L, uint32_t s) {
+// ---- registration entries and recovery ----
+
+uint64_t process_start_time(int32_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(f, line)) return 0;
+  const size_t close = line.rfind(')');  // the command name may hold spaces and parentheses
+  if (close == std::string::npos) return 0;
+  std::istringstream rest(line.substr(close + 2));
+  std::string field;
+  for (int i = 3; i <= 22 && rest >> field; ++i)
+    if (i == 22) return std::strtoull(field.c_str(), nullptr, 10);
+  return 0;
+}
+
+bool process_alive(int32_t pid, uint64_t start_time) {
+  if (pid == getpid()) return true;
+  if (kill(pid, 0) != 0 && errno == ESRCH) return false;
+  const uint64_t now = process_start_time(pid);
+  return !(start_time && now && now != start_time);  // a different process under a reused pid
+}
+
+// Claims a free entry in [lo, hi) for this process; -1 if none is free.
+int64_t claim_entry(const Layout& L, uint32_t lo, uint32_t hi) {
+  const int32_t pid = getpid();
+  for (uint32_t e = lo; e < hi; ++e) {
+    detail::LearnerEntry& en = L.entries[e];
+    uint64_t w = en.word.load(std::memory_order_relaxed);  // hint only; the CAS decides
+    if (detail::entry_state(w) != detail::kEntryFree) continue;
+    if (!en.word.compare_exchange_strong(w, detail::make_entry_word(detail::kEntryClaiming, pid),
+                                         std::memory_order_acquire))  // pairs with release_entry
+      continue;
+    en.start_time = process_start_time(pid);
+    // Pairs with the acquire load in recover(): start_time is visible with OWNED.
+    en.word.store(detail::make_entry_word(detail::kEntryOwned, pid), std::memory_order_release);
+    return e;
+  }
+  return -1;
+}
+
+void release_entry(const Layout& L, uint32_t e) {
+  // Pairs with the acquire CAS in claim_entry(): this entry's last uses happen before reuse.
+  L.entries[e].word.store(detail::make_entry_word(detail::kEntryFree, 0), std::memory_order_release);
+}
+
+// Undoes what a dead entry held (see the top of this file). Idempotent.
+void recover_entry(const Layout& L, uint32_t e) {
+  if (L.hdr->cfg.mode != Mode::kLeashed) return;  // locked: robust mutexes; hogwild: nothing held
   const uint32_t V = L.hdr->slots;
-  for (;;) {
+  for (uint32_t s = 0; s < L.hdr->cfg.shards; ++s) {
+    for (uint32_t i = 0; i < V; ++i) {
+      for (uint32_t role = 0; role < detail::kRolesPerEntry; ++role) {
+        const Bit b = reader_bit(e, role);
+        L.slot_readers(s, i)[b.word].fetch_and(~b.mask, std::memory_order_seq_cst);
+      }
+      SlotHeader& h = L.slot(s, i);
+      uint64_t w = h.state.load(std::memory_order_seq_cst);
+      if (detail::slot_state(w) == detail::kWriting && detail::slot_owner(w) == e + 1) {
+        // Only the dead owner could have made it current: "not current" is final here.
+        const uint32_t to = current_slot(L.shards[s]) == i ? detail::kPublished : detail::kFree;
+        h.state.compare_exchange_strong(w, detail::make_slot_word(detail::slot_gen(w), 0, to),
+                                        std::memory_order_seq_cst);
+      }
+    }
+    for (uint32_t i = 0; i < V; ++i) try_reclaim(L, s, i);
+  }
+}
+
+// Recovers every entry whose process is gone; returns how many.
+uint32_t recover_dead(const Layout& L) {
+  uint32_t n = 0;
+  const int32_t me = getpid();
+  for (uint32_t e = 0; e < L.hdr->entries; ++e) {
+    detail::LearnerEntry& en = L.entries[e];
+    uint64_t w = en.word.load(std::memory_order_acquire);  // pairs with claim_entry's release
+    const uint32_t st = detail::entry_state(w);
+    const int32_t pid = detail::entry_pid(w);
+    if (st == detail::kEntryFree || pid == me) continue;
+    // OWNED: the owner's start time identifies it. CLAIMING: not yet written, pid only.
+    // RECOVERING: pid is the recoverer's; if it died, take over (recovery is idempotent).
+    const uint64_t start = st == detail::kEntryOwned ? en.start_time : 0;
+    if (process_alive(pid, start)) continue;
+    if (!en.word.compare_exchange_strong(w, detail::make_entry_word(detail::kEntryRecovering, me),
+                                         std::memory_order_acq_rel))
+      continue;  // someone else got there first
+    recover_entry(L, e);
+    L.hdr->recovered.fetch_add(1, std::memory_order_relaxed);  // statistics only
+    release_entry(L, e);
+    ++n;
+  }
+  return n;
+}
+
+// A reserved entry for a reader without a handle (Store::read, snapshot), held for one call.
+class InternalEntry {
+ public:
+  explicit InternalEntry(const Layout& L) : L_(L) {
+    const uint32_t lo = L.hdr->cfg.max_learners, hi = L.hdr->entries;
+    for (uint32_t tries = 0;; ++tries) {
+      const int64_t e = claim_entry(L, lo, hi);
+      if (e >= 0) {
+        e_ = static_cast<uint32_t>(e);
+        return;
+      }
+      if (tries % 64 == 63) recover_dead(L);
+      std::this_thread::yield();
+    }
+  }
+  ~InternalEntry() { release_entry(L_, e_); }
+  InternalEntry(const InternalEntry&) = delete;
+  InternalEntry& operator=(const InternalEntry&) = delete;
+  uint32_t id() const { return e_; }
+
+ private:
+  const Layout& L_;
+  uint32_t e_ = 0;
+};
+
+uint32_t claim_slot(const Layout& L, uint32_t s, uint32_t entry) {
+  const uint32_t V = L.hdr->slots;
+  for (uint32_t round = 0;; ++round) {
     // Lowest free slot first, so a store touches (and commits memory for) few slots.
     for (uint32_t i = 0; i < V; ++i) {
       SlotHeader& h = L.slot(s, i);
-      uint32_t expected = detail::kFree;
-      if (h.state.load(std::memory_order_relaxed) == detail::kFree &&  // hint only; CAS decides
-          h.state.compare_exchange_strong(expected, detail::kWriting, std::memory_order_seq_cst)) {
+      uint64_t w = h.state.load(std::memory_order_seq_cst);
+      if (detail::slot_state(w) != detail::kFree) continue;
+      if (h.state.compare_exchange_strong(
+              w, detail::make_slot_word(detail::slot_gen(w) + 1, entry + 1, detail::kWriting),
+              std::memory_order_seq_cst)) {
         std::atomic<uint32_t>& touched = L.shards[s].slots_touched;
         uint32_t t = touched.load(std::memory_order_relaxed);
         while (t < i + 1 && !touched.compare_exchange_weak(t, i + 1, std::memory_order_relaxed)) {
@@ -244,6 +408,7 @@ uint32_t claim_slot(const Layout& L, uint32_t s) {
       }
     }
     L.shards[s].slot_waits.fetch_add(1, std::memory_order_relaxed);  // statistics only
+    if (round % 64 == 63) recover_dead(L);  // slots held by a dead learner come back
     std::this_thread::yield();
   }
 }
@@ -313,6 +478,10 @@ std::shared_ptr<Store> Store::create(const StoreConfig& cfg, const float* init,
   h->shards_off = p.shards_off;
   h->slots_off = p.slots_off;
   h->hist_off = p.hist_off;
+  h->entries = p.entries;
+  h->reader_words = p.reader_words;
+  h->entries_off = p.entries_off;
+  h->readers_off = p.readers_off;
   h->cdf_off = p.cdf_off;
   h->data_off = p.data_off;
   h->mom_off = p.mom_off;
@@ -351,7 +520,11 @@ std::shared_ptr<Store> Store::create(const StoreConfig& cfg, const float* init,
   if (leashed) {
     for (uint64_t i = 0; i < uint64_t{cfg.shards} * p.slots; ++i)
       new (base + p.slots_off + i * sizeof(SlotHeader)) SlotHeader();
+    for (uint64_t i = 0; i < uint64_t{cfg.shards} * p.slots * p.reader_words; ++i)
+      new (base + p.readers_off + i * sizeof(uint64_t)) std::atomic<uint64_t>(0);
   }
+  for (uint32_t e = 0; e < p.entries; ++e)
+    new (base + p.entries_off + e * sizeof(detail::LearnerEntry)) detail::LearnerEntry();
   for (uint64_t i = 0; i < uint64_t{cfg.shards} * (cfg.hist_bins + 1); ++i)
     new (base + p.hist_off + i * sizeof(uint64_t)) std::atomic<uint64_t>(0);
   for (uint64_t i = 0; i <= cfg.hist_bins; ++i) {
@@ -365,7 +538,8 @@ std::shared_ptr<Store> Store::create(const StoreConfig& cfg, const float* init,
     const ShardDesc& d = L.shards[s];
     float* dst = leashed ? L.slot_params(s, 0) : L.params(s);
     if (init) std::memcpy(dst, init + d.begin, d.len * sizeof(float));
-    if (leashed) L.slot(s, 0).state.store(detail::kPublished, std::memory_order_relaxed);
+    if (leashed)  // published by the magic store below
+      L.slot(s, 0).state.store(detail::make_slot_word(1, 0, detail::kPublished), std::memory_order_relaxed);
   }
   // Pairs with the acquire load in attach(): everything above is visible to attachers.
   h->magic.store(detail::kMagic, std::memory_order_release);
@@ -388,7 +562,9 @@ std::shared_ptr<Store> Store::attach(const std::string& shared_name) {
   FASTPS_CHECK_ARG(h->total_bytes == arena->bytes(),
                    "attach: store '%s' is %zu bytes, its header says %llu", shared_name.c_str(),
                    arena->bytes(), static_cast<unsigned long long>(h->total_bytes));
-  return std::shared_ptr<Store>(new Store(arena, h->cfg));
+  std::shared_ptr<Store> st(new Store(arena, h->cfg));
+  recover_dead(*st->lay_);  // a restarted learner attaching cleans up after its predecessor
+  return st;
 }
 
 void Store::close() noexcept {
@@ -413,12 +589,13 @@ void Store::read(float* out, size_t n) const {
   FASTPS_CHECK_ARG(n == cfg_.size, "read: out has %zu elements, expected %llu", n,
                    static_cast<unsigned long long>(cfg_.size));
   const Layout& L = *lay_;
+  InternalEntry entry(L);
   for (uint32_t s = 0; s < cfg_.shards; ++s) {
     ShardDesc& d = L.shards[s];
     float* dst = out + d.begin;
     switch (cfg_.mode) {
       case Mode::kLocked: {
-        ShardLock lock(d);
+        ShardLock lock(L, s);
         std::memcpy(dst, L.params(s), d.len * sizeof(float));
         break;
       }
@@ -426,10 +603,10 @@ void Store::read(float* out, size_t n) const {
         detail::hogwild_copy(dst, L.params(s), d.len);
         break;
       case Mode::kLeashed: {
-        const uint64_t c = pin(L, s);
+        const uint64_t c = pin(L, s, entry.id());
         const auto slot = static_cast<uint32_t>(c & detail::kSlotMask);
         std::memcpy(dst, L.slot_params(s, slot), d.len * sizeof(float));
-        unpin(L, s, slot);
+        unpin(L, s, slot, entry.id());
         break;
       }
     }
@@ -443,7 +620,11 @@ Stats Store::stats() const {
   st.clock = L.hdr->clock.load(std::memory_order_relaxed);
   st.pushes = L.hdr->pushes.load(std::memory_order_relaxed);
   st.nonfinite_skipped = L.hdr->nonfinite_skipped.load(std::memory_order_relaxed);
-  st.learners = L.hdr->learners_open.load(std::memory_order_relaxed);
+  for (uint32_t e = 0; e < cfg_.max_learners; ++e)
+    st.learners += detail::entry_state(L.entries[e].word.load(std::memory_order_relaxed)) ==
+                   detail::kEntryOwned;
+  st.recovered = L.hdr->recovered.load(std::memory_order_relaxed);
+  st.torn_shards = L.hdr->torn_shards.load(std::memory_order_relaxed);
   st.staleness_hist.assign(cfg_.hist_bins + 1, 0);
   if (cfg_.step.kind == StepKind::kTailTau) {
     st.step_builds = L.hdr->cdf_builds.load(std::memory_order_relaxed);
@@ -466,7 +647,8 @@ Stats Store::stats() const {
     if (cfg_.mode == Mode::kLeashed) {
       st.slots_touched = std::max(st.slots_touched, d.slots_touched.load(std::memory_order_relaxed));
       for (uint32_t i = 0; i < L.hdr->slots; ++i)
-        st.slots_in_use += L.slot(s, i).state.load(std::memory_order_relaxed) != detail::kFree;
+        st.slots_in_use +=
+            detail::slot_state(L.slot(s, i).state.load(std::memory_order_relaxed)) != detail::kFree;
     }
     const std::atomic<uint64_t>* h = L.shard_hist(s);
     for (uint32_t b = 0; b <= cfg_.hist_bins; ++b)
@@ -477,16 +659,18 @@ Stats Store::stats() const {
 
 std::unique_ptr<Learner> Store::learner() {
   check_open("learner");
-  std::atomic<uint32_t>& open = lay_->hdr->learners_open;
-  uint32_t n = open.load(std::memory_order_relaxed);
-  do {
-    FASTPS_CHECK(n < cfg_.max_learners,
-                 "learner: %u handles are open, the store's max_learners is %u (close a handle or "
-                 "create the store with a larger max_learners)",
-                 n, cfg_.max_learners);
-  } while (!open.compare_exchange_weak(n, n + 1, std::memory_order_relaxed));  // a count only
-  const uint32_t id = lay_->hdr->next_learner_id.fetch_add(1, std::memory_order_relaxed);
-  return std::unique_ptr<Learner>(new Learner(shared_from_this(), id));
+  int64_t e = claim_entry(*lay_, 0, cfg_.max_learners);
+  if (e < 0 && recover_dead(*lay_) > 0) e = claim_entry(*lay_, 0, cfg_.max_learners);
+  FASTPS_CHECK(e >= 0,
+               "learner: %u handles are open, the store's max_learners is %u (close a handle or "
+               "create the store with a larger max_learners)",
+               cfg_.max_learners, cfg_.max_learners);
+  return std::unique_ptr<Learner>(new Learner(shared_from_this(), static_cast<uint32_t>(e)));
+}
+
+uint32_t Store::recover() {
+  check_open("recover");
+  return recover_dead(*lay_);
 }
 
 Counters Store::snapshot(float* params, float* momentum) const {
@@ -496,12 +680,13 @@ Counters Store::snapshot(float* params, float* momentum) const {
   FASTPS_CHECK_ARG(!has_mom || momentum, "save: the store has momentum; a buffer is needed");
   Counters c;
   c.versions.resize(cfg_.shards);
+  InternalEntry entry(L);
   for (uint32_t s = 0; s < cfg_.shards; ++s) {
     ShardDesc& d = L.shards[s];
     const size_t bytes = d.len * sizeof(float);
     switch (cfg_.mode) {
       case Mode::kLocked: {
-        ShardLock lock(d);
+        ShardLock lock(L, s);
         std::memcpy(params + d.begin, L.params(s), bytes);
         if (has_mom) std::memcpy(momentum + d.begin, L.momentum(s), bytes);
         c.versions[s] = d.version.load(std::memory_order_relaxed);  // under the shard lock
@@ -513,12 +698,12 @@ Counters Store::snapshot(float* params, float* momentum) const {
         if (has_mom) detail::hogwild_copy(momentum + d.begin, L.momentum(s), d.len);
         break;
       case Mode::kLeashed: {
-        const uint64_t cur = pin(L, s);
+        const uint64_t cur = pin(L, s, entry.id());
         const auto slot = static_cast<uint32_t>(cur & detail::kSlotMask);
         std::memcpy(params + d.begin, L.slot_params(s, slot), bytes);
         if (has_mom) std::memcpy(momentum + d.begin, L.slot_momentum(s, slot), bytes);
         c.versions[s] = cur >> detail::kSlotBits;
-        unpin(L, s, slot);
+        unpin(L, s, slot, entry.id());
         break;
       }
     }
@@ -546,8 +731,11 @@ void Store::restore(const float* params, const float* momentum, const Counters& 
   const Layout& L = *lay_;
   const uint32_t S = cfg_.shards, nb = cfg_.hist_bins + 1;
   const bool has_mom = cfg_.momentum != 0.0f;
-  FASTPS_CHECK(L.hdr->learners_open.load(std::memory_order_relaxed) == 0 &&
-                   L.hdr->pushes.load(std::memory_order_relaxed) == 0,
+  bool idle = L.hdr->pushes.load(std::memory_order_relaxed) == 0;
+  for (uint32_t e = 0; e < cfg_.max_learners; ++e)
+    idle = idle && detail::entry_state(L.entries[e].word.load(std::memory_order_relaxed)) ==
+                       detail::kEntryFree;
+  FASTPS_CHECK(idle,
                "load: the store is already in use (restore only into a fresh store)");
   FASTPS_CHECK_ARG(!has_mom || momentum, "load: the store has momentum; its values are needed");
   FASTPS_CHECK_ARG(c.versions.size() == S, "load: %zu shard versions, expected %u",
@@ -627,7 +815,7 @@ Learner::Learner(std::shared_ptr<Store> store, uint32_t id)
 void Learner::release_read_pins() noexcept {
   for (uint32_t s = 0; s < read_slots_.size(); ++s)
     if (read_slots_[s] >= 0) {
-      unpin(*store_->lay_, s, static_cast<uint32_t>(read_slots_[s]));
+      unpin(*store_->lay_, s, static_cast<uint32_t>(read_slots_[s]), id_, 1);
       read_slots_[s] = -1;
     }
 }
@@ -638,7 +826,7 @@ void Learner::close() noexcept {
   if (!open_) return;
   open_ = false;
   release_read_pins();
-  store_->lay_->hdr->learners_open.fetch_sub(1, std::memory_order_relaxed);  // a count only
+  release_entry(*store_->lay_, id_);
 }
 
 void Learner::check_open(const char* api) const {
@@ -660,7 +848,7 @@ void Learner::pull(float* out, size_t n) {
     float* dst = out + d.begin;
     switch (cfg.mode) {
       case Mode::kLocked: {
-        ShardLock lock(d);
+        ShardLock lock(L, s);
         d.lock_wait_ns.fetch_add(lock.waited_ns, std::memory_order_relaxed);  // statistics only
         std::memcpy(dst, L.params(s), d.len * sizeof(float));
         read_versions_[s] = d.version.load(std::memory_order_relaxed);  // under the shard lock
@@ -671,16 +859,20 @@ void Learner::pull(float* out, size_t n) {
         detail::hogwild_copy(dst, L.params(s), d.len);
         break;
       case Mode::kLeashed: {
-        const uint64_t c = pin(L, s);
+        // Staleness distance keeps what was read pinned (role 1) until the next pull.
+        const uint32_t role = keep_read ? 1 : 0;
+        if (keep_read && read_slots_[s] >= 0) {
+          unpin(L, s, static_cast<uint32_t>(read_slots_[s]), id_, 1);
+          read_slots_[s] = -1;
+        }
+        const uint64_t c = pin(L, s, id_, role);
         const auto slot = static_cast<uint32_t>(c & detail::kSlotMask);
         std::memcpy(dst, L.slot_params(s, slot), d.len * sizeof(float));
         read_versions_[s] = c >> detail::kSlotBits;
-        if (keep_read) {  // staleness distance: keep what was read pinned until the next pull
-          if (read_slots_[s] >= 0) unpin(L, s, static_cast<uint32_t>(read_slots_[s]));
+        if (keep_read)
           read_slots_[s] = static_cast<int32_t>(slot);
-        } else {
-          unpin(L, s, slot);
-        }
+        else
+          unpin(L, s, slot, id_, role);
         break;
       }
     }
@@ -774,7 +966,7 @@ uint32_t Learner::push(const void* grad, DType dtype, size_t n) {
     bool landed = true;
     switch (cfg.mode) {
       case Mode::kLocked: {
-        ShardLock lock(d);  // released on every exit, a throwing hook included
+        ShardLock lock(L, s);  // released on every exit, a throwing hook included
         d.lock_wait_ns.fetch_add(lock.waited_ns, std::memory_order_relaxed);  // statistics only
         const uint64_t v = d.version.load(std::memory_order_relaxed);  // under the shard lock
         const uint64_t tau = v - read_versions_[s];
@@ -795,40 +987,45 @@ uint32_t Learner::push(const void* grad, DType dtype, size_t n) {
         break;
       }
       case Mode::kLeashed: {
-        const uint32_t mine = claim_slot(L, s);
+        const uint32_t mine = claim_slot(L, s, id_);
         SlotHeader& mh = L.slot(s, mine);
+        const uint64_t mine_gen = detail::slot_gen(mh.state.load(std::memory_order_seq_cst));
+        auto give_back = [&] {  // never published: FREE again (the owner's store, seq_cst)
+          mh.state.store(detail::make_slot_word(mine_gen, 0, detail::kFree), std::memory_order_seq_cst);
+        };
         const float* w_read =
             distance ? L.slot_params(s, static_cast<uint32_t>(read_slots_[s])) : nullptr;
         int failures = 0;
         for (;;) {
-          const uint64_t c = pin(L, s);
+          const uint64_t c = pin(L, s, id_);
           const auto latest = static_cast<uint32_t>(c & detail::kSlotMask);
           const uint64_t v = c >> detail::kSlotBits;
           const uint64_t tau = v - read_versions_[s];
           try {
             args.eta = eta(tau, s, v, L.slot_params(s, latest), w_read);
           } catch (...) {  // a throwing hook: give back the pin and the claimed slot
-            unpin(L, s, latest);
-            mh.state.store(detail::kFree, std::memory_order_seq_cst);  // never published
+            unpin(L, s, latest, id_);
+            give_back();
             throw;
           }
           detail::apply_copy(L.slot_params(s, mine), L.slot_params(s, latest),
                              L.slot_momentum(s, mine), L.slot_momentum(s, latest), gs, dtype,
                              d.len, args);
-          mh.state.store(detail::kPublished, std::memory_order_seq_cst);
           uint64_t expected = c;
           const uint64_t desired = ((v + 1) << detail::kSlotBits) | mine;
           if (d.current.compare_exchange_strong(expected, desired, std::memory_order_seq_cst)) {
-            L.slot(s, latest).state.store(detail::kStale, std::memory_order_seq_cst);
-            unpin(L, s, latest);
+            mh.state.store(detail::make_slot_word(mine_gen, 0, detail::kPublished),
+                           std::memory_order_seq_cst);
+            unpin(L, s, latest, id_);  // and try to reclaim it: superseded just now
+            try_reclaim(L, s, mine);   // superseded already, before PUBLISHED was stored?
             record(L, s, tau, bytes);
             break;
           }
-          unpin(L, s, latest);
+          unpin(L, s, latest, id_);
           d.cas_failures.fetch_add(1, std::memory_order_relaxed);  // statistics only
           if (cfg.persistence >= 0 && ++failures > cfg.persistence) {
-            mh.state.store(detail::kFree, std::memory_order_seq_cst);  // never published
-            d.dropped.fetch_add(1, std::memory_order_relaxed);        // statistics only
+            give_back();
+            d.dropped.fetch_add(1, std::memory_order_relaxed);  // statistics only
             ++dropped;
             landed = false;
             break;

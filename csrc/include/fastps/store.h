@@ -94,6 +94,8 @@ struct Stats {
   uint64_t bytes_applied = 0;  ///< gradient bytes applied (in the dtype they arrived in)
   uint64_t nonfinite_skipped = 0;  ///< pushes skipped by nan_guard = kSkip
   uint32_t learners = 0;       ///< handles open now, across processes
+  uint64_t recovered = 0;      ///< handles of dead processes recovered (recover())
+  uint64_t torn_shards = 0;    ///< locked: shard locks taken over from a dead owner
   uint64_t slots_in_use = 0;   ///< leashed: slots not FREE now, summed over shards
   uint32_t slots_touched = 0;  ///< leashed: most slots any shard has ever used (memory touched)
   std::vector<uint64_t> staleness_hist;  ///< hist_bins exact bins + 1 overflow bin
@@ -151,8 +153,14 @@ class Store : public std::enable_shared_from_this<Store> {
   /// Blocks on shard locks (locked). Thread-safe.
   void read(float* out, size_t n) const;
   Stats stats() const;
-  /// Opens a learner handle. Throws std::runtime_error when max_learners handles are open.
+  /// Opens a learner handle. Throws std::runtime_error when max_learners handles are open
+  /// (after recovering the handles of processes that died).
   std::unique_ptr<Learner> learner();
+  /// Recovers what handles of dead processes held (their registrations, leashed pins and
+  /// half-written versions); returns how many handles. Lock-free and safe while learners run;
+  /// also done by attach(), by learner() when no place is free, and by writers that find no
+  /// free slot. Locked mode needs no recovery of locks: they are robust mutexes.
+  uint32_t recover();
   /// Sets this process's step-size callable (config().step.kind must be kHook). Not thread-safe
   /// against concurrent pushes: set it before learners start. The hook may throw; the shard it
   /// was asked about is then left unchanged and the exception propagates out of push().
