@@ -142,6 +142,10 @@ class LearnerHandle:
         """Version of ``shard`` read by the last pull (0 before the first pull)."""
         return self._h.read_version(shard)
 
+    def last_push_versions(self) -> list[int]:
+        """Per shard, the version the last push created (0 where it was dropped or skipped)."""
+        return self._h.last_push_versions
+
     @property
     def id(self) -> int:
         """Handle number within the store (learners start their passes at shard id % S)."""

@@ -339,5 +339,6 @@ PYBIND11_MODULE(_core, m) {
       .def("close", &Learner::close)
       .def_property_readonly("id", &Learner::id)
       .def("read_version", &Learner::read_version, py::arg("shard"))
-      .def_property_readonly("last_push_applied", &Learner::last_push_applied);
+      .def_property_readonly("last_push_applied", &Learner::last_push_applied)
+      .def_property_readonly("last_push_versions", &Learner::last_push_versions);
 }

@@ -802,7 +802,10 @@ void Store::set_step_hook(StepHook hook) {
 // ---------------------------------------------------------------------------------- Learner
 
 Learner::Learner(std::shared_ptr<Store> store, uint32_t id)
-    : store_(std::move(store)), id_(id), read_versions_(store_->cfg_.shards, 0) {
+    : store_(std::move(store)),
+      id_(id),
+      read_versions_(store_->cfg_.shards, 0),
+      pushed_versions_(store_->cfg_.shards, 0) {
   const StoreConfig& c = store_->cfg_;
   if (c.step.kind == StepKind::kDistance) {
     if (c.mode == Mode::kLeashed)
@@ -927,6 +930,7 @@ float Learner::eta(uint64_t tau, uint32_t s, uint64_t version, const float* w_no
 uint32_t Learner::push(const void* grad, DType dtype, size_t n) {
   check_open("push");
   applied_ = 0;
+  std::fill(pushed_versions_.begin(), pushed_versions_.end(), 0);
   const StoreConfig& cfg = store_->cfg_;
   FASTPS_CHECK_ARG(n == cfg.size, "push: grad has %zu elements, expected %llu", n,
                    static_cast<unsigned long long>(cfg.size));
@@ -973,6 +977,7 @@ uint32_t Learner::push(const void* grad, DType dtype, size_t n) {
         args.eta = eta(tau, s, v, L.params(s), snap);
         detail::apply_inplace(L.params(s), L.momentum(s), gs, dtype, d.len, args);
         d.version.store(v + 1, std::memory_order_relaxed);  // under the shard lock
+        pushed_versions_[s] = v + 1;
         record(L, s, tau, bytes);
         break;
       }
@@ -983,6 +988,7 @@ uint32_t Learner::push(const void* grad, DType dtype, size_t n) {
         args.eta = eta(tau0, s, v0, L.params(s), snap);
         detail::hogwild_apply(L.params(s), L.momentum(s), gs, dtype, d.len, args);
         const uint64_t v = d.version.fetch_add(1, std::memory_order_relaxed);
+        pushed_versions_[s] = v + 1;
         record(L, s, v >= read_versions_[s] ? v - read_versions_[s] : 0, bytes);
         break;
       }
@@ -1018,6 +1024,7 @@ uint32_t Learner::push(const void* grad, DType dtype, size_t n) {
                            std::memory_order_seq_cst);
             unpin(L, s, latest, id_);  // and try to reclaim it: superseded just now
             try_reclaim(L, s, mine);   // superseded already, before PUBLISHED was stored?
+            pushed_versions_[s] = v + 1;
             record(L, s, tau, bytes);
             break;
           }

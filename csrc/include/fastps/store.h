@@ -214,6 +214,8 @@ class Learner {
   uint64_t read_version(uint32_t s) const { return read_versions_.at(s); }
   /// Shards applied by the last push call (for error reports when a step hook throws).
   uint32_t last_push_applied() const { return applied_; }
+  /// Per shard, the version the last push created (0 where it was dropped or not applied).
+  const std::vector<uint64_t>& last_push_versions() const { return pushed_versions_; }
 
  private:
   friend class Store;
@@ -228,6 +230,7 @@ class Learner {
   bool pulled_ = false;
   uint32_t applied_ = 0;
   std::vector<uint64_t> read_versions_;
+  std::vector<uint64_t> pushed_versions_;
   // Staleness-distance only: what the last pull read. Leashed keeps the version pinned
   // (read_slots_, -1 = none); the other modes keep a copy (snapshot_).
   std::vector<int32_t> read_slots_;
