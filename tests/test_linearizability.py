@@ -10,7 +10,7 @@ import pytest
 
 import fastps
 
-N_ELEMS = 1 << 15
+N_ELEMS = 1 << 18
 SHARDS = 4
 THREADS = 3
 PUSHES = 300
