@@ -277,6 +277,8 @@ class Store:
             raise ValueError(f"Store: max_learners must be in [1, 1024] (got {cfg.max_learners})")
         self.metadata: Any = None
         """What ``save(metadata=...)`` stored, for a store made by ``Store.load``."""
+        self.layout: Any = None
+        """The ParamLayout of the model in the store, when fastps.torch.store_from made it."""
         self._policy = policy.bind(cfg.lr, cfg.max_learners)
         self._policy._native(cfg.step)
         self._s = _core.Store.create(cfg, init_arr, "" if shared is None else shared)
@@ -314,6 +316,7 @@ class Store:
             raise TypeError(f"attach: name must be a string (got {_type_name(name)})")
         self = cls.__new__(cls)
         self.metadata = None
+        self.layout = None
         self._s = _core.Store.attach(name)
         cfg = self._s.config
         self._policy = _steps.from_native(cfg.step, cfg.lr)
