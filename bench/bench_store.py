@@ -19,7 +19,9 @@ For every size n = 2^min_log2 .. 2^max_log2 and learner-thread count T, one run 
     then sleeps, so it does not steal a core from the fastps cells that follow. The records'
     ``params.omp`` says what was in effect.
 * fastps, per mode and shard count (a shard needs at least 16 elements; larger counts are
-  skipped): ``h.push(g)`` (read w, read g, write w: 12 B/element) and ``h.pull(out)`` (8 B).
+  skipped), every store made with ``nan_guard="off"`` (``params.nan_guard``): torch's add_ and
+  the probes check nothing, and the guard's extra read pass over the gradient is measured on
+  its own in the guard section below. ``h.push(g)`` (read w, read g, write w: 12 B/element) and ``h.pull(out)`` (8 B).
   With T > 1, each of T Python threads has its own handle and pushes (pulls) the full-size
   vector; throughput is the bytes moved by all threads over the wall time of the round.
 
@@ -43,7 +45,19 @@ ratios. StalenessDistance's pull is timed too against Constant's pull (non-leash
 snapshot at pull). ``extra_us_per_shard_update`` = median per-round (time - Constant's time) /
 shards: for the hook, the cost of one Python call per shard update. The issue's target,
 reported and never asserted: native policies (Constant, Inverse, Exponential, TailTau) within
-5% of Constant at n = 2^20.
+5% of Constant at n = 2^20. These stores keep the default ``nan_guard="raise"`` (recorded
+in ``params.nan_guard``): it costs every policy the same, so it only dilutes the ratios.
+
+NaN guard (``bench: "store_guard"``; --no-guard skips it): what ``nan_guard="raise"`` (the
+default: push first reads the whole gradient once to refuse NaN/Inf, before any shard changes)
+costs per push. For every mode and n in 2^10, 2^16, 2^20, 2^22, 2^24 (within --min-log2 and
+--max-log2; --quick: 2^10, 2^16, 2^20), 1 learner, --guard-shards (4) shards, two stores, one
+with ``nan_guard="off"`` and one with ``"raise"``, are pushed in alternation in the same
+rounds, as the policies are. Each record (one per guard setting) carries ``time_ratio`` (push
+time / the "off" store's push time, median of per-round ratios, with ``time_ratio_p10``/``_p90``)
+and ``extra_us_per_push`` (median per-round time difference); the "raise" record adds
+``guard_gb_per_s`` (4 B/element over the extra time: the bandwidth of the guard's read pass) and
+``guard_refuses_nan`` (after timing, a push of a gradient holding one NaN raised ValueError).
 
 A shared 2-core box makes every number depend on what else runs. Each record carries
 ``foreign_cpus`` (CPUs other processes kept busy during the cell, from /proc/stat); a cell
@@ -66,7 +80,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
 import _harness as H
@@ -84,6 +98,10 @@ QUICK_SIZES = (1 << 10, 1 << 16, 1 << 20)
 TARGET_PUSH_RATIO, TARGET_PUSH_FROM = 0.9, 1 << 22
 TARGET_US, TARGET_US_AT = 2.0, 1 << 10
 POLICY_BENCH = "store_policy"
+GUARD_BENCH = "store_guard"
+GUARD_SIZES = (1 << 10, 1 << 16, 1 << 20, 1 << 22, 1 << 24)
+GUARD_QUICK_SIZES = QUICK_SIZES
+GUARD_OFF, GUARD_ON = "off", "raise"
 POLICY_SMALL_N = 1 << 10
 POLICY_TARGET = 0.05  # native policies within 5% of Constant at --policy-n
 TAIL_WARMUP = 10  # TailTau(warmup=...): shard updates before its table is built
@@ -193,22 +211,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--policy-shards", type=int, default=4, help="shards in the policy section (default 4)"
     )
+    p.add_argument("--no-guard", action="store_true", help="skip the NaN-guard section")
     p.add_argument(
-        "--no-store", action="store_true", help="skip the baselines and store cells (policies only)"
+        "--guard-shards", type=int, default=4, help="shards in the guard section (default 4)"
+    )
+    p.add_argument(
+        "--no-store",
+        action="store_true",
+        help="skip the baselines and store cells (policies and guard only)",
     )
     p.add_argument("--out", type=argparse.FileType("w"), help="also write the JSON lines here")
     a = p.parse_args(argv)
     if a.quick:
         a.sizes = list(QUICK_SIZES)
+        a.guard_sizes = list(GUARD_QUICK_SIZES)
     else:
         if a.step < 1 or a.min_log2 < 0 or a.max_log2 < a.min_log2:
             p.error("need 0 <= --min-log2 <= --max-log2 and --step >= 1")
         a.sizes = [1 << k for k in range(a.min_log2, a.max_log2 + 1, a.step)]
+        lo, hi = 1 << a.min_log2, 1 << a.max_log2
+        a.guard_sizes = [n for n in GUARD_SIZES if lo <= n <= hi]
     a.repeats = a.repeats or (5 if a.quick else 20)
     a.min_repeats = max(1, min(a.min_repeats, a.repeats))
     a.target_s = a.target_s or (0.05 if a.quick else 0.3)
     if a.policy_n < 1 or a.policy_shards < 1:
         p.error("need --policy-n >= 1 and --policy-shards >= 1")
+    if a.guard_shards < 1:
+        p.error("need --guard-shards >= 1")
     a.policy_sizes = sorted({a.policy_n, POLICY_SMALL_N}, reverse=True)
     return a
 
@@ -235,6 +264,7 @@ class Runner:
         self.files = files
         self.records: list[dict[str, Any]] = []
         self.policy_records: list[dict[str, Any]] = []
+        self.guard_records: list[dict[str, Any]] = []
         self.waited_s = 0.0
         self.budget_spent_logged = False
 
@@ -250,6 +280,20 @@ class Runner:
             if not load.cores >= a.quiet_below or attempt > a.retries or not self.wait_quiet():
                 return t, load.cores, attempt
             H.log(f"other processes kept {load.cores:.2f} CPUs busy during the cell; again")
+            attempt += 1
+
+    def time_rounds(self, what: str, body: Callable[[], Any]) -> tuple[Any, float, int]:
+        """(body(), foreign CPUs, attempts): ``body`` (interleaved timings) run again after a
+        quiet wait (--retries) when other processes kept --quiet-below CPUs or more busy."""
+        a = self.a
+        attempt = 1
+        while True:
+            load = H.ForeignLoad()
+            with load:
+                result = body()
+            if not load.cores >= a.quiet_below or attempt > a.retries or not self.wait_quiet():
+                return result, load.cores, attempt
+            H.log(f"other processes kept {load.cores:.2f} CPUs busy during the {what}; again")
             attempt += 1
 
     def wait_quiet(self) -> bool:
@@ -308,6 +352,7 @@ class Runner:
         }
         if impl == "fastps":
             params["max_learners"] = self.a.max_learners
+            params["nan_guard"] = GUARD_OFF
         if impl == "torch":
             params["omp"] = {v: os.environ.get(v) for v in OMP_VARS}
         rec = H.record(BENCH, params, t, items_per_call=items, threads=threads)
@@ -399,7 +444,12 @@ def run_size(r: Runner, n: int, torch: Any) -> None:
         for mode in a.modes:
             for S in shard_counts:
                 with fastps.Store(
-                    size=n, shards=S, mode=mode, lr=LR, max_learners=a.max_learners
+                    size=n,
+                    shards=S,
+                    mode=mode,
+                    lr=LR,
+                    max_learners=a.max_learners,
+                    nan_guard=GUARD_OFF,  # like add_ and the probes: no NaN/Inf check
                 ) as store:
                     hs = [store.learner() for _ in ids]
                     for i, h in enumerate(hs):
@@ -433,8 +483,8 @@ def run_size(r: Runner, n: int, torch: Any) -> None:
 
 
 def _stats_brief(st: dict[str, Any]) -> dict[str, Any]:
-    keys = ("pushes", "shard_updates", "dropped", "cas_failures", "slot_waits", "lock_wait_s")
-    keys += ("step_builds",)
+    keys = ("pushes", "shard_updates", "dropped", "cas_failures", "slot_waits", "lock_wait_s",
+            "step_builds")  # fmt: skip
     return {k: st[k] for k in keys if k in st}
 
 
@@ -465,7 +515,13 @@ def _policy_cell(r: Runner, mode: str, n: int, S: int, g: np.ndarray, out: np.nd
     warmup = max(a.warmup, -(-TAIL_WARMUP // S) + 1)
     stores = {
         name: fastps.Store(
-            size=n, shards=S, mode=mode, lr=LR, step_size=make(), max_learners=a.max_learners
+            size=n,
+            shards=S,
+            mode=mode,
+            lr=LR,
+            step_size=make(),
+            max_learners=a.max_learners,
+            nan_guard=GUARD_ON,  # the default, named so the records can say it
         )
         for name, make in POLICIES
     }
@@ -475,16 +531,13 @@ def _policy_cell(r: Runner, mode: str, n: int, S: int, g: np.ndarray, out: np.nd
             h.pull(out)  # a read version for StalenessDistance (and the same start for all)
         pushes = {name: functools.partial(h.push, g) for name, h in handles.items()}
         pulls = {name: functools.partial(handles[name].pull, out) for name in PULL_POLICIES}
-        attempt = 1
-        while True:
-            load = H.ForeignLoad()
-            with load:
-                timings = {"push": _interleaved(a, pushes, warmup)}
-                timings["pull"] = _interleaved(a, pulls, a.warmup)
-            if not load.cores >= a.quiet_below or attempt > a.retries or not r.wait_quiet():
-                break
-            H.log(f"other processes kept {load.cores:.2f} CPUs busy during the policies; again")
-            attempt += 1
+        timings, foreign, attempt = r.time_rounds(
+            "policies",
+            lambda: {
+                "push": _interleaved(a, pushes, warmup, "Constant"),
+                "pull": _interleaved(a, pulls, a.warmup, "Constant"),
+            },
+        )
         stats = {name: _stats_brief(st.stats()) for name, st in stores.items()}
         if not stats["TailTau"].get("step_builds"):
             H.log(f"policies n={_pow2(n)} mode={mode}: TailTau built no table (step_builds=0)")
@@ -507,6 +560,7 @@ def _policy_cell(r: Runner, mode: str, n: int, S: int, g: np.ndarray, out: np.nd
                     if name != "hook"
                     else f"lambda tau, stats: {HOOK_LR:g}",
                     "max_learners": a.max_learners,
+                    "nan_guard": GUARD_ON,
                 }
                 rec = H.record(POLICY_BENCH, params, t, items_per_call=n, threads=1)
                 rec["bytes_per_item"] = bytes_per_item
@@ -517,7 +571,7 @@ def _policy_cell(r: Runner, mode: str, n: int, S: int, g: np.ndarray, out: np.nd
                 rec["time_ratio_p10"], rec["time_ratio_p90"] = ratio[0], ratio[2]
                 rec["extra_us_per_shard_update"] = extra[1]
                 rec["extra_us_p10"], rec["extra_us_p90"] = extra[0], extra[2]
-                rec["foreign_cpus"] = load.cores
+                rec["foreign_cpus"] = foreign
                 rec["attempts"] = attempt
                 rec["stats"] = stats[name]
                 H.emit(rec, r.files)
@@ -528,17 +582,110 @@ def _policy_cell(r: Runner, mode: str, n: int, S: int, g: np.ndarray, out: np.nd
 
 
 def _interleaved(
-    a: argparse.Namespace, fns: dict[str, Callable[[], object]], warmup: int
+    a: argparse.Namespace, fns: Mapping[str, Callable[[], object]], warmup: int, ref: str
 ) -> dict[str, H.Timing]:
     """``fns`` timed in alternation, --repeats rounds, about --target-s of timing each; the batch
-    is planned on Constant, so every callable runs the same number of calls per round."""
+    is planned on ``fns[ref]``, so every callable runs the same number of calls per round."""
     for _ in range(warmup):
         for f in fns.values():
             f()
-    batch, _ = H.plan(
-        fns["Constant"], target_s=a.target_s, max_repeats=a.repeats, min_repeats=a.repeats
-    )
+    batch, _ = H.plan(fns[ref], target_s=a.target_s, max_repeats=a.repeats, min_repeats=a.repeats)
     return H.measure_interleaved(fns, warmup=0, repeats=a.repeats, batch=batch)
+
+
+# -- NaN guard ----------------------------------------------------------------------------------
+
+
+def run_guard(r: Runner) -> None:
+    """The guard section: push with nan_guard="off" vs "raise", every mode and guard size."""
+    a = r.a
+    S = a.guard_shards
+    for n in a.guard_sizes:
+        if n // S < MIN_SHARD_ELEMS:
+            H.log(f"guard: skipping n={_pow2(n)} (fewer than {MIN_SHARD_ELEMS} elements/shard)")
+            continue
+        rng = np.random.default_rng(n)
+        g = _aligned(n, rng.standard_normal(n, dtype=np.float32) * np.float32(1e-3))
+        out = _aligned(n)
+        for mode in a.modes:
+            t0 = time.perf_counter()
+            r.wait_quiet()
+            _guard_cell(r, mode, n, S, g, out)
+            H.log(f"guard n={_pow2(n)} mode={mode}: done in {time.perf_counter() - t0:.1f} s")
+
+
+def _guard_cell(r: Runner, mode: str, n: int, S: int, g: np.ndarray, out: np.ndarray) -> None:
+    a = r.a
+    stores = {
+        guard: fastps.Store(
+            size=n, shards=S, mode=mode, lr=LR, max_learners=a.max_learners, nan_guard=guard
+        )
+        for guard in (GUARD_OFF, GUARD_ON)
+    }
+    handles: dict[str, Any] = {}
+    try:
+        handles.update((guard, st.learner()) for guard, st in stores.items())
+        for h in handles.values():
+            h.pull(out)
+        pushes = {guard: functools.partial(h.push, g) for guard, h in handles.items()}
+        timings, foreign, attempt = r.time_rounds(
+            "guard cell", lambda: _interleaved(a, pushes, a.warmup, GUARD_OFF)
+        )
+        refuses = _refuses_nan(handles[GUARD_ON], g)
+        if not refuses:
+            H.log(f"guard n={_pow2(n)} mode={mode}: nan_guard='raise' accepted a NaN gradient")
+        ref = timings[GUARD_OFF]
+        for guard, t in timings.items():
+            ratio = H.quantiles(H.paired(t, ref, lambda x, y: x / y))
+            extra = H.quantiles(H.paired(t, ref, lambda x, y: (x - y) * 1e6))
+            params = {
+                "impl": "fastps",
+                "op": "push",
+                "n": n,
+                "threads": 1,
+                "mode": mode,
+                "shards": S,
+                "lr": LR,
+                "max_learners": a.max_learners,
+                "nan_guard": guard,
+            }
+            rec = H.record(GUARD_BENCH, params, t, items_per_call=n, threads=1)
+            rec["bytes_per_item"] = PUSH_BYTES
+            rec["gb_per_s"] = rec["items_per_s"] * PUSH_BYTES / 1e9
+            rec["us_per_call"] = t.median_s * 1e6
+            rec["spread"] = t.spread
+            rec["time_ratio"] = ratio[1]  # push time / the "off" store's, median of the rounds
+            rec["time_ratio_p10"], rec["time_ratio_p90"] = ratio[0], ratio[2]
+            rec["extra_us_per_push"] = extra[1]
+            rec["extra_us_p10"], rec["extra_us_p90"] = extra[0], extra[2]
+            if guard == GUARD_ON:
+                # 4 B/element read once more, over the extra time (None when it is not positive)
+                rec["guard_gb_per_s"] = n * 4 / (extra[1] * 1e3) if extra[1] > 0 else None
+                rec["guard_refuses_nan"] = refuses
+            rec["foreign_cpus"] = foreign
+            rec["attempts"] = attempt
+            rec["stats"] = _stats_brief(stores[guard].stats())
+            H.emit(rec, r.files)
+            r.guard_records.append(rec)
+    finally:
+        for h in handles.values():
+            h.close()
+        for st in stores.values():
+            st.close()
+
+
+def _refuses_nan(h: Any, g: np.ndarray) -> bool:
+    """Whether a push of ``g`` with its last element set to NaN raises ValueError (the guard
+    checks before any shard changes, so the store is left as it was); ``g`` is restored."""
+    last = g[-1]
+    g[-1] = np.nan
+    try:
+        h.push(g)
+    except ValueError:
+        return True
+    finally:
+        g[-1] = last
+    return False
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -563,7 +710,14 @@ def _pair_rows(records: Sequence[dict[str, Any]]) -> list[tuple[tuple, dict[str,
     return list(rows.items())
 
 
-def print_table(records: Sequence[dict[str, Any]]) -> None:
+def _guard_note(args: argparse.Namespace) -> str:
+    """What the store cells' titles say about the NaN guard."""
+    if args.no_guard or not args.guard_sizes:
+        return "store cells: nan_guard=off (guard cost not measured in this run)"
+    return "store cells: nan_guard=off; guard cost below"
+
+
+def print_table(records: Sequence[dict[str, Any]], args: argparse.Namespace) -> None:
     header = [
         "n",
         "thr",
@@ -610,6 +764,7 @@ def print_table(records: Sequence[dict[str, Any]]) -> None:
         header,
         rows,
         title=(
+            f"{_guard_note(args)}. "
             "push = push+apply (12 B/elem), pull (8 B/elem); us = one call (T > 1: one round of "
             "T concurrent calls); spread = (p90-p10)/median; /add_ /axpy /triad /copy_ /copy = "
             "fastps GB/s over the baseline's at the same n and T (axpy: in place, the shape of a "
@@ -665,7 +820,7 @@ def print_summary(records: Sequence[dict[str, Any]], args: argparse.Namespace) -
         ).split(),
         rows,
         title=(
-            f"summary: push/add_, push/axpy, push/triad = median fastps/baseline GB/s over "
+            f"summary ({_guard_note(args)}): push/add_, push/axpy, push/triad = median fastps/baseline GB/s over "
             f"n >= {_pow2(TARGET_PUSH_FROM)} and all shard counts (range: min..max); the matched "
             "probe is axpy for locked/hogwild, triad for leashed; us = one call at "
             f"n = {_pow2(TARGET_US_AT)}, 1 thread; targets judged at T=1 (ratio vs add_) and "
@@ -770,6 +925,83 @@ def print_policy_summary(records: Sequence[dict[str, Any]], args: argparse.Names
         )
 
 
+def print_guard_table(records: Sequence[dict[str, Any]]) -> None:
+    by_cell: dict[tuple[str, int, int], dict[str, dict[str, Any]]] = {}
+    for rec in records:
+        p = rec["params"]
+        by_cell.setdefault((p["mode"], p["n"], p["shards"]), {})[p["nan_guard"]] = rec
+    rows = []
+    for (mode, n, S), cell in by_cell.items():
+        off, on = cell.get(GUARD_OFF), cell.get(GUARD_ON)
+        if off is None or on is None:
+            continue
+        rows.append(
+            [mode, _pow2(n), S, _fmt(off["us_per_call"], ".4g"), _fmt(on["us_per_call"], ".4g"),
+             _fmt(on["time_ratio"], ".3f"),
+             f"{_fmt(on['time_ratio_p10'], '.3f')}..{_fmt(on['time_ratio_p90'], '.3f')}",
+             _fmt(on["extra_us_per_push"], ".3g"),
+             f"{_fmt(on['extra_us_p10'], '.3g')}..{_fmt(on['extra_us_p90'], '.3g')}",
+             _fmt(on.get("guard_gb_per_s"), ".2f"), _fmt(off["gb_per_s"], ".2f"),
+             _fmt(100 * max(off["spread"], on["spread"]), ".0f") + "%",
+             _fmt(on["foreign_cpus"], ".2f"), "yes" if on.get("guard_refuses_nan") else "NO"]
+        )  # fmt: skip
+    header = ("mode", "n", "S", "off_us", "raise_us", "raise/off", "p10..p90", "extra_us",
+              "p10..p90", "guard_GB/s", "off_push_GB/s", "spread", "other_cpus",
+              "NaN_refused")  # fmt: skip
+    H.print_table(
+        header,
+        rows,
+        title=(
+            'NaN guard, 1 learner: push with nan_guard="off" vs "raise" (the default), timed in '
+            "alternation in the same rounds; raise/off = median of per-round time ratios "
+            "(p10..p90 of rounds); extra_us = median per-round extra time per push; guard_GB/s "
+            "= 4 B/elem over extra_us (the guard's read pass); spread = the larger of the two "
+            "cells' (p90-p10)/median; NaN_refused = a gradient holding one NaN raised ValueError"
+        ),
+    )
+
+
+def print_guard_summary(records: Sequence[dict[str, Any]], args: argparse.Namespace) -> None:
+    on = {
+        (r["params"]["mode"], r["params"]["n"]): r
+        for r in records
+        if r["params"]["nan_guard"] == GUARD_ON
+    }
+    sizes = [n for n in args.guard_sizes if any(n == k[1] for k in on)]
+    if not sizes:
+        return
+    header = ["mode"]
+    for n in sizes:
+        header += [f"raise/off@{_pow2(n)}", f"+us@{_pow2(n)}"]
+    header.append(f"guard_GB/s@{_pow2(sizes[-1])}")
+    rows = []
+    for mode in args.modes:
+        row: list[Any] = [mode]
+        for n in sizes:
+            rec = on.get((mode, n))
+            row += [
+                _fmt(None if rec is None else rec["time_ratio"], ".3f"),
+                _fmt(None if rec is None else rec["extra_us_per_push"], ".3g"),
+            ]
+        big = on.get((mode, sizes[-1]))
+        rows.append([*row, _fmt(None if big is None else big.get("guard_gb_per_s"), ".2f")])
+    H.print_table(
+        header,
+        rows,
+        title=(
+            f"guard summary, {args.guard_shards} shards, 1 learner: raise/off = push time with "
+            'nan_guard="raise" over "off" (median of per-round ratios); +us = extra us per push; '
+            "guard_GB/s = the guard pass's read bandwidth at the largest size"
+        ),
+    )
+    noisy = [r for r in records if r["foreign_cpus"] >= args.quiet_below]
+    if noisy:
+        print(
+            f"# {len(noisy)} of {len(records)} guard records ran while other processes kept "
+            f">= {args.quiet_below} CPUs busy (after retries): see other_cpus"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     torch = None
@@ -785,7 +1017,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     H.log(
         f"fastps {fastps.__version__}: sizes {[_pow2(n) for n in args.sizes]}, modes "
         f"{args.modes}, threads {args.threads}, shards {args.shards}, target "
-        f"{args.target_s} s/cell, repeats {args.min_repeats}..{args.repeats}"
+        f"{args.target_s} s/cell, repeats {args.min_repeats}..{args.repeats}, store cells "
+        f"nan_guard={GUARD_OFF}, guard sizes "
+        f"{'skipped' if args.no_guard else [_pow2(n) for n in args.guard_sizes]}"
     )
     r = Runner(args, files)
     t0 = time.perf_counter()
@@ -795,6 +1029,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run_size(r, n, torch)
         if not args.no_policies:
             run_policies(r)
+        if not args.no_guard:
+            run_guard(r)
     finally:
         if torch is not None:
             torch.set_num_threads(torch_threads)
@@ -804,11 +1040,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"all cells in {time.perf_counter() - t0:.0f} s, {r.waited_s:.0f} s of it waiting for quiet"
     )
     if r.records:
-        print_table(r.records)
+        print_table(r.records, args)
         print_summary(r.records, args)
     if r.policy_records:
         print_policy_table(r.policy_records)
         print_policy_summary(r.policy_records, args)
+    if r.guard_records:
+        print_guard_table(r.guard_records)
+        print_guard_summary(r.guard_records, args)
     return 0
 
 
