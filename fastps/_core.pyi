@@ -8,6 +8,7 @@ import numpy.typing as npt
 
 __version__: str
 built_with_cuda: bool
+kernel_isa: str
 
 def cuda_available() -> bool: ...
 def probe_copy(dst: npt.NDArray[np.float32], src: npt.NDArray[np.float32]) -> None: ...

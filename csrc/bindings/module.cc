@@ -101,6 +101,7 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "fastps native core (use the fastps package, not this module)";
   m.attr("__version__") = FASTPS_VERSION;
   m.attr("built_with_cuda") = fastps::built_with_cuda();
+  m.attr("kernel_isa") = fastps::kernel_isa();
   m.def("cuda_available", &fastps::cuda_available,
         "True when a CUDA driver and a GPU answer; False on CPU-only builds or machines.");
 

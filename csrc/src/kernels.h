@@ -30,6 +30,13 @@ int64_t first_nonfinite(const void* g, DType dt, size_t n);
 /// Squared Euclidean distance sum((a - b)^2): float within blocks of 512, double across.
 double dist2(const float* a, const float* b, size_t n);
 
+/// STREAM-style probe kernels (the benchmark's baselines), same compiler, flags and ISA.
+void triad(float* a, const float* b, const float* c, float s, size_t n);
+void axpy(float* w, const float* g, float s, size_t n);
+
+/// The instruction set the kernels run with on this machine: "avx2" or "base".
+const char* kernel_isa();
+
 /// The one place where hogwild touches shared parameters: unsynchronised by design. Concurrent
 /// calls race element by element; a torn read or a lost update is Hogwild!'s intended semantics.
 /// ThreadSanitizer's suppressions (csrc/tests/tsan.supp) name these three functions and nothing else.

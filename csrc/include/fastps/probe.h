@@ -12,5 +12,7 @@ void probe_copy(float* dst, const float* src, size_t n);
 void probe_triad(float* a, const float* b, const float* c, float s, size_t n);
 /// w[i] += s * g[i] in place (two streams, 12 bytes per element: a locked/hogwild push's shape).
 void probe_axpy(float* w, const float* g, float s, size_t n);
+/// The instruction set the store's kernels (and these probes) run with here: "avx2" or "base".
+const char* kernel_isa();
 
 }  // namespace fastps
