@@ -301,11 +301,21 @@ def wait_quiet(threshold: float, max_wait_s: float, sample_s: float = 0.5) -> fl
 
 @lru_cache(maxsize=1)
 def _static_env() -> dict[str, Any]:
-    return {"git_sha": _git_sha(), "cpu": _cpu_model(), "gpu": _gpu_name(), "cuda": _cuda()}
+    return {"git_sha": _git_sha(), "cpu": _cpu_model(), "gpu": _gpu_name(), "cuda": _cuda(),
+            "kernel_isa": _kernel_isa()}  # fmt: skip
+
+
+def _kernel_isa() -> str | None:
+    try:
+        from fastps import _core
+
+        return _core.kernel_isa
+    except (ImportError, AttributeError):
+        return None
 
 
 def env(threads: int) -> dict[str, Any]:
-    """{git_sha, cpu, gpu, threads, cuda, cores} for a cell that ran with ``threads`` threads."""
+    """{git_sha, cpu, gpu, threads, cuda, cores, kernel_isa} for a cell that ran with ``threads`` threads."""
     e = dict(_static_env())
     e["threads"] = threads
     e["cores"] = (
