@@ -73,7 +73,7 @@ def save(store: Store, path: str | os.PathLike[str], metadata: Any = None) -> No
         head = json.dumps(header, allow_nan=False).encode()
     except (TypeError, ValueError) as e:
         raise TypeError(f"save: metadata must be JSON-serialisable ({e})") from None
-    parts = [_PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(head)), head, params.data]
+    parts: list[Any] = [_PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(head)), head, params.data]
     if momentum is not None:
         parts.append(momentum.data)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")

@@ -282,7 +282,7 @@ class Store:
         self._policy = policy.bind(cfg.lr, cfg.max_learners)
         self._policy._native(cfg.step)
         self._s = _core.Store.create(cfg, init_arr, "" if shared is None else shared)
-        if isinstance(self._policy, _steps.Hook):
+        if isinstance(self._policy, _steps.Hook) and self._policy.fn is not None:
             self._s.set_step_hook(self._policy.fn)
 
     @staticmethod
@@ -552,7 +552,7 @@ def cleanup(name: str | None = None, *, force: bool = False) -> list[str]:
             )
         os.unlink(os.path.join(SHM_DIR, _SHM_PREFIX + name))
         return [name]
-    removed = []
+    removed: list[str] = []
     uid = os.geteuid()
     try:
         entries = sorted(os.listdir(SHM_DIR))

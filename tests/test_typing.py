@@ -16,3 +16,11 @@ def test_core_stub_matches_the_extension(tmp_path):
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
     )  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_the_package_type_checks(tmp_path):
+    r = subprocess.run(  # -p: the installed package (it ships py.typed)
+        [sys.executable, "-m", "mypy", "-p", "fastps", "--ignore-missing-imports"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
