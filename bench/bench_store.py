@@ -493,20 +493,23 @@ def _stats_brief(st: dict[str, Any]) -> dict[str, Any]:
 
 def run_policies(r: Runner) -> None:
     """The policy section: every mode at each of --policy-n and 2^10 (see the module docstring)."""
-    a = r.a
-    S = a.policy_shards
-    for n in a.policy_sizes:
+    _run_section(r, "policies", r.a.policy_sizes, r.a.policy_shards, _policy_cell)
+
+
+def _run_section(r: Runner, label: str, sizes: Sequence[int], S: int, cell: Any) -> None:
+    """Every mode at every size of a paired section, with one gradient and out buffer a size."""
+    for n in sizes:
         if n // S < MIN_SHARD_ELEMS:
-            H.log(f"policies: skipping n={_pow2(n)} (fewer than {MIN_SHARD_ELEMS} elements/shard)")
+            H.log(f"{label}: skipping n={_pow2(n)} (fewer than {MIN_SHARD_ELEMS} elements/shard)")
             continue
         rng = np.random.default_rng(n)
         g = _aligned(n, rng.standard_normal(n, dtype=np.float32) * np.float32(1e-3))
         out = _aligned(n)
-        for mode in a.modes:
+        for mode in r.a.modes:
             t0 = time.perf_counter()
             r.wait_quiet()
-            _policy_cell(r, mode, n, S, g, out)
-            H.log(f"policies n={_pow2(n)} mode={mode}: done in {time.perf_counter() - t0:.1f} s")
+            cell(r, mode, n, S, g, out)
+            H.log(f"{label} n={_pow2(n)} mode={mode}: done in {time.perf_counter() - t0:.1f} s")
 
 
 def _policy_cell(r: Runner, mode: str, n: int, S: int, g: np.ndarray, out: np.ndarray) -> None:
@@ -598,20 +601,7 @@ def _interleaved(
 
 def run_guard(r: Runner) -> None:
     """The guard section: push with nan_guard="off" vs "raise", every mode and guard size."""
-    a = r.a
-    S = a.guard_shards
-    for n in a.guard_sizes:
-        if n // S < MIN_SHARD_ELEMS:
-            H.log(f"guard: skipping n={_pow2(n)} (fewer than {MIN_SHARD_ELEMS} elements/shard)")
-            continue
-        rng = np.random.default_rng(n)
-        g = _aligned(n, rng.standard_normal(n, dtype=np.float32) * np.float32(1e-3))
-        out = _aligned(n)
-        for mode in a.modes:
-            t0 = time.perf_counter()
-            r.wait_quiet()
-            _guard_cell(r, mode, n, S, g, out)
-            H.log(f"guard n={_pow2(n)} mode={mode}: done in {time.perf_counter() - t0:.1f} s")
+    _run_section(r, "guard", r.a.guard_sizes, r.a.guard_shards, _guard_cell)
 
 
 def _guard_cell(r: Runner, mode: str, n: int, S: int, g: np.ndarray, out: np.ndarray) -> None:

@@ -1,11 +1,11 @@
 """fastps: a lock-free, sharded parameter store for asynchronous SGD.
 
-    import fastps, numpy as np
-    with fastps.Store(init=np.zeros(1024, np.float32), mode="leashed", lr=0.1) as store:
-        h = store.learner()
-        w = np.empty(1024, np.float32)
-        h.pull(w)                       # parameters + the version of each shard read
-        h.push(np.ones(1024, np.float32))  # w -= lr * g, staleness measured per shard
+import fastps, numpy as np
+with fastps.Store(init=np.zeros(1024, np.float32), mode="leashed", lr=0.1) as store:
+    h = store.learner()
+    w = np.empty(1024, np.float32)
+    h.pull(w)                       # parameters + the version of each shard read
+    h.push(np.ones(1024, np.float32))  # w -= lr * g, staleness measured per shard
 """
 
 from fastps import _core, step_size

@@ -116,7 +116,9 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], np.ndarray, np.n
         expected = head_end + 4 * n * len(header["arrays"]) + _CRC.size
     except (ValueError, KeyError, TypeError):  # cut inside the header, or a damaged one
         short = len(data) < head_end + _CRC.size
-        raise ValueError(f"{where} is {'truncated' if short else 'corrupted'} (unreadable header)") from None
+        raise ValueError(
+            f"{where} is {'truncated' if short else 'corrupted'} (unreadable header)"
+        ) from None
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "corrupted"
         raise ValueError(f"{where} is {what} ({len(data)} bytes, expected {expected})")

@@ -82,7 +82,9 @@ class ParamLayout:
                 t = t.detach().to("cpu", copy=False).float().numpy()
             t = np.asarray(t, np.float32)
             if tuple(t.shape) != s.shape:
-                raise ValueError(f"flatten: {s.name} has shape {tuple(t.shape)}, expected {s.shape}")
+                raise ValueError(
+                    f"flatten: {s.name} has shape {tuple(t.shape)}, expected {s.shape}"
+                )
             out[s.offset : s.end] = t.reshape(-1)
         return out
 

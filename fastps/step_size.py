@@ -117,7 +117,9 @@ class Exponential(StepSize):
         if self.beta is not None:
             object.__setattr__(self, "beta", _check("Exponential", "beta", self.beta))
         if self.learners is not None and (not isinstance(self.learners, int) or self.learners < 1):
-            raise ValueError(f"Exponential: learners must be an integer >= 1 (got {self.learners!r})")
+            raise ValueError(
+                f"Exponential: learners must be an integer >= 1 (got {self.learners!r})"
+            )
 
     def bind(self, lr: float, learners: int) -> StepSize:
         beta = self.beta if self.beta is not None else fleet_beta(self.learners or learners)
@@ -199,7 +201,9 @@ class StalenessDistance(StepSize):
         object.__setattr__(self, "c", _check("StalenessDistance", "c", self.c))
         object.__setattr__(self, "eta_max", _check("StalenessDistance", "eta_max", self.eta_max))
 
-    def eta(self, tau: int, hist: Sequence[int] | None = None, *, dist2: float | None = None) -> float:
+    def eta(
+        self, tau: int, hist: Sequence[int] | None = None, *, dist2: float | None = None
+    ) -> float:
         if dist2 is None:
             raise ValueError("StalenessDistance.eta: pass dist2=||w_now - w_read||^2")
         return _f32(self.eta_max if dist2 == 0 else min(self.c / dist2, self.eta_max))
@@ -218,7 +222,9 @@ class Hook(StepSize):
 
     fn: Callable[[int, dict[str, int]], float] | None = None
 
-    def eta(self, tau: int, hist: Sequence[int] | None = None, *, stats: dict[str, int] | None = None) -> float:
+    def eta(
+        self, tau: int, hist: Sequence[int] | None = None, *, stats: dict[str, int] | None = None
+    ) -> float:
         if self.fn is None:
             raise ValueError("Hook.eta: no callable in this process")
         return _f32(self.fn(tau, stats or {}))
@@ -304,7 +310,9 @@ class Projected:
         if len(batches) < 2:
             raise ValueError(f"Projected.estimate: needs at least 2 batches (got {len(batches)})")
         if not isinstance(updates, int) or updates < 1:
-            raise ValueError(f"Projected.estimate: updates must be an integer >= 1 (got {updates!r})")
+            raise ValueError(
+                f"Projected.estimate: updates must be an integer >= 1 (got {updates!r})"
+            )
         if probes < 2:
             raise ValueError(f"Projected.estimate: probes must be >= 2 (got {probes})")
         if batch_size is None:

@@ -62,7 +62,9 @@ def _as_array(api: str, arg: str, x: Any) -> np.ndarray:
         try:
             return np.from_dlpack(x)
         except (BufferError, TypeError, RuntimeError) as e:
-            raise TypeError(f"{api}: cannot view {arg} ({_type_name(x)}) through DLPack: {e}") from e
+            raise TypeError(
+                f"{api}: cannot view {arg} ({_type_name(x)}) through DLPack: {e}"
+            ) from e
     try:
         return np.asarray(memoryview(x))
     except TypeError:
@@ -82,7 +84,9 @@ def _grad_view(grad: Any) -> tuple[np.ndarray, Any]:
         if t.dtype == torch.bfloat16:
             return t.view(torch.int16).numpy(), _core.DType.bfloat16
         if t.dtype not in (torch.float32, torch.float16):
-            raise TypeError(f"push: grad has dtype {t.dtype}, expected float32, float16 or bfloat16")
+            raise TypeError(
+                f"push: grad has dtype {t.dtype}, expected float32, float16 or bfloat16"
+            )
         return t.numpy(), None
     return _as_array("push", "grad", grad), None
 
@@ -245,7 +249,9 @@ class Store:
         if not isinstance(nesterov, (bool, np.bool_)):
             raise TypeError(f"Store: nesterov must be a bool (got {_type_name(nesterov)})")
         if shared is not None and not isinstance(shared, str):
-            raise TypeError(f"Store: shared must be a string name or None (got {_type_name(shared)})")
+            raise TypeError(
+                f"Store: shared must be a string name or None (got {_type_name(shared)})"
+            )
         if shared == "":  # the core reads "" as "private"
             raise ValueError("Store: shared name must have 1 to 200 characters (got 0)")
         cfg = _core.StoreConfig()
@@ -265,7 +271,9 @@ class Store:
         cfg.weight_decay = _check_number("weight_decay", weight_decay)
         cfg.persistence = _check_int("persistence", persistence)
         if cfg.persistence < -1:
-            raise ValueError(f"Store: persistence must be -1 (never drop) or >= 0 (got {persistence})")
+            raise ValueError(
+                f"Store: persistence must be -1 (never drop) or >= 0 (got {persistence})"
+            )
         cfg.max_learners = self._nonneg("max_learners", max_learners)
         cfg.hist_bins = self._nonneg("staleness_bins", staleness_bins)
         if nan_guard not in NAN_GUARDS:
@@ -394,7 +402,9 @@ class Store:
         )  # fmt: skip
         try:
             if [list(r) for r in store.shard_ranges()] != header["shard_ranges"]:
-                raise ValueError(f"load: {os.fspath(path)} has shard ranges this build does not make")
+                raise ValueError(
+                    f"load: {os.fspath(path)} has shard ranges this build does not make"
+                )
             store._s.restore(params, momentum, _ckpt.counters_from(header))
         except BaseException:
             store.close()
@@ -544,7 +554,9 @@ def cleanup(name: str | None = None, *, force: bool = False) -> list[str]:
             raise TypeError(f"cleanup: name must be a string (got {_type_name(name)})")
         info = _core.Store.inspect(name)  # validates the name and the owner
         if not info.is_store and not force:
-            raise RuntimeError(f"cleanup: '{name}' is not a fastps store; pass force=True to remove it")
+            raise RuntimeError(
+                f"cleanup: '{name}' is not a fastps store; pass force=True to remove it"
+            )
         if info.is_store and _pid_alive(info.creator_pid) and not force:
             raise RuntimeError(
                 f"cleanup: store '{name}' is still open in its creator (pid {info.creator_pid}); "

@@ -53,7 +53,9 @@ class AsyncOptimizer:
         params = dict(model.named_parameters())
         for name, p in params.items():
             if p.device.type != "cpu":
-                raise ValueError(f"AsyncOptimizer: {name} is on {p.device}; CPU models only for now")
+                raise ValueError(
+                    f"AsyncOptimizer: {name} is on {p.device}; CPU models only for now"
+                )
         self.model = model
         self.store = store
         self.layout = layout

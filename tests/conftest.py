@@ -1,4 +1,5 @@
 import os
+import threading
 import uuid
 
 import numpy as np
@@ -30,3 +31,23 @@ def reference_apply(w, m, g, *, lr, momentum=0.0, nesterov=False, weight_decay=0
         m[:] = f(momentum) * m + d
         d = d + f(momentum) * m if nesterov else m.copy()
     w[:] = w - f(lr) * d
+
+
+def run_threads(target, count, *, args=lambda i: ()):
+    """Start `count` threads running target(*args(i)) and wait for all of them."""
+    ts = [threading.Thread(target=target, args=args(i)) for i in range(count)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+
+
+def pull_push(store, pushes, value=-1.0):
+    """One learner: `pushes` times pull, then push `value` everywhere (lr=1 adds -value)."""
+    h = store.learner()
+    buf = np.empty(store.size, np.float32)
+    g = np.full(store.size, value, np.float32)
+    for _ in range(pushes):
+        h.pull(buf)
+        h.push(g)
+    h.close()

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import CONSISTENT, MODES
+from conftest import CONSISTENT, MODES, pull_push
 
 import fastps
 
@@ -76,14 +76,7 @@ def test_saving_while_learners_push_gives_consistent_shards(mode, tmp_path):
     n, threads, pushes = 1 << 16, 3, 300
     stop = threading.Event()
     with fastps.Store(n, shards=4, mode=mode, lr=1.0) as store:
-        def learner():
-            h = store.learner()
-            buf = np.empty(n, np.float32)
-            for _ in range(pushes):
-                h.pull(buf)
-                h.push(np.full(n, -1.0, np.float32))
-
-        ts = [threading.Thread(target=learner) for _ in range(threads)]
+        ts = [threading.Thread(target=pull_push, args=(store, pushes)) for _ in range(threads)]
         for t in ts:
             t.start()
         saved = 0
@@ -158,7 +151,9 @@ def test_truncated_files_are_refused(tmp_path, good, shm_name, cut):
 def test_corrupted_files_are_refused(tmp_path, good, where):
     data = bytearray(good)
     head_len = struct.unpack_from("<Q", data, 16)[0]
-    pos = {"payload": 24 + head_len + 100, "crc": len(data) - 2, "header": 24 + head_len // 2}[where]
+    pos = {"payload": 24 + head_len + 100, "crc": len(data) - 2, "header": 24 + head_len // 2}[
+        where
+    ]
     data[pos] ^= 0x10
     with pytest.raises(ValueError, match=r"load: .*bad.ckpt is corrupted"):
         fastps.Store.load(write(tmp_path, bytes(data)))

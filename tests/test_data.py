@@ -269,19 +269,28 @@ def test_fashion_mnist_default_dir_and_an_emptied_install(tmp_path, monkeypatch)
 
 
 def test_missing_idx_files_are_listed(tmp_path):
-    with pytest.raises(FileNotFoundError, match="idx: .* lacks train-images-idx3-ubyte, "
-                       "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"):
+    with pytest.raises(
+        FileNotFoundError,
+        match="idx: .* lacks train-images-idx3-ubyte, "
+        "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte",
+    ):
         load("idx", root=tmp_path)
-    with pytest.raises(FileNotFoundError, match="idx: .*/nowhere not found; point root at a "
-                       "directory holding train-images-idx3-ubyte"):
+    with pytest.raises(
+        FileNotFoundError,
+        match="idx: .*/nowhere not found; point root at a "
+        "directory holding train-images-idx3-ubyte",
+    ):
         load("idx", root=tmp_path / "nowhere")
     with pytest.raises(ValueError, match="load: 'idx' needs root"):
         load("idx")
 
 
 def test_missing_cifar10_files_are_listed(tmp_path):
-    with pytest.raises(FileNotFoundError, match="cifar10: .* lacks data_batch_1, data_batch_2, "
-                       "data_batch_3, data_batch_4, data_batch_5, test_batch .expected the CIFAR"):
+    with pytest.raises(
+        FileNotFoundError,
+        match="cifar10: .* lacks data_batch_1, data_batch_2, "
+        "data_batch_3, data_batch_4, data_batch_5, test_batch .expected the CIFAR",
+    ):
         load("cifar10", root=tmp_path)
     with pytest.raises(ValueError, match="load: 'cifar10' needs root"):
         load("cifar10")
@@ -299,8 +308,11 @@ def test_missing_package_says_what_to_install(monkeypatch, name, module, package
 
 
 def test_unknown_name_and_stray_root_are_refused(tmp_path):
-    with pytest.raises(ValueError, match=r"load: unknown data set 'svhn' \(expected one of: "
-                       "fashion-mnist, mnist, digits, idx, cifar10\\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"load: unknown data set 'svhn' \(expected one of: "
+        "fashion-mnist, mnist, digits, idx, cifar10\\)",
+    ):
         load("svhn")
     with pytest.raises(ValueError, match="load: 'digits' comes inside a Python package"):
         load("digits", root=tmp_path)

@@ -27,14 +27,34 @@ def assert_unchanged(store, before_params, before_stats):
 BAD_GRADS = [
     (np.ones(N - 1, np.float32), ValueError, r"push: grad has 99 elements, expected 100"),
     (np.ones(N + 1, np.float16), ValueError, r"push: grad has 101 elements, expected 100"),
-    (np.ones(N, np.float64), TypeError, r"push: grad has dtype float64, expected float32, float16 or bfloat16"),
+    (
+        np.ones(N, np.float64),
+        TypeError,
+        r"push: grad has dtype float64, expected float32, float16 or bfloat16",
+    ),
     (np.ones(N, np.int32), TypeError, r"push: grad has dtype int32, expected float32"),
-    (np.ones(N, ">f4"), TypeError, r"push: grad has dtype >f4, expected float32.*native byte order"),
+    (
+        np.ones(N, ">f4"),
+        TypeError,
+        r"push: grad has dtype >f4, expected float32.*native byte order",
+    ),
     (np.ones(2 * N, np.float32)[::2], ValueError, r"push: grad is not C-contiguous"),
-    (torch.ones(N, dtype=torch.float64), TypeError, r"push: grad has dtype torch.float64, expected float32"),
+    (
+        torch.ones(N, dtype=torch.float64),
+        TypeError,
+        r"push: grad has dtype torch.float64, expected float32",
+    ),
     (torch.ones(2 * N)[::2], ValueError, r"push: grad is not contiguous"),
-    (torch.ones(N, device="meta"), ValueError, r"push: grad is on device meta, expected a CPU tensor"),
-    ([1.0] * N, TypeError, r"push: grad must be a numpy array, a torch CPU tensor, or an object with the buffer protocol or __dlpack__ \(got list\)"),
+    (
+        torch.ones(N, device="meta"),
+        ValueError,
+        r"push: grad is on device meta, expected a CPU tensor",
+    ),
+    (
+        [1.0] * N,
+        TypeError,
+        r"push: grad must be a numpy array, a torch CPU tensor, or an object with the buffer protocol or __dlpack__ \(got list\)",
+    ),
     (None, TypeError, r"push: grad must be .* \(got NoneType\)"),
 ]
 
@@ -52,8 +72,16 @@ BAD_OUTS = [
     (np.empty(N - 1, np.float32), ValueError, r"pull: out has 99 elements, expected 100"),
     (np.empty(N, np.float64), TypeError, r"pull: out has dtype float64, expected float32"),
     (np.empty(2 * N, np.float32)[::2], ValueError, r"pull: out is not C-contiguous"),
-    (torch.empty(N, dtype=torch.float16), TypeError, r"pull: out has dtype torch.float16, expected float32"),
-    (torch.empty(N, device="meta"), ValueError, r"pull: out is on device meta, expected a CPU tensor"),
+    (
+        torch.empty(N, dtype=torch.float16),
+        TypeError,
+        r"pull: out has dtype torch.float16, expected float32",
+    ),
+    (
+        torch.empty(N, device="meta"),
+        ValueError,
+        r"pull: out is on device meta, expected a CPU tensor",
+    ),
     (torch.empty(2 * N)[::2], ValueError, r"pull: out is not contiguous"),
     ("abc", TypeError, r"pull: out must be a numpy array"),
 ]
@@ -82,7 +110,9 @@ def _grad_with(dtype, value, index):
 def test_nonfinite_gradient_is_refused_by_default(store, dtype, value):
     h = store.learner()
     before = store.read(), store.stats()
-    with pytest.raises(ValueError, match=r"push: grad\[57\] is not finite \(NaN or Inf\); nothing was applied"):
+    with pytest.raises(
+        ValueError, match=r"push: grad\[57\] is not finite \(NaN or Inf\); nothing was applied"
+    ):
         h.push(_grad_with(dtype, value, 57))
     assert_unchanged(store, *before)
 
@@ -103,7 +133,9 @@ def test_nan_guard_off_applies_what_it_is_given():
     with fastps.Store(N, nan_guard="off") as store:
         store.learner().push(_grad_with("float32", np.nan, 3))
         assert np.isnan(store.read()[3]) and store.stats()["nonfinite_skipped"] == 0
-    with pytest.raises(ValueError, match=r"Store: nan_guard must be one of raise, skip, off \(got 'no'\)"):
+    with pytest.raises(
+        ValueError, match=r"Store: nan_guard must be one of raise, skip, off \(got 'no'\)"
+    ):
         fastps.Store(N, nan_guard="no")
 
 
@@ -154,12 +186,24 @@ BAD_ARGS = [
     (dict(), ValueError, r"Store: give size or init \(got neither\)"),
     (dict(size=0), ValueError, r"Store: size must be at least 1 \(got 0\)"),
     (dict(size=1.5), TypeError, r"Store: size must be an integer \(got float\)"),
-    (dict(size=10, init=np.zeros(11)), ValueError, r"Store: init has 11 elements, expected size=10"),
+    (
+        dict(size=10, init=np.zeros(11)),
+        ValueError,
+        r"Store: init has 11 elements, expected size=10",
+    ),
     (dict(init=np.zeros((2, 2))), ValueError, r"Store: init must be 1-D \(got shape \(2, 2\)\)"),
     (dict(init=np.array(["a"])), TypeError, r"Store: init has dtype <U1, expected real numbers"),
     (dict(size=10, shards=0), ValueError, r"Store: shards must be in \[1, 1\] for size 10"),
-    (dict(size=100, shards=8), ValueError, r"Store: shards must be in \[1, 7\] for size 100 .*got 8"),
-    (dict(size=10, mode="fast"), ValueError, r"Store: mode must be one of locked, hogwild, leashed \(got 'fast'\)"),
+    (
+        dict(size=100, shards=8),
+        ValueError,
+        r"Store: shards must be in \[1, 7\] for size 100 .*got 8",
+    ),
+    (
+        dict(size=10, mode="fast"),
+        ValueError,
+        r"Store: mode must be one of locked, hogwild, leashed \(got 'fast'\)",
+    ),
     (dict(size=10, mode=1), TypeError, r"Store: mode must be a string \(got int\)"),
     (dict(size=10, lr=-1), ValueError, r"Store: lr must be finite and >= 0 \(got -1\)"),
     (dict(size=10, lr=float("nan")), ValueError, r"Store: lr must be finite \(got nan\)"),
@@ -168,13 +212,37 @@ BAD_ARGS = [
     (dict(size=10, nesterov=True), ValueError, r"Store: nesterov=True needs momentum > 0"),
     (dict(size=10, nesterov=1), TypeError, r"Store: nesterov must be a bool \(got int\)"),
     (dict(size=10, weight_decay=-0.1), ValueError, r"Store: weight_decay must be finite and >= 0"),
-    (dict(size=10, persistence=-2), ValueError, r"Store: persistence must be -1 \(never drop\) or >= 0 \(got -2\)"),
-    (dict(size=10, max_learners=0), ValueError, r"Store: max_learners must be in \[1, 1024\] \(got 0\)"),
-    (dict(size=10, max_learners=5000), ValueError, r"Store: max_learners must be in \[1, 1024\] \(got 5000\)"),
-    (dict(size=10, staleness_bins=0), ValueError, r"Store: staleness_bins must be in \[1, 65536\] \(got 0\)"),
+    (
+        dict(size=10, persistence=-2),
+        ValueError,
+        r"Store: persistence must be -1 \(never drop\) or >= 0 \(got -2\)",
+    ),
+    (
+        dict(size=10, max_learners=0),
+        ValueError,
+        r"Store: max_learners must be in \[1, 1024\] \(got 0\)",
+    ),
+    (
+        dict(size=10, max_learners=5000),
+        ValueError,
+        r"Store: max_learners must be in \[1, 1024\] \(got 5000\)",
+    ),
+    (
+        dict(size=10, staleness_bins=0),
+        ValueError,
+        r"Store: staleness_bins must be in \[1, 65536\] \(got 0\)",
+    ),
     (dict(size=10, shared="a/b"), ValueError, r"Store: shared name 'a/b' has the character '/'"),
-    (dict(size=10, shared=""), ValueError, r"Store: shared name must have 1 to 200 characters \(got 0\)"),
-    (dict(size=10, shared=5), TypeError, r"Store: shared must be a string name or None \(got int\)"),
+    (
+        dict(size=10, shared=""),
+        ValueError,
+        r"Store: shared name must have 1 to 200 characters \(got 0\)",
+    ),
+    (
+        dict(size=10, shared=5),
+        TypeError,
+        r"Store: shared must be a string name or None \(got int\)",
+    ),
 ]
 
 
@@ -186,7 +254,9 @@ def test_invalid_constructor_arguments(kwargs, exc, msg):
 
 def test_shared_name_taken(shm_name):
     with fastps.Store(10, shared=shm_name):
-        with pytest.raises(RuntimeError, match=f"Store: cannot create shared segment '{shm_name}': File exists"):
+        with pytest.raises(
+            RuntimeError, match=f"Store: cannot create shared segment '{shm_name}': File exists"
+        ):
             fastps.Store(10, shared=shm_name)
 
 
@@ -202,7 +272,9 @@ def test_attach_missing(shm_name):
 def test_attach_to_a_segment_that_is_not_a_store(shm_name):
     with open(f"/dev/shm/fastps.{shm_name}", "wb") as f:
         f.write(b"\xff" * 4096)
-    with pytest.raises(ValueError, match=f"attach: shared segment '{shm_name}' is not a fastps store"):
+    with pytest.raises(
+        ValueError, match=f"attach: shared segment '{shm_name}' is not a fastps store"
+    ):
         fastps.Store.attach(shm_name)
     with open(f"/dev/shm/fastps.{shm_name}", "wb") as f:
         f.write(b"x" * 10)

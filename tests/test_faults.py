@@ -32,7 +32,9 @@ def test_learners_killed_mid_push_and_pull_leave_a_usable_consistent_store(mode,
     ctx = mp.get_context("spawn")
     rng = np.random.default_rng(11)
     kills = 0
-    with fastps.Store(N, shards=SHARDS, mode=mode, lr=1.0, shared=shm_name, max_learners=3) as store:
+    with fastps.Store(
+        N, shards=SHARDS, mode=mode, lr=1.0, shared=shm_name, max_learners=3
+    ) as store:
 
         def start():
             started = ctx.Event()
@@ -88,8 +90,10 @@ def test_learners_killed_mid_push_and_pull_leave_a_usable_consistent_store(mode,
         h.push(np.full(N, -1.0, np.float32))
         np.testing.assert_array_equal(store.read(), params + 1)
         h.close()
-    print(f"{mode}: {kills} kills survived, {st['recovered']} handles recovered"
-          + (f", {held - SHARDS} slots held by the last two dead before recover()" if held else ""))
+    print(
+        f"{mode}: {kills} kills survived, {st['recovered']} handles recovered"
+        + (f", {held - SHARDS} slots held by the last two dead before recover()" if held else "")
+    )
 
 
 def _hold_a_handle_and_die(name, started):

@@ -57,7 +57,10 @@ def _bad_model():
 
 def test_a_failing_learner_is_reported_with_its_traceback():
     t0 = time.perf_counter()
-    with pytest.raises(RuntimeError, match=r"(?s)learner \d failed:.*ZeroDivisionError: the learner's model exploded"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"(?s)learner \d failed:.*ZeroDivisionError: the learner's model exploded",
+    ):
         fit(_bad_model, blobs(), learners=2, updates=100)
     assert time.perf_counter() - t0 < 60
 
@@ -97,7 +100,9 @@ def test_a_killed_training_resumes_from_its_checkpoint(tmp_path):
     assert resumed.config["resumed_at"] == done
     assert resumed.stats["clock"] == target
     assert sum(ln["updates"] for ln in resumed.learners) == 300
-    fresh = fit(LOGREG, blobs(), learners=2, backend="thread", lr=0.1, updates=target, batch_size=32)
+    fresh = fit(
+        LOGREG, blobs(), learners=2, backend="thread", lr=0.1, updates=target, batch_size=32
+    )
     assert resumed.evals[0]["accuracy"] > 0.8  # it starts where the killed run was
     assert abs(resumed.final_accuracy - fresh.final_accuracy) < 0.03
     print(f"killed at {done} updates; resumed to {target}: accuracy {resumed.final_accuracy:.3f} "

@@ -7,6 +7,7 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import run_threads
 
 import fastps
 
@@ -45,11 +46,7 @@ def test_every_pull_is_the_sum_of_exactly_the_updates_it_should_see(mode, persis
                 pushes.extend(mine_push)
                 pulls.extend(mine_pull)
 
-        ts = [threading.Thread(target=learner, args=(i,)) for i in range(THREADS)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
+        run_threads(learner, THREADS, args=lambda i: (i,))
         final = store.read()
         st = store.stats()
 

@@ -32,7 +32,9 @@ def build(tmp_path, build_type, flags):
     )  # fmt: skip
     subprocess.run(
         ["cmake", "--build", str(bdir), "--target", "stress_store", "-j", "2"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return bdir / "stress_store"
 

@@ -107,7 +107,10 @@ class StoreMachine(RuleBasedStateMachine):
             CALLS["ok"] += 1
 
     @precondition(lambda self: self.handles and not self.closed)
-    @rule(i=st.integers(0, 2), kind=st.sampled_from(["numpy", "torch", "strided", "short", "f64", "readonly"]))
+    @rule(
+        i=st.integers(0, 2),
+        kind=st.sampled_from(["numpy", "torch", "strided", "short", "f64", "readonly"]),
+    )
     def pull(self, i, kind):
         h = self.handles[i % len(self.handles)]
         n = self.store.size

@@ -37,9 +37,7 @@ def test_two_processes_push_concurrently_and_the_creator_sees_every_update(mode,
     with fastps.Store(N, shards=4, mode=mode, lr=1.0, shared=shm_name) as store:
         ready = [ctx.Event() for _ in range(2)]
         go = ctx.Event()
-        procs = [
-            ctx.Process(target=_child_pushes, args=(shm_name, PUSHES, r, go)) for r in ready
-        ]
+        procs = [ctx.Process(target=_child_pushes, args=(shm_name, PUSHES, r, go)) for r in ready]
         for p in procs:
             p.start()
         for r in ready:
@@ -117,7 +115,10 @@ def test_cleanup_removes_the_segment_of_a_crashed_creator(shm_name):
     p.start()
     assert ready.wait(60)
     path = f"/dev/shm/fastps.{shm_name}"
-    with pytest.raises(RuntimeError, match=rf"cleanup: store '{shm_name}' is still open in its creator \(pid {p.pid}\)"):
+    with pytest.raises(
+        RuntimeError,
+        match=rf"cleanup: store '{shm_name}' is still open in its creator \(pid {p.pid}\)",
+    ):
         fastps.cleanup(shm_name)
     assert shm_name not in fastps.cleanup()  # its creator is alive: left alone
     os.kill(p.pid, signal.SIGKILL)

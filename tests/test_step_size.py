@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import MODES
+from conftest import MODES, pull_push, run_threads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -171,7 +171,9 @@ def test_staleness_distance_needs_a_pull_and_keeps_slots_bounded():
     with fastps.Store(256, shards=2, mode="leashed", max_learners=2,
                       step_size=StalenessDistance(c=1.0, eta_max=0.1)) as store:  # fmt: skip
         a, b = store.learner(), store.learner()
-        with pytest.raises(RuntimeError, match=r"push: the StalenessDistance step size needs a pull"):
+        with pytest.raises(
+            RuntimeError, match=r"push: the StalenessDistance step size needs a pull"
+        ):
             a.push(np.ones(256, np.float32))
         buf = np.empty(256, np.float32)
         for _ in range(20):
@@ -203,18 +205,7 @@ def test_hook_sees_the_right_tau_under_concurrent_pushes(mode):
 
     n, threads, pushes = 1 << 15, 4, 200
     with fastps.Store(n, shards=2, mode=mode, step_size=hook, lr=1.0) as store:
-        def learner():
-            h = store.learner()
-            buf = np.empty(n, np.float32)
-            for _ in range(pushes):
-                h.pull(buf)
-                h.push(np.full(n, -1.0, np.float32))
-
-        ts = [threading.Thread(target=learner) for _ in range(threads)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
+        run_threads(pull_push, threads, args=lambda i: (store, pushes))
         st = store.stats()
         final = store.read()
     assert all(tau == dv for tau, dv, _ in calls)
@@ -293,19 +284,55 @@ def test_attached_store_gets_the_bound_policy(shm_name):
 @pytest.mark.parametrize(
     "make,exc,msg",
     [
-        (lambda: Constant(lr=-0.1), ValueError, r"Constant: lr must be finite and >= 0 \(got -0.1\)"),
-        (lambda: Inverse(lr=float("nan")), ValueError, r"Inverse: lr must be finite and >= 0 \(got nan\)"),
-        (lambda: Exponential(beta=-1.0), ValueError, r"Exponential: beta must be finite and >= 0 \(got -1\)"),
+        (
+            lambda: Constant(lr=-0.1),
+            ValueError,
+            r"Constant: lr must be finite and >= 0 \(got -0.1\)",
+        ),
+        (
+            lambda: Inverse(lr=float("nan")),
+            ValueError,
+            r"Inverse: lr must be finite and >= 0 \(got nan\)",
+        ),
+        (
+            lambda: Exponential(beta=-1.0),
+            ValueError,
+            r"Exponential: beta must be finite and >= 0 \(got -1\)",
+        ),
         (lambda: Exponential(beta=float("nan")), ValueError, r"Exponential: beta must be finite"),
         (lambda: TailTau(a=1.5), ValueError, r"TailTau: a must be in \[0, 1\] \(got 1.5\)"),
         (lambda: TailTau(a=-0.1), ValueError, r"TailTau: a must be in \[0, 1\] \(got -0.1\)"),
         (lambda: TailTau(warmup=0), ValueError, r"TailTau: warmup must be an integer >= 1 or None"),
-        (lambda: StalenessDistance(c=-1.0, eta_max=1.0), ValueError, r"StalenessDistance: c must be finite and >= 0"),
-        (lambda: StalenessDistance(c=1.0, eta_max=float("inf")), ValueError, r"StalenessDistance: eta_max must be finite"),
-        (lambda: StalenessDistance(c="1", eta_max=1.0), TypeError, r"StalenessDistance: c must be a number \(got str\)"),
-        (lambda: fastps.Store(8, step_size=3), TypeError, r"Store: step_size must be a fastps.step_size policy or a callable"),
-        (lambda: fastps.Store(8, lr=-1.0, step_size=Inverse()), ValueError, r"Store: lr must be finite and >= 0"),
-        (lambda: fastps.Store(8, lr=0.1, step_size=Constant(lr=0.2)), ValueError, r"Store: lr=0.1 disagrees with the step_size's lr=0.2"),
+        (
+            lambda: StalenessDistance(c=-1.0, eta_max=1.0),
+            ValueError,
+            r"StalenessDistance: c must be finite and >= 0",
+        ),
+        (
+            lambda: StalenessDistance(c=1.0, eta_max=float("inf")),
+            ValueError,
+            r"StalenessDistance: eta_max must be finite",
+        ),
+        (
+            lambda: StalenessDistance(c="1", eta_max=1.0),
+            TypeError,
+            r"StalenessDistance: c must be a number \(got str\)",
+        ),
+        (
+            lambda: fastps.Store(8, step_size=3),
+            TypeError,
+            r"Store: step_size must be a fastps.step_size policy or a callable",
+        ),
+        (
+            lambda: fastps.Store(8, lr=-1.0, step_size=Inverse()),
+            ValueError,
+            r"Store: lr must be finite and >= 0",
+        ),
+        (
+            lambda: fastps.Store(8, lr=0.1, step_size=Constant(lr=0.2)),
+            ValueError,
+            r"Store: lr=0.1 disagrees with the step_size's lr=0.2",
+        ),
         (lambda: Inverse().eta(1), ValueError, r"Inverse.eta: the policy has no lr yet"),
     ],
 )
@@ -346,7 +373,8 @@ def test_projected_refuses_degenerate_probes():
     with pytest.raises(ValueError, match=r"Projected.estimate: needs at least 2 batches"):
         Projected.estimate(lambda x, b: (1.0, x), np.ones(3), [1], updates=10)
     with pytest.raises(ValueError, match=r"needs D_f, sigma\^2 and L > 0"):
-        Projected.estimate(lambda x, b: (1.0, np.zeros(3)), np.ones(3), [1, 2], updates=10,
-                           batch_size=1)
+        Projected.estimate(
+            lambda x, b: (1.0, np.zeros(3)), np.ones(3), [1, 2], updates=10, batch_size=1
+        )
     with pytest.raises(ValueError, match=r"Projected.estimate: pass batch_size"):
         Projected.estimate(lambda x, b: (1.0, x), np.ones(3), [1, 2], updates=10)

@@ -17,7 +17,9 @@ OPTIMIZERS = [
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shards", [1, 3, 8])
-@pytest.mark.parametrize("opt", OPTIMIZERS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+@pytest.mark.parametrize(
+    "opt", OPTIMIZERS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items())
+)
 def test_matches_numpy_reference_bitwise(mode, shards, opt):
     rng = np.random.default_rng(1)
     n = 1000  # not a multiple of 16: the last shard is short
@@ -186,7 +188,9 @@ def test_learner_limit_and_close_frees_a_place():
     with fastps.Store(16, max_learners=2) as store:
         a = store.learner()
         b = store.learner()
-        with pytest.raises(RuntimeError, match=r"learner: 2 handles are open, the store's max_learners is 2"):
+        with pytest.raises(
+            RuntimeError, match=r"learner: 2 handles are open, the store's max_learners is 2"
+        ):
             store.learner()
         assert store.stats()["learners"] == 2
         a.close()

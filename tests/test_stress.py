@@ -4,7 +4,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import CONSISTENT
+from conftest import CONSISTENT, run_threads
 
 import fastps
 
@@ -108,11 +108,7 @@ def test_leashed_drops_are_counted_exactly(shards):
             start.wait()
             dropped_by_push.append(sum(h.push(grad) for _ in range(pushes)))
 
-        ts = [threading.Thread(target=learner) for _ in range(THREADS)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
+        run_threads(learner, THREADS)
         final = store.read()
         st = store.stats()
         ranges = store.shard_ranges()
@@ -142,7 +138,9 @@ def test_hogwild_loses_updates_but_never_gains():
     """Hogwild!'s races are intended: the result is reported, bounded by the serial sum."""
     with fastps.Store(N_ELEMS, shards=SHARDS, mode="hogwild", lr=1.0) as store:
         torn = []
-        run_learners(store, PUSHES, on_pull=lambda s: torn.append(torn_shards(s, store.shard_ranges())))
+        run_learners(
+            store, PUSHES, on_pull=lambda s: torn.append(torn_shards(s, store.shard_ranges()))
+        )
         final = store.read()
         st = store.stats()
     total = THREADS * PUSHES

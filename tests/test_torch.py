@@ -2,11 +2,11 @@
 
 import copy
 import multiprocessing as mp
-import threading
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_threads
 
 import fastps
 import fastps.torch as ft
@@ -56,7 +56,9 @@ def test_layout_errors():
 def test_store_from_holds_the_module():
     model = mlp()
     store = ft.store_from(model, mode="locked", lr=0.1)
-    np.testing.assert_array_equal(store.read(), store.layout.flatten(dict(model.named_parameters())))
+    np.testing.assert_array_equal(
+        store.read(), store.layout.flatten(dict(model.named_parameters()))
+    )
 
 
 @pytest.mark.parametrize("opt", [dict(), dict(momentum=0.9, weight_decay=0.01),
@@ -121,11 +123,7 @@ def test_learner_threads_share_one_store_exactly():
                 p.grad.fill_(-1.0)  # a known gradient: each step adds exactly 1
             opt.step()
 
-    ts = [threading.Thread(target=learner) for _ in range(3)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+    run_threads(learner, 3)
     views = store.layout.unflatten(store.read())
     assert np.all(views["weight"] == 3 * steps) and np.all(views["bias"] == 3 * steps)
 

@@ -101,9 +101,7 @@ def load(
                              f"(got root={str(root)!r})")  # fmt: skip
         ds = _load_mnist_subset(seed) if name == "mnist" else _load_digits(seed)
     else:
-        raise ValueError(
-            f"load: unknown data set {name!r} (expected one of: {', '.join(NAMES)})"
-        )
+        raise ValueError(f"load: unknown data set {name!r} (expected one of: {', '.join(NAMES)})")
     if limit is not None and limit < len(ds.y_train):
         keep = np.random.default_rng([seed, 1]).permutation(len(ds.y_train))[:limit]
         ds = Dataset(ds.name, ds.x_train[keep], ds.y_train[keep], ds.x_test, ds.y_test,

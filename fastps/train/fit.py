@@ -191,7 +191,9 @@ def fit(
         store = Store.load(resume_from, shared=name, step_size=hook)
         if store.size != layout.size:
             store.close()
-            raise ValueError(f"fit: {resume_from} holds {store.size} elements, the model {layout.size}")
+            raise ValueError(
+                f"fit: {resume_from} holds {store.size} elements, the model {layout.size}"
+            )
     else:
         store = Store(init=layout.flatten(dict(model.named_parameters())), mode=mode, lr=lr,
                       momentum=momentum, step_size=step_size, shared=name,
@@ -222,8 +224,14 @@ def fit(
 
     def evaluate() -> None:
         loss, acc = _evaluate(model, layout, store.read(), ds)
-        history.evals.append({"t_s": time.perf_counter() - t_start,
-                              "updates": store.stats()["clock"], "loss": loss, "accuracy": acc})
+        history.evals.append(
+            {
+                "t_s": time.perf_counter() - t_start,
+                "updates": store.stats()["clock"],
+                "loss": loss,
+                "accuracy": acc,
+            }
+        )
 
     next_eval = done_before + eval_every
     next_ckpt = done_before + checkpoint_every if checkpoint_every else None
