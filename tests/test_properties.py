@@ -29,7 +29,8 @@ def make_grad(rng, n, dtype, extra, stride, nonfinite):
     g = g.to(getattr(torch, dtype))[::stride]
     if nonfinite and length:
         g[rng.integers(length)] = float("nan") if dtype != "int32" else 0
-    ok = dtype in ("float32", "float16", "bfloat16") and extra == 0 and stride == 1
+    # A strided view of one element is still contiguous (numpy and torch agree): accepted.
+    ok = dtype in ("float32", "float16", "bfloat16") and extra == 0 and (stride == 1 or length <= 1)
     return g, ok, ok and nonfinite and dtype != "int32"
 
 
@@ -124,7 +125,7 @@ class StoreMachine(RuleBasedStateMachine):
         }[kind]()
         if kind == "readonly":
             out.setflags(write=False)
-        if kind in ("numpy", "torch"):
+        if kind in ("numpy", "torch") or (kind == "strided" and n == 1):
             h.pull(out)
             np.testing.assert_array_equal(np.asarray(out), self.w)
             CALLS["ok"] += 1
@@ -175,7 +176,7 @@ class StoreMachine(RuleBasedStateMachine):
 
 
 StoreMachine.TestCase.settings = settings(
-    max_examples=150, stateful_step_count=30, deadline=None,
+    max_examples=max(150, settings.default.max_examples), stateful_step_count=30, deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )  # fmt: skip
 TestStoreMachine = StoreMachine.TestCase
