@@ -66,11 +66,20 @@ class _Plan:
 
 
 def _load_data(data: Any) -> Any:
+    """A Dataset from a Dataset, a data set name, or a callable that loads one."""
     if isinstance(data, str):
         from fastps.train import data as datasets
 
         return datasets.load(data)
+    if callable(data):
+        return data()
     return data
+
+
+def mean_staleness(hist: list[int]) -> float:
+    """Mean tau of a staleness histogram (the overflow bin counted at its lower edge)."""
+    total = sum(hist)
+    return sum(t * c for t, c in enumerate(hist)) / total if total else 0.0
 
 
 def _evaluate(model: torch.nn.Module, layout: ParamLayout, params: np.ndarray, ds: Any,
@@ -152,6 +161,7 @@ def fit(
     checkpoint: str | os.PathLike[str] | None = None,
     resume_from: str | os.PathLike[str] | None = None,
     timeout_s: float = 3600.0,
+    progress: Callable[[dict[str, Any]], None] | None = None,
     **store_kwargs: Any,
 ) -> History:
     """Train ``model_fn()`` on ``data`` with ``learners`` asynchronous learners; return History.
@@ -166,6 +176,8 @@ def fit(
     ``backend``: "process" (spawned learners; the store in shared memory) or "thread".
     Store arguments (mode, step_size, lr, momentum, ...) pass through. A learner that raises
     stops the run with RuntimeError carrying its traceback; fit() never waits forever.
+    ``progress`` is called about 20 times a second with {"updates", "total"}, and with each
+    evaluation record (which has "accuracy").
     """
     if variant not in VARIANTS:
         raise ValueError(
@@ -208,7 +220,8 @@ def fit(
               "step_size": repr(store.step_size)}  # fmt: skip
     history = History(config=config)
     eval_every = eval_every or max(1, updates // 10)
-    payload = data if (backend == "process" and isinstance(data, str)) else ds
+    # Processes load a named or callable data set themselves instead of unpickling a copy.
+    payload = data if (backend == "process" and (isinstance(data, str) or callable(data))) else ds
 
     workers: list[Any]
     if backend == "process":
@@ -224,14 +237,17 @@ def fit(
 
     def evaluate() -> None:
         loss, acc = _evaluate(model, layout, store.read(), ds)
-        history.evals.append(
-            {
-                "t_s": time.perf_counter() - t_start,
-                "updates": store.stats()["clock"],
-                "loss": loss,
-                "accuracy": acc,
-            }
-        )
+        st = store.stats()
+        record = {
+            "t_s": time.perf_counter() - t_start,
+            "updates": st["clock"],
+            "loss": loss,
+            "accuracy": acc,
+            "staleness_mean": mean_staleness(st["staleness_hist"]),
+        }
+        history.evals.append(record)
+        if progress:
+            progress(record)
 
     next_eval = done_before + eval_every
     next_ckpt = done_before + checkpoint_every if checkpoint_every else None
@@ -255,6 +271,8 @@ def fit(
                     if r not in finished and not w.is_alive() and w.exitcode not in (0, None):
                         raise RuntimeError(f"fit: learner {r} died with exit code {w.exitcode}")
             clock = store.stats()["clock"]
+            if progress:
+                progress({"updates": clock, "total": updates})
             if next_ckpt is not None and checkpoint is not None and clock >= next_ckpt:
                 store.save(checkpoint, metadata={"layout": layout.to_json(), "fit": config,
                                                  "updates_done": clock})  # fmt: skip

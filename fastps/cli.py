@@ -1,0 +1,148 @@
+"""The ``fastps`` command: ``fastps train`` trains a model with asynchronous learners."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+STEP_SIZES = ("constant", "inverse", "exponential", "tail", "distance")
+
+
+def _policy(name: str, lr: float) -> Any:
+    import fastps
+
+    if name == "distance":  # c chosen so that eta = lr at a distance of 1
+        return fastps.StalenessDistance(c=lr, eta_max=lr)
+    return {"constant": fastps.Constant, "inverse": fastps.Inverse,
+            "exponential": fastps.Exponential, "tail": fastps.TailTau}[name]()  # fmt: skip
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastps", description="fastps: asynchronous SGD")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser(
+        "train",
+        help="train a model with asynchronous learners through a fastps store",
+        description="Train a model on an offline data set with P asynchronous learners (spawned "
+        "processes) that push gradients to and pull parameters from one fastps store. Without "
+        "options: an MLP on Fashion-MNIST, 4 learners, leashed mode, 5 epochs (well under a "
+        "minute on 2 cores).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    from fastps.train.data import NAMES
+    from fastps.train.models import MODELS
+
+    t.add_argument("--dataset", default="fashion-mnist", choices=NAMES, help="data set")
+    t.add_argument("--root", default=None, help="directory of the files (idx, cifar10)")
+    t.add_argument("--limit", type=int, default=None, help="use this many training examples")
+    t.add_argument("--model", default="mlp", choices=MODELS, help="model")
+    t.add_argument("--learners", type=int, default=4, help="asynchronous learners (P)")
+    t.add_argument("--variant", default="async", help="coordination variant (async for now)")
+    t.add_argument("--mode", default="leashed", choices=("leashed", "locked", "hogwild"),
+                   help="the store's consistency mode")  # fmt: skip
+    t.add_argument("--step-size", default="constant", choices=STEP_SIZES,
+                   help="staleness-adaptive step size")  # fmt: skip
+    t.add_argument("--lr", type=float, default=0.05, help="base step size eta0")
+    t.add_argument("--momentum", type=float, default=0.0, help="server-side momentum")
+    t.add_argument("--batch-size", type=int, default=64, help="mini-batch size")
+    t.add_argument("--epochs", type=float, default=5.0, help="passes over the training set")
+    t.add_argument("--updates", type=int, default=None, help="total pushes (overrides --epochs)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the model and the batches")
+    t.add_argument("--backend", default="process", choices=("process", "thread"),
+                   help="learners as spawned processes or threads")  # fmt: skip
+    t.add_argument("--evals", type=int, default=10, help="test-set evaluations during the run")
+    t.add_argument("--json", metavar="PATH", default=None, help="write the history here")
+    t.add_argument("--checkpoint", metavar="PATH", default=None, help="checkpoint file")
+    t.add_argument("--checkpoint-every", type=int, default=None, help="updates between saves")
+    t.add_argument("--resume", metavar="PATH", default=None, help="resume from a checkpoint")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _summary(h: Any, wall_s: float) -> str:
+    ev = h.evals[-1]
+    st = h.stats
+    lines = [
+        "",
+        f"{'final test accuracy':<24}{ev['accuracy']:.4f}",
+        f"{'final test loss':<24}{ev['loss']:.4f}",
+        f"{'updates':<24}{st['clock']}  ({st['clock'] / wall_s:.0f}/s over {wall_s:.1f} s)",
+        f"{'mean staleness':<24}{ev['staleness_mean']:.2f}",
+        f"{'dropped / CAS failures':<24}{st['dropped']} / {st['cas_failures']}",
+        "",
+        f"{'learner':>7} {'updates':>8} {'compute s':>10} {'push s':>8} {'pull s':>8} {'comm %':>7}",
+    ]
+    for ln in h.learners:
+        total = ln["compute_s"] + ln["push_s"] + ln["pull_s"]
+        comm = 100 * (ln["push_s"] + ln["pull_s"]) / total if total else 0.0
+        lines.append(f"{ln['id']:>7} {ln['updates']:>8} {ln['compute_s']:>10.2f} "
+                     f"{ln['push_s']:>8.2f} {ln['pull_s']:>8.2f} {comm:>6.1f}%")  # fmt: skip
+    return "\n".join(lines)
+
+
+def train(args: argparse.Namespace) -> int:
+    from fastps.train import data as datasets
+    from fastps.train import models
+    from fastps.train.fit import fit
+
+    load = functools.partial(datasets.load, args.dataset, root=args.root, limit=args.limit,
+                             seed=args.seed)  # fmt: skip
+    ds = load()
+    model_fn = functools.partial(models.build, args.model, ds.input_shape, ds.classes,
+                                 seed=args.seed)  # fmt: skip
+    updates = args.updates
+    if updates is None:
+        updates = max(1, int(args.epochs * len(ds.x_train) / args.batch_size))
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=updates, unit="upd", dynamic_ncols=True, file=sys.stderr, mininterval=0.2)
+    last = {"accuracy": float("nan"), "loss": float("nan"), "staleness_mean": 0.0}
+
+    def progress(rec: dict[str, Any]) -> None:
+        if bar is None:
+            return
+        if "accuracy" in rec:
+            last.update(rec)
+            bar.set_postfix(acc=f"{rec['accuracy']:.3f}", loss=f"{rec['loss']:.3f}",
+                            tau=f"{rec['staleness_mean']:.2f}")  # fmt: skip
+        elif rec["updates"] != bar.n:
+            bar.update(rec["updates"] - bar.n)
+
+    t0 = time.perf_counter()
+    try:
+        h = fit(model_fn, load if args.backend == "process" else ds, learners=args.learners,
+                variant=args.variant, mode=args.mode, step_size=_policy(args.step_size, args.lr),
+                lr=args.lr, momentum=args.momentum, batch_size=args.batch_size, updates=updates,
+                seed=args.seed, backend=args.backend, eval_every=max(1, updates // args.evals),
+                checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
+                resume_from=args.resume, progress=progress)  # fmt: skip
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - t0
+    print(f"fastps train: {args.model} on {args.dataset}, {args.learners} learners, "
+          f"{args.variant}, {args.mode}, step size {args.step_size}, lr {args.lr}")  # fmt: skip
+    print(_summary(h, wall))
+    if args.json:
+        h.save(args.json)
+        print(f"\nhistory written to {args.json}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return train(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"fastps {args.command}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
