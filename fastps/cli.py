@@ -41,7 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--limit", type=int, default=None, help="use this many training examples")
     t.add_argument("--model", default="mlp", choices=MODELS, help="model")
     t.add_argument("--learners", type=int, default=4, help="asynchronous learners (P)")
-    t.add_argument("--variant", default="async", help="coordination variant (async for now)")
+    from fastps.train.fit import VARIANTS
+
+    t.add_argument("--variant", default="async", choices=VARIANTS, help="who waits for whom")
+    t.add_argument("--k", type=int, default=None,
+                   help="gradients per update (k-sync, k-batch-sync, k-async, k-batch-async)")  # fmt: skip
     t.add_argument("--mode", default="leashed", choices=("leashed", "locked", "hogwild"),
                    help="the store's consistency mode")  # fmt: skip
     t.add_argument("--step-size", default="constant", choices=STEP_SIZES,
@@ -71,16 +75,21 @@ def _summary(h: Any, wall_s: float) -> str:
         f"{'final test accuracy':<24}{ev['accuracy']:.4f}",
         f"{'final test loss':<24}{ev['loss']:.4f}",
         f"{'updates':<24}{st['clock']}  ({st['clock'] / wall_s:.0f}/s over {wall_s:.1f} s)",
-        f"{'mean staleness':<24}{ev['staleness_mean']:.2f}",
+        f"{'mean staleness':<24}{h.coordinator.get('staleness_mean', ev['staleness_mean']):.2f}",
         f"{'dropped / CAS failures':<24}{st['dropped']} / {st['cas_failures']}",
         "",
-        f"{'learner':>7} {'updates':>8} {'compute s':>10} {'push s':>8} {'pull s':>8} {'comm %':>7}",
+        f"{'learner':>7} {'grads':>8} {'compute s':>10} {'push s':>8} {'pull s':>8} {'wait s':>8}"
+        f" {'comm %':>7}",
     ]
+    if h.coordinator:
+        lines.insert(-2, f"{'late / cancelled':<24}{h.coordinator['dropped_late']} / "
+                         f"{h.coordinator['cancelled']}")  # fmt: skip
     for ln in h.learners:
-        total = ln["compute_s"] + ln["push_s"] + ln["pull_s"]
-        comm = 100 * (ln["push_s"] + ln["pull_s"]) / total if total else 0.0
+        total = ln["compute_s"] + ln["push_s"] + ln["pull_s"] + ln["wait_s"]
+        comm = 100 * (ln["push_s"] + ln["pull_s"] + ln["wait_s"]) / total if total else 0.0
         lines.append(f"{ln['id']:>7} {ln['updates']:>8} {ln['compute_s']:>10.2f} "
-                     f"{ln['push_s']:>8.2f} {ln['pull_s']:>8.2f} {comm:>6.1f}%")  # fmt: skip
+                     f"{ln['push_s']:>8.2f} {ln['pull_s']:>8.2f} {ln['wait_s']:>8.2f} "
+                     f"{comm:>6.1f}%")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -117,7 +126,7 @@ def train(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         h = fit(model_fn, load if args.backend == "process" else ds, learners=args.learners,
-                variant=args.variant, mode=args.mode, step_size=_policy(args.step_size, args.lr),
+                variant=args.variant, k=args.k, mode=args.mode, step_size=_policy(args.step_size, args.lr),
                 lr=args.lr, momentum=args.momentum, batch_size=args.batch_size, updates=updates,
                 seed=args.seed, backend=args.backend, eval_every=max(1, updates // args.evals),
                 checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
@@ -126,8 +135,9 @@ def train(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - t0
+    k = f" (k={args.k})" if args.k else ""
     print(f"fastps train: {args.model} on {args.dataset}, {args.learners} learners, "
-          f"{args.variant}, {args.mode}, step size {args.step_size}, lr {args.lr}")  # fmt: skip
+          f"{args.variant}{k}, {args.mode}, step size {args.step_size}, lr {args.lr}")  # fmt: skip
     print(_summary(h, wall))
     if args.json:
         h.save(args.json)

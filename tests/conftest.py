@@ -10,7 +10,9 @@ from hypothesis import settings
 # random); locally hypothesis keeps exploring. HYPOTHESIS_PROFILE=deep explores ten times more.
 settings.register_profile("ci", derandomize=True)
 settings.register_profile("deep", max_examples=1500)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default"))
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default")
+)
 
 import fastps
 

@@ -32,7 +32,7 @@ def test_a_short_training_run_reports_and_writes_its_history(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,msg", [
-    (["--variant", "k-sync"], "fastps train: fit: variant must be one of async"),
+    (["--variant", "k-sync", "--k", "9"], "fastps train: fit: variant 'k-sync' needs k in [1, 4]"),
     (["--dataset", "idx"], "fastps train: load: 'idx' needs root"),
 ])  # fmt: skip
 def test_errors_are_one_line_and_exit_2(capsys, argv, msg):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastps.train.fit import fit
+from fastps.train.fit import Straggler, fit
 
 
 def blobs(n=2000, d=8, classes=3, seed=0):
@@ -66,8 +66,10 @@ def test_a_failing_learner_is_reported_with_its_traceback():
 
 
 def test_unknown_variant_and_bad_arguments():
-    with pytest.raises(ValueError, match=r"fit: variant must be one of async \(got 'k-sync'\)"):
-        fit(LOGREG, blobs(), variant="k-sync")
+    with pytest.raises(
+        ValueError, match=r"fit: variant must be one of async, sync, .* \(got 'easgd'\)"
+    ):
+        fit(LOGREG, blobs(), variant="easgd")
     with pytest.raises(ValueError, match=r"checkpoint_every needs checkpoint=PATH"):
         fit(LOGREG, blobs(), checkpoint_every=10)
 
@@ -107,3 +109,86 @@ def test_a_killed_training_resumes_from_its_checkpoint(tmp_path):
     assert abs(resumed.final_accuracy - fresh.final_accuracy) < 0.03
     print(f"killed at {done} updates; resumed to {target}: accuracy {resumed.final_accuracy:.3f} "
           f"vs uninterrupted {fresh.final_accuracy:.3f}", file=sys.stderr)  # fmt: skip
+
+
+# -- the sync-to-async spectrum ----------------------------------------------------------------
+
+P = 4
+
+
+def spectrum(variant, k=None, straggler=None, updates=120, learners=P, lr=0.2):
+    return fit(LOGREG, blobs(), learners=learners, variant=variant, k=k, backend="thread",
+               lr=lr, updates=updates, batch_size=32,
+               straggler=straggler or Straggler("exp", mean=0.002))  # fmt: skip
+
+
+def test_sync_waits_for_every_learner_on_the_current_model():
+    h = spectrum("sync")
+    assert len(h.updates) == 120 and h.stats["clock"] == 120
+    for u in h.updates:
+        assert sorted(u["learners"]) == list(range(P))  # all P, once each
+        assert set(u["versions"]) == {u["update"] - 1}  # all on the model of the last update
+    assert h.coordinator["dropped_late"] == 0 and h.coordinator["cancelled"] == 0
+    assert [ln["updates"] for ln in h.learners] == [120] * P
+    assert h.final_accuracy > 0.85
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_k_sync_drops_exactly_the_late_gradients_of_each_update(k):
+    h = spectrum("k-sync", k=k)
+    for u in h.updates:
+        assert len(set(u["learners"])) == k == u["k"]  # the first K, distinct
+        assert set(u["versions"]) == {u["update"] - 1}
+    # At each update the other P - K learners were mid-computation: their work is dropped.
+    assert all(u["in_progress"] == P - k for u in h.updates)
+    # Every gradient a learner sent was used by exactly one update or dropped as late; work
+    # overtaken before it was sent was cancelled by the learner and never sent.
+    sent = sum(ln["updates"] for ln in h.learners)
+    c = h.coordinator
+    assert sent == k * 120 + c["dropped_late"] + c["after_end"] and c["after_end"] <= P
+    assert c["cancelled"] > 0  # overtaken work was really abandoned mid-way
+    assert h.final_accuracy > 0.85
+
+
+def test_k_batch_sync_keeps_the_model_until_the_update():
+    # Learner 0 is slow: the K = 3 gradients of an update come mostly from the other two,
+    # several from the same learner, all computed on the model of the last update.
+    h = spectrum(
+        "k-batch-sync", k=3, learners=3, straggler=Straggler("slow", learner=0, delay=0.01)
+    )
+    repeats = 0
+    for u in h.updates:
+        assert u["k"] == 3 and set(u["versions"]) == {u["update"] - 1}
+        repeats += len(u["learners"]) > len(set(u["learners"]))
+    assert repeats > len(h.updates) // 2
+    assert h.final_accuracy > 0.85
+
+
+def test_k_async_updates_after_k_distinct_learners_with_staleness_p_over_k_minus_1():
+    h = spectrum("k-async", k=2, updates=300)
+    for u in h.updates:
+        assert len(set(u["learners"])) == 2
+    assert h.coordinator["dropped_late"] == 0 and h.coordinator["cancelled"] == 0
+    assert abs(h.coordinator["staleness_mean"] - (P / 2 - 1)) < 0.25
+    assert h.final_accuracy > 0.85
+
+
+def test_k_batch_async_never_idles_and_has_staleness_p_minus_1_over_k():
+    h = spectrum("k-batch-async", k=2, updates=300)
+    assert all(u["k"] == 2 for u in h.updates)
+    assert abs(h.coordinator["staleness_mean"] - (P - 1) / 2) < 0.3
+    busy = sum(ln["compute_s"] + ln["delay_s"] for ln in h.learners)
+    waited = sum(ln["wait_s"] for ln in h.learners)
+    assert waited < 0.25 * busy  # a reply is an acknowledgement, not a wait for the update
+    assert h.final_accuracy > 0.85
+
+
+def test_k_must_fit_the_variant():
+    with pytest.raises(ValueError, match=r"variant 'k-sync' needs k in \[1, 4\] \(got k=5\)"):
+        spectrum("k-sync", k=5)
+    with pytest.raises(ValueError, match=r"variant 'sync' fixes k \(got k=2\)"):
+        spectrum("sync", k=2)
+    with pytest.raises(
+        ValueError, match=r"Straggler: kind must be exp, shifted-exp, slow or fixed"
+    ):
+        Straggler("weird")

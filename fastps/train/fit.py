@@ -17,6 +17,7 @@ import queue as queue_mod
 import threading
 import time
 import traceback
+import types
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +31,41 @@ from fastps.step_size import StepSize
 from fastps.store import Store
 from fastps.torch import AsyncOptimizer
 
-VARIANTS = ("async",)
+VARIANTS = ("async", "sync", "k-sync", "k-batch-sync", "k-async", "k-batch-async")
+"""Who waits for whom (DESIGN.md, "Coordination"); every variant but async averages K gradients
+into one update, w -= (lr / K) * sum(g), made by a coordinator thread in the parent."""
+
+
+@dataclass(frozen=True)
+class Straggler:
+    """Injected compute delay per mini-batch, for experiments with slow learners.
+
+    kind "exp": X ~ Exp(mean); "shifted-exp": shift + Exp(mean); "slow": ``delay`` seconds for
+    learner ``learner`` only; "fixed": ``delay`` for everyone.
+    """
+
+    kind: str = "exp"
+    mean: float = 0.0
+    shift: float = 0.0
+    learner: int = 0
+    delay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("exp", "shifted-exp", "slow", "fixed"):
+            raise ValueError(
+                f"Straggler: kind must be exp, shifted-exp, slow or fixed (got {self.kind!r})"
+            )
+        if min(self.mean, self.shift, self.delay) < 0:
+            raise ValueError("Straggler: delays must be >= 0")
+
+    def sample(self, rank: int, rng: np.random.Generator) -> float:
+        if self.kind == "exp":
+            return float(rng.exponential(self.mean)) if self.mean else 0.0
+        if self.kind == "shifted-exp":
+            return self.shift + (float(rng.exponential(self.mean)) if self.mean else 0.0)
+        if self.kind == "slow":
+            return self.delay if rank == self.learner else 0.0
+        return self.delay
 
 
 @dataclass
@@ -41,6 +76,8 @@ class History:
     learners: list[dict[str, Any]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)  # the store's, at the end
+    coordinator: dict[str, Any] = field(default_factory=dict)  # K-variants: dropped, staleness
+    updates: list[dict[str, Any]] = field(default_factory=list)  # K-variants: one per update
 
     @property
     def final_accuracy(self) -> float:
@@ -54,6 +91,10 @@ class History:
                 f.write(json.dumps({"eval": e}) + "\n")
             for ln in self.learners:
                 f.write(json.dumps({"learner": ln}) + "\n")
+            for u in self.updates:
+                f.write(json.dumps({"update": u}) + "\n")
+            if self.coordinator:
+                f.write(json.dumps({"coordinator": self.coordinator}) + "\n")
             f.write(json.dumps({"stats": self.stats}) + "\n")
 
 
@@ -61,8 +102,29 @@ class History:
 class _Plan:
     batch_size: int
     seed: int
-    quota: list[int]  # updates per learner
+    quota: list[int]  # updates per learner (async); coordinated learners run until told to stop
     variant: str
+    straggler: Straggler | None = None
+
+
+@dataclass
+class _Link:
+    """A coordinated learner's channels: its gradient slot, the coordinator's inbox, its replies."""
+
+    slots: Any  # (shared-memory name, shape) for processes, or the numpy array for threads
+    inbox: Any
+    reply: Any
+    version: Any  # .value: updates applied so far (set by the coordinator; read by learners)
+    cancels: bool  # k-sync, k-batch-sync: an update cancels the work in progress
+
+    def slot_array(self) -> tuple[np.ndarray, Any]:
+        if isinstance(self.slots, np.ndarray):
+            return self.slots, None
+        from multiprocessing import shared_memory
+
+        name, shape = self.slots
+        shm = shared_memory.SharedMemory(name=name)
+        return np.ndarray(shape, np.float32, buffer=shm.buf), shm
 
 
 def _load_data(data: Any) -> Any:
@@ -101,7 +163,8 @@ def _evaluate(model: torch.nn.Module, layout: ParamLayout, params: np.ndarray, d
 
 
 def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], data: Any,
-             plan: _Plan, out: Any) -> None:  # fmt: skip
+             plan: _Plan, out: Any, start: Any, link: _Link | None = None) -> None:  # fmt: skip
+    shm = None
     try:
         torch.set_num_threads(1)  # P learners must not oversubscribe the cores
         ds = _load_data(data)
@@ -112,33 +175,187 @@ def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], d
         n = len(ds.x_train)
         nb = max(1, n // plan.batch_size)
         order = rng.permutation(n)
-        t_pull = t_compute = t_push = 0.0
-        losses = []
-        for step in range(plan.quota[rank]):
+        t = {"compute_s": 0.0, "push_s": 0.0, "pull_s": 0.0, "wait_s": 0.0, "delay_s": 0.0}
+        losses: list[float] = []
+        cancelled = sent = 0
+        if link is not None:
+            slots, shm = link.slot_array()
+            mine = torch.from_numpy(slots[rank])
+
+        def overtaken() -> int:  # updates that replaced the model this work started from
+            if link is None or not link.cancels:
+                return 0
+            # The store's version moves before the coordinator publishes it here: a pull may
+            # already see the new model while `version` still shows the old count.
+            return max(0, int(link.version.value) - opt.handle.read_version(0))
+
+        out.put(("ready", rank, None))
+        start.wait()
+        opt.handle.pull(opt.flat_params)
+        step = 0
+        while link is not None or step < plan.quota[rank]:
             j = step % nb
             if j == 0 and step:
                 order = rng.permutation(n)
             idx = order[j * plan.batch_size : (j + 1) * plan.batch_size]
             x, y = torch.from_numpy(ds.x_train[idx]), torch.from_numpy(ds.y_train[idx])
+            if plan.straggler is not None:
+                d = plan.straggler.sample(rank, rng)
+                end = time.perf_counter() + d
+                while time.perf_counter() < end and not overtaken():
+                    time.sleep(min(0.001, max(0.0, end - time.perf_counter())))
+                t["delay_s"] += d
             t0 = time.perf_counter()
             opt.zero_grad()
             loss = torch.nn.functional.cross_entropy(model(x), y)
             loss.backward()
             t1 = time.perf_counter()
+            if overtaken():  # cancelled by an update: start again on the new model
+                cancelled += 1
+                opt.handle.pull(opt.flat_params)
+                t["compute_s"] += t1 - t0
+                continue
             opt._gather_grads()
-            opt.handle.push(opt.flat_grads)
-            t2 = time.perf_counter()
-            opt.handle.pull(opt.flat_params)
-            t3 = time.perf_counter()
-            t_compute, t_push, t_pull = t_compute + t1 - t0, t_push + t2 - t1, t_pull + t3 - t2
             losses.append(float(loss.detach()))
+            step += 1
+            sent += 1
+            if link is None:
+                opt.handle.push(opt.flat_grads)
+                t2 = t3 = time.perf_counter()
+                opt.handle.pull(opt.flat_params)
+            else:
+                mine.copy_(opt.flat_grads)
+                link.inbox.put((rank, opt.handle.read_version(0), losses[-1]))
+                t2 = time.perf_counter()
+                reply = link.reply.get()  # "pull", "keep" or "stop"
+                t3 = time.perf_counter()
+                t["wait_s"] += t3 - t2
+                if reply == "stop":
+                    t["compute_s"] += t1 - t0
+                    t["push_s"] += t2 - t1
+                    break
+                if reply == "pull":
+                    opt.handle.pull(opt.flat_params)
+            t4 = time.perf_counter()
+            t["compute_s"] += t1 - t0
+            t["push_s"] += t2 - t1
+            t["pull_s"] += t4 - t3
         opt.close()
-        out.put(("done", rank, {"id": rank, "updates": plan.quota[rank], "compute_s": t_compute,
-                                "push_s": t_push, "pull_s": t_pull,
+        out.put(("done", rank, {"id": rank, "updates": sent, "cancelled": cancelled, **t,
                                 "loss_first": losses[0] if losses else None,
                                 "loss_last": losses[-1] if losses else None}))  # fmt: skip
     except BaseException:
         out.put(("error", rank, traceback.format_exc()))
+    finally:
+        if shm is not None:
+            shm.close()
+
+
+class _Coordinator:
+    """Turns the learners' gradients into store updates for the K-variants (a parent thread).
+
+    Each message is (rank, version the gradient was computed on, loss); the gradient itself is
+    in the learner's slot, which the learner does not touch until it has a reply.
+    - sync, k-sync: a round takes the first K gradients computed on the current model; those K
+      learners wait for the update; a gradient from an older model arrives late and is dropped.
+    - k-batch-sync: K gradients from any learners on the current model; a contributor keeps
+      computing on the same model until the update; older gradients are dropped.
+    - k-async: K gradients from K distinct learners, whatever their model; those K wait.
+    - k-batch-async: K gradients from any learners; nobody waits, everyone pulls what is current.
+    """
+
+    def __init__(self, variant: str, k: int, learners: int, store: Store, slots: np.ndarray,
+                 inbox: Any, replies: list[Any], target: int, version: Any) -> None:  # fmt: skip
+        self.variant, self.k, self.P = variant, k, learners
+        self.handle = store.learner()
+        self.scratch = np.empty(store.size, np.float32)
+        self.acc = np.zeros(store.size, np.float32)
+        self.slots, self.inbox, self.replies = slots, inbox, replies
+        self.target = target
+        self.updates = store.stats()["clock"]  # the coordinator is the only writer
+        self.version = version
+        self.version.value = self.updates
+        self.batch: list[tuple[int, int]] = []  # (rank, version) of the gradients in acc
+        self.waiting: list[int] = []
+        self.dropped = 0
+        self.after_end = 0
+        self.staleness: list[int] = []
+        self.log: list[dict[str, Any]] = []
+        self.stopped: set[int] = set()
+        self.error: BaseException | None = None
+        self.t0 = time.perf_counter()
+        self.quit = threading.Event()
+
+    def reply(self, rank: int, what: str) -> None:
+        if self.updates >= self.target:
+            what = "stop"
+        if what == "stop":
+            self.stopped.add(rank)
+        self.replies[rank].put(what)
+
+    def apply(self) -> None:
+        self.handle.pull(self.scratch)  # the store's own tau stays 0: the only writer is us
+        self.handle.push(self.acc / np.float32(len(self.batch)))
+        self.updates += 1
+        self.version.value = self.updates  # learners of the cancelling variants watch it
+        contributors = {r for r, _ in self.batch}
+        # The work in progress of every other learner is cancelled (k-sync, k-batch-sync) or
+        # kept (k-async, k-batch-async); sync has none.
+        self.log.append({"update": self.updates, "t_s": time.perf_counter() - self.t0,
+                         "k": len(self.batch), "learners": [r for r, _ in self.batch],
+                         "versions": [v for _, v in self.batch],
+                         "in_progress": self.P - len(contributors)})  # fmt: skip
+        self.acc.fill(0.0)
+        self.batch = []
+        waiting, self.waiting = self.waiting, []
+        for r in waiting:
+            self.reply(r, "pull")
+
+    def on_gradient(self, rank: int, version: int) -> None:
+        v = self.variant
+        if v in ("sync", "k-sync", "k-batch-sync") and version < self.updates:
+            self.dropped += 1  # overtaken after the learner last looked: a late gradient
+            self.reply(rank, "pull")
+            return
+        self.staleness.append(self.updates - version)
+        self.acc += self.slots[rank]
+        self.batch.append((rank, version))
+        if v == "k-batch-async":
+            self.reply(rank, "pull")
+        elif v == "k-batch-sync":
+            self.reply(rank, "keep" if len(self.batch) < self.k else "pull")
+        else:
+            self.waiting.append(rank)
+        if len(self.batch) == self.k:
+            self.apply()
+
+    def run(self) -> None:
+        try:
+            while len(self.stopped) < self.P and not self.quit.is_set():
+                try:
+                    rank, version, _loss = self.inbox.get(timeout=0.05)
+                except queue_mod.Empty:
+                    continue
+                if self.updates >= self.target:
+                    if self.variant in ("k-sync", "k-batch-sync") and version < self.updates:
+                        self.dropped += 1  # a late gradient of the last update
+                    else:
+                        self.after_end += 1  # computed while the last update was made
+                    self.reply(rank, "stop")
+                    for r in self.waiting:
+                        self.reply(r, "stop")
+                    self.waiting = []
+                else:
+                    self.on_gradient(rank, version)
+        except BaseException as e:
+            self.error = e
+        finally:
+            self.handle.close()
+
+    def summary(self) -> dict[str, Any]:
+        return {"updates": self.updates, "dropped_late": self.dropped, "after_end": self.after_end,
+                "staleness_mean": float(np.mean(self.staleness)) if self.staleness else 0.0,
+                "gradients": len(self.staleness)}  # fmt: skip
 
 
 def fit(
@@ -147,6 +364,8 @@ def fit(
     *,
     learners: int = 4,
     variant: str = "async",
+    k: int | None = None,
+    straggler: Straggler | None = None,
     mode: str = "leashed",
     step_size: Any = None,
     lr: float = 0.05,
@@ -178,12 +397,23 @@ def fit(
     stops the run with RuntimeError carrying its traceback; fit() never waits forever.
     ``progress`` is called about 20 times a second with {"updates", "total"}, and with each
     evaluation record (which has "accuracy").
+    ``variant`` (see VARIANTS) and ``k``: async pushes every gradient itself; the others send
+    gradients to a coordinator that averages K of them into one update (sync: K = learners).
+    ``straggler``: an injected delay before each mini-batch (a Straggler).
     """
     if variant not in VARIANTS:
         raise ValueError(
-            f"fit: variant must be one of {', '.join(VARIANTS)} (got {variant!r}); the sync, "
-            "K-sync, K-batch and local-update variants are not implemented yet"
+            f"fit: variant must be one of {', '.join(VARIANTS)} (got {variant!r}); the "
+            "local-update variants (local-sgd, easgd, adacomm, adasync, downpour) are not "
+            "implemented yet"
         )
+    if variant in ("async", "sync"):
+        if k not in (None, 1 if variant == "async" else learners):
+            raise ValueError(f"fit: variant {variant!r} fixes k (got k={k})")
+        k = 1 if variant == "async" else learners
+    elif not isinstance(k, int) or not 1 <= k <= (learners if "batch" not in variant else 10**6):
+        bound = learners if "batch" not in variant else "any"
+        raise ValueError(f"fit: variant {variant!r} needs k in [1, {bound}] (got k={k!r})")
     if backend not in ("process", "thread"):
         raise ValueError(f"fit: backend must be 'process' or 'thread' (got {backend!r})")
     if not isinstance(learners, int) or learners < 1:
@@ -213,8 +443,8 @@ def fit(
     done_before = store.stats()["clock"]
     remaining = max(0, updates - done_before)
     quota = [remaining // learners + (r < remaining % learners) for r in range(learners)]
-    plan = _Plan(batch_size, seed + done_before, quota, variant)
-    config = {"learners": learners, "variant": variant, "mode": store.mode, "lr": lr,
+    plan = _Plan(batch_size, seed + done_before, quota, variant, straggler)
+    config = {"learners": learners, "variant": variant, "k": k, "mode": store.mode, "lr": lr,
               "momentum": momentum, "batch_size": batch_size, "updates": updates,
               "resumed_at": done_before, "seed": seed, "backend": backend,
               "step_size": repr(store.step_size)}  # fmt: skip
@@ -223,16 +453,49 @@ def fit(
     # Processes load a named or callable data set themselves instead of unpickling a copy.
     payload = data if (backend == "process" and (isinstance(data, str) or callable(data))) else ds
 
+    coordinated = variant != "async"
+    shm = None
+    links: list[_Link | None] = [None] * learners
+    coordinator = None
     workers: list[Any]
     if backend == "process":
-        ctx = mp.get_context("spawn")
+        ctx: Any = mp.get_context("spawn")
         out: Any = ctx.Queue()
-        workers = [ctx.Process(target=_learner, args=(r, store, model_fn, payload, plan, out),
-                               daemon=True) for r in range(learners)]  # fmt: skip
+        make_queue: Callable[[], Any] = ctx.Queue
     else:
         out = queue_mod.Queue()
-        workers = [threading.Thread(target=_learner, args=(r, store, model_fn, ds, plan, out),
-                                    daemon=True) for r in range(learners)]  # fmt: skip
+        make_queue = queue_mod.Queue
+    if coordinated:
+        if backend == "process":
+            from multiprocessing import shared_memory
+
+            shm = shared_memory.SharedMemory(create=True, size=4 * learners * store.size)
+            slots = np.ndarray((learners, store.size), np.float32, buffer=shm.buf)
+            spec: Any = (shm.name, (learners, store.size))
+        else:
+            slots = spec = np.zeros((learners, store.size), np.float32)
+        inbox, replies = make_queue(), [make_queue() for _ in range(learners)]
+        version = (
+            ctx.Value("q", 0, lock=False)
+            if backend == "process"
+            else types.SimpleNamespace(value=0)
+        )
+        cancels = variant in ("k-sync", "k-batch-sync")
+        links = [_Link(spec, inbox, replies[r], version, cancels) for r in range(learners)]
+        coordinator = _Coordinator(variant, k, learners, store, slots, inbox, replies, updates,
+                                   version)  # fmt: skip
+    # Every learner sets up (data, model, handle) before any starts: spawn skew would
+    # otherwise let the first ones make the whole run alone.
+    start = ctx.Event() if backend == "process" else threading.Event()
+    if backend == "process":
+        workers = [ctx.Process(target=_learner, daemon=True,
+                               args=(r, store, model_fn, payload, plan, out, start, links[r]))
+                   for r in range(learners)]  # fmt: skip
+    else:
+        workers = [threading.Thread(target=_learner, daemon=True,
+                                    args=(r, store, model_fn, ds, plan, out, start, links[r]))
+                   for r in range(learners)]  # fmt: skip
+    coord_thread = threading.Thread(target=coordinator.run, daemon=True) if coordinator else None
     t_start = time.perf_counter()
 
     def evaluate() -> None:
@@ -253,17 +516,27 @@ def fit(
     next_ckpt = done_before + checkpoint_every if checkpoint_every else None
     try:
         evaluate()
+        if coord_thread is not None:
+            coord_thread.start()
         for w in workers:
             w.start()
         finished: dict[int, dict[str, Any]] = {}
+        ready: set[int] = set()
         while len(finished) < learners:
             if time.perf_counter() - t_start > timeout_s:
                 raise RuntimeError(f"fit: learners did not finish within timeout_s={timeout_s}")
+            if coordinator is not None and coordinator.error is not None:
+                raise RuntimeError(f"fit: the coordinator failed: {coordinator.error!r}")
             try:
                 kind, rank, payload_msg = out.get(timeout=0.05)
                 if kind == "error":
                     raise RuntimeError(f"fit: learner {rank} failed:\n{payload_msg}")
-                finished[rank] = payload_msg
+                if kind == "ready":
+                    ready.add(rank)
+                    if len(ready) == learners:
+                        start.set()
+                else:
+                    finished[rank] = payload_msg
             except queue_mod.Empty:
                 pass
             if backend == "process":
@@ -281,18 +554,31 @@ def fit(
                 evaluate()
                 next_eval = clock - clock % eval_every + eval_every
         history.learners = [finished[r] for r in range(learners)]
+        if coordinator is not None and coord_thread is not None:
+            coord_thread.join(timeout=10)
+            history.coordinator = coordinator.summary()
+            history.coordinator["cancelled"] = sum(ln["cancelled"] for ln in history.learners)
+            history.updates = coordinator.log
         evaluate()
         if checkpoint is not None:
             store.save(checkpoint, metadata={"layout": layout.to_json(), "fit": config,
                                              "updates_done": store.stats()["clock"]})  # fmt: skip
         history.stats = {k: v for k, v in store.stats().items() if k != "versions"}
     finally:
+        if coordinator is not None:
+            coordinator.quit.set()
         for w in workers:
             if backend == "process" and w.is_alive():
                 w.kill()
-            w.join(timeout=10)
+            if w.ident is not None:
+                w.join(timeout=10)
+        if coord_thread is not None and coord_thread.ident is not None:
+            coord_thread.join(timeout=10)
         store.close()
+        if shm is not None:
+            shm.close()
+            shm.unlink()
     return history
 
 
-__all__ = ["VARIANTS", "History", "fit"]
+__all__ = ["VARIANTS", "History", "Straggler", "fit"]
