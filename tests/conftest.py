@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
+import fastps
+
 # CI explores the same examples every run (a new counterexample should not fail a submission at
 # random); locally hypothesis keeps exploring. HYPOTHESIS_PROFILE=deep explores ten times more.
 settings.register_profile("ci", derandomize=True)
@@ -13,8 +15,6 @@ settings.register_profile("deep", max_examples=1500)
 settings.load_profile(
     os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default")
 )
-
-import fastps
 
 MODES = fastps.MODES
 CONSISTENT = ("locked", "leashed")
