@@ -192,3 +192,35 @@ def test_k_must_fit_the_variant():
         ValueError, match=r"Straggler: kind must be exp, shifted-exp, slow or fixed"
     ):
         Straggler("weird")
+
+
+def _digits_logreg():
+    from fastps.train.models import build
+
+    return build("logreg", (1, 8, 8), 10, seed=0)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(variant="async", mode="leashed", step_size=None),
+        dict(variant="async", mode="leashed", step_size="tail"),
+        dict(variant="sync", mode="leashed", step_size=None),
+    ],
+    ids=["async-leashed", "async-leashed-tailtau", "sync"],
+)
+def test_four_learners_converge_like_one_on_digits(kw):
+    pytest.importorskip("sklearn")
+    import fastps
+    from fastps.train.data import load
+
+    ds = load("digits")
+    common = dict(backend="thread", lr=0.1, updates=1500, batch_size=32, seed=1)
+    one = fit(_digits_logreg, ds, learners=1, mode="locked", **common)
+    policy = fastps.TailTau(warmup=60) if kw["step_size"] == "tail" else None
+    four = fit(_digits_logreg, ds, learners=4, variant=kw["variant"], mode=kw["mode"],
+               step_size=policy, **common)  # fmt: skip
+    l1, l4 = one.evals[-1]["loss"], four.evals[-1]["loss"]
+    assert l1 < 0.5 * one.evals[0]["loss"]  # the baseline itself learned
+    assert abs(l4 - l1) < 0.1 + 0.15 * l1, (l1, l4)
+    print(f"{kw}: test loss {l4:.3f} with 4 learners vs {l1:.3f} with one", file=sys.stderr)
