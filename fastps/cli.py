@@ -15,6 +15,8 @@ STEP_SIZES = ("constant", "inverse", "exponential", "tail", "distance")
 def _policy(name: str, lr: float) -> Any:
     import fastps
 
+    if name == "constant":
+        return None  # the store's default; also what the local-update variants need
     if name == "distance":  # c chosen so that eta = lr at a distance of 1
         return fastps.StalenessDistance(c=lr, eta_max=lr)
     return {"constant": fastps.Constant, "inverse": fastps.Inverse,
@@ -46,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--variant", default="async", choices=VARIANTS, help="who waits for whom")
     t.add_argument("--k", type=int, default=None,
                    help="gradients per update (k-sync, k-batch-sync, k-async, k-batch-async)")  # fmt: skip
+    t.add_argument("--local-steps", type=int, default=None,
+                   help="local steps between exchanges (local-sgd: 4, easgd: 1)")  # fmt: skip
+    t.add_argument("--alpha", type=float, default=None, help="EASGD's elastic rate (2/(P+2))")
+    t.add_argument("--n-fetch", type=int, default=1, help="downpour: steps between fetches")
+    t.add_argument("--n-push", type=int, default=1, help="downpour: steps between pushes")
     t.add_argument("--mode", default="leashed", choices=("leashed", "locked", "hogwild"),
                    help="the store's consistency mode")  # fmt: skip
     t.add_argument("--step-size", default="constant", choices=STEP_SIZES,
@@ -126,7 +133,8 @@ def train(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         h = fit(model_fn, load if args.backend == "process" else ds, learners=args.learners,
-                variant=args.variant, k=args.k, mode=args.mode, step_size=_policy(args.step_size, args.lr),
+                variant=args.variant, k=args.k, local_steps=args.local_steps, alpha=args.alpha,
+                n_fetch=args.n_fetch, n_push=args.n_push, mode=args.mode, step_size=_policy(args.step_size, args.lr),
                 lr=args.lr, momentum=args.momentum, batch_size=args.batch_size, updates=updates,
                 seed=args.seed, backend=args.backend, eval_every=max(1, updates // args.evals),
                 checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,

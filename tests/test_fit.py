@@ -67,9 +67,9 @@ def test_a_failing_learner_is_reported_with_its_traceback():
 
 def test_unknown_variant_and_bad_arguments():
     with pytest.raises(
-        ValueError, match=r"fit: variant must be one of async, sync, .* \(got 'easgd'\)"
+        ValueError, match=r"fit: variant must be one of async, sync, .* \(got 'adacomm'\)"
     ):
-        fit(LOGREG, blobs(), variant="easgd")
+        fit(LOGREG, blobs(), variant="adacomm")
     with pytest.raises(ValueError, match=r"checkpoint_every needs checkpoint=PATH"):
         fit(LOGREG, blobs(), checkpoint_every=10)
 
@@ -224,3 +224,43 @@ def test_four_learners_converge_like_one_on_digits(kw):
     assert l1 < 0.5 * one.evals[0]["loss"]  # the baseline itself learned
     assert abs(l4 - l1) < 0.1 + 0.15 * l1, (l1, l4)
     print(f"{kw}: test loss {l4:.3f} with 4 learners vs {l1:.3f} with one", file=sys.stderr)
+
+
+# -- local updates -----------------------------------------------------------------------------
+
+
+def test_local_sgd_averages_every_tau_local_steps():
+    h = fit(LOGREG, blobs(), learners=P, variant="local-sgd", local_steps=4, backend="thread",
+            lr=0.1, updates=60, batch_size=32)  # fmt: skip
+    for u in h.updates:  # every exchange averages all P models, all from the last average
+        assert sorted(u["learners"]) == list(range(P)) and set(u["versions"]) == {u["update"] - 1}
+    assert all(ln["updates"] == 60 and ln["steps"] == 4 * 60 for ln in h.learners)
+    assert h.final_accuracy > 0.85
+
+
+def test_easgd_with_alpha_zero_leaves_the_centre_unchanged():
+    h = fit(LOGREG, blobs(), learners=P, variant="easgd", alpha=0.0, backend="thread", lr=0.1,
+            updates=100, batch_size=32)  # fmt: skip
+    assert h.stats["clock"] == 100  # the learners did exchange...
+    assert h.evals[-1]["loss"] == h.evals[0]["loss"]  # ...but the centre never moved
+    assert all(ln["loss_last"] < 0.6 * ln["loss_first"] for ln in h.learners)  # they learned
+
+
+def test_easgd_pulls_the_centre_to_the_learners():
+    h = fit(LOGREG, blobs(), learners=P, variant="easgd", backend="thread", lr=0.1,
+            updates=100, batch_size=32)  # fmt: skip
+    assert h.config["alpha"] == 2 / (P + 2)
+    assert h.final_accuracy > 0.85
+
+
+def test_downpour_fetches_every_n_fetch_and_pushes_accrued_gradients_every_n_push():
+    h = fit(LOGREG, blobs(), learners=P, variant="downpour", n_fetch=2, n_push=3,
+            backend="thread", lr=0.1, updates=100, batch_size=32)  # fmt: skip
+    assert h.stats["clock"] == 100 == sum(ln["updates"] for ln in h.learners)
+    assert all(ln["steps"] == 3 * ln["updates"] for ln in h.learners)
+    assert h.final_accuracy > 0.85
+
+
+def test_local_variants_refuse_a_server_optimizer():
+    with pytest.raises(ValueError, match=r"fit: easgd exchanges models through the store's plain"):
+        fit(LOGREG, blobs(), variant="easgd", momentum=0.9)

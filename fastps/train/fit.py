@@ -31,7 +31,9 @@ from fastps.step_size import StepSize
 from fastps.store import Store
 from fastps.torch import AsyncOptimizer
 
-VARIANTS = ("async", "sync", "k-sync", "k-batch-sync", "k-async", "k-batch-async")
+VARIANTS = ("async", "sync", "k-sync", "k-batch-sync", "k-async", "k-batch-async", "local-sgd",
+            "easgd", "downpour")  # fmt: skip
+LOCAL = ("local-sgd", "easgd", "downpour")  # learners take local SGD steps between exchanges
 """Who waits for whom (DESIGN.md, "Coordination"); every variant but async averages K gradients
 into one update, w -= (lr / K) * sum(g), made by a coordinator thread in the parent."""
 
@@ -105,6 +107,11 @@ class _Plan:
     quota: list[int]  # updates per learner (async); coordinated learners run until told to stop
     variant: str
     straggler: Straggler | None = None
+    lr: float = 0.05  # the local step size of the local-update variants
+    local_steps: int = 1
+    alpha: float = 0.0
+    n_fetch: int = 1
+    n_push: int = 1
 
 
 @dataclass
@@ -193,7 +200,13 @@ def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], d
         start.wait()
         opt.handle.pull(opt.flat_params)
         step = 0
-        while link is not None or step < plan.quota[rank]:
+        v = plan.variant
+        local = v in LOCAL
+        if local:
+            ref = opt.flat_params.clone()  # local-sgd: the model of the last exchange
+            centre = torch.empty_like(opt.flat_params)  # easgd: the centre variable, pulled
+            acc = torch.zeros_like(opt.flat_grads)  # downpour: gradients since the last push
+        while link is not None or sent < plan.quota[rank]:
             j = step % nb
             if j == 0 and step:
                 order = rng.permutation(n)
@@ -218,6 +231,48 @@ def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], d
             opt._gather_grads()
             losses.append(float(loss.detach()))
             step += 1
+            if local:
+                with torch.no_grad():
+                    if v == "downpour":
+                        acc.add_(opt.flat_grads)
+                    opt.flat_params.add_(opt.flat_grads, alpha=-plan.lr)  # a local SGD step
+                t2 = t3 = time.perf_counter()
+                exchange = step % (plan.n_push if v == "downpour" else plan.local_steps) == 0
+                if v == "downpour":
+                    if exchange:  # push the accrued gradient (the store steps with its lr)
+                        opt.handle.push(acc)
+                        acc.zero_()
+                        sent += 1
+                    t3 = time.perf_counter()
+                    if step % plan.n_fetch == 0:
+                        opt.handle.pull(opt.flat_params)
+                elif v == "easgd" and exchange:
+                    opt.handle.pull(centre)
+                    t3 = time.perf_counter()
+                    with torch.no_grad():
+                        e = plan.alpha * (opt.flat_params - centre)
+                        opt.flat_params.sub_(e)  # the elastic pull toward the centre...
+                    opt.handle.push(e / -plan.lr)  # ...and the centre's toward x: centre += e
+                    sent += 1
+                elif v == "local-sgd" and exchange and link is not None:
+                    # The store's step w -= lr * g with g = (ref - x) / lr adds x - ref: the
+                    # coordinator averages these into the mean of the learners' models.
+                    mine.copy_((ref - opt.flat_params) / plan.lr)
+                    link.inbox.put((rank, opt.handle.read_version(0), losses[-1]))
+                    t2 = time.perf_counter()
+                    reply = link.reply.get()
+                    t3 = time.perf_counter()
+                    t["wait_s"] += t3 - t2
+                    sent += 1
+                    if reply == "stop":
+                        break
+                    opt.handle.pull(opt.flat_params)
+                    ref.copy_(opt.flat_params)
+                t4 = time.perf_counter()
+                t["compute_s"] += t1 - t0
+                t["push_s"] += t2 - t1
+                t["pull_s"] += t4 - t3
+                continue
             sent += 1
             if link is None:
                 opt.handle.push(opt.flat_grads)
@@ -241,7 +296,7 @@ def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], d
             t["push_s"] += t2 - t1
             t["pull_s"] += t4 - t3
         opt.close()
-        out.put(("done", rank, {"id": rank, "updates": sent, "cancelled": cancelled, **t,
+        out.put(("done", rank, {"id": rank, "updates": sent, "steps": step, "cancelled": cancelled, **t,
                                 "loss_first": losses[0] if losses else None,
                                 "loss_last": losses[-1] if losses else None}))  # fmt: skip
     except BaseException:
@@ -313,7 +368,7 @@ class _Coordinator:
 
     def on_gradient(self, rank: int, version: int) -> None:
         v = self.variant
-        if v in ("sync", "k-sync", "k-batch-sync") and version < self.updates:
+        if v in ("sync", "k-sync", "k-batch-sync", "local-sgd") and version < self.updates:
             self.dropped += 1  # overtaken after the learner last looked: a late gradient
             self.reply(rank, "pull")
             return
@@ -366,6 +421,10 @@ def fit(
     variant: str = "async",
     k: int | None = None,
     straggler: Straggler | None = None,
+    local_steps: int | None = None,
+    alpha: float | None = None,
+    n_fetch: int = 1,
+    n_push: int = 1,
     mode: str = "leashed",
     step_size: Any = None,
     lr: float = 0.05,
@@ -403,14 +462,28 @@ def fit(
     """
     if variant not in VARIANTS:
         raise ValueError(
-            f"fit: variant must be one of {', '.join(VARIANTS)} (got {variant!r}); the "
-            "local-update variants (local-sgd, easgd, adacomm, adasync, downpour) are not "
-            "implemented yet"
+            f"fit: variant must be one of {', '.join(VARIANTS)} (got {variant!r}); adacomm "
+            "and adasync are not implemented yet"
         )
-    if variant in ("async", "sync"):
-        if k not in (None, 1 if variant == "async" else learners):
+    if local_steps is None:
+        local_steps = 4 if variant == "local-sgd" else 1
+    if alpha is None:
+        alpha = 2.0 / (learners + 2)  # EASGD's elastic rate for m learners
+    for name_, val in (("local_steps", local_steps), ("n_fetch", n_fetch), ("n_push", n_push)):
+        if not isinstance(val, int) or val < 1:
+            raise ValueError(f"fit: {name_} must be an integer >= 1 (got {val!r})")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"fit: alpha must be in [0, 1] (got {alpha})")
+    if variant in LOCAL and (momentum or step_size is not None or store_kwargs.get("weight_decay")):
+        raise ValueError(
+            f"fit: {variant} exchanges models through the store's plain step (no momentum, "
+            "weight decay or step-size policy); it takes its local steps with lr"
+        )
+    if variant in ("async", "sync", *LOCAL):
+        fixed = learners if variant in ("sync", "local-sgd") else 1
+        if k not in (None, fixed):
             raise ValueError(f"fit: variant {variant!r} fixes k (got k={k})")
-        k = 1 if variant == "async" else learners
+        k = fixed
     elif not isinstance(k, int) or not 1 <= k <= (learners if "batch" not in variant else 10**6):
         bound = learners if "batch" not in variant else "any"
         raise ValueError(f"fit: variant {variant!r} needs k in [1, {bound}] (got k={k!r})")
@@ -443,8 +516,10 @@ def fit(
     done_before = store.stats()["clock"]
     remaining = max(0, updates - done_before)
     quota = [remaining // learners + (r < remaining % learners) for r in range(learners)]
-    plan = _Plan(batch_size, seed + done_before, quota, variant, straggler)
-    config = {"learners": learners, "variant": variant, "k": k, "mode": store.mode, "lr": lr,
+    plan = _Plan(batch_size, seed + done_before, quota, variant, straggler, float(np.float32(lr)),
+                 local_steps, alpha, n_fetch, n_push)  # fmt: skip
+    config = {"learners": learners, "variant": variant, "k": k, "local_steps": local_steps,
+              "alpha": alpha, "n_fetch": n_fetch, "n_push": n_push, "mode": store.mode, "lr": lr,
               "momentum": momentum, "batch_size": batch_size, "updates": updates,
               "resumed_at": done_before, "seed": seed, "backend": backend,
               "step_size": repr(store.step_size)}  # fmt: skip
@@ -453,7 +528,7 @@ def fit(
     # Processes load a named or callable data set themselves instead of unpickling a copy.
     payload = data if (backend == "process" and (isinstance(data, str) or callable(data))) else ds
 
-    coordinated = variant != "async"
+    coordinated = variant not in ("async", "easgd", "downpour")
     shm = None
     links: list[_Link | None] = [None] * learners
     coordinator = None
