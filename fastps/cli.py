@@ -53,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--alpha", type=float, default=None, help="EASGD's elastic rate (2/(P+2))")
     t.add_argument("--n-fetch", type=int, default=1, help="downpour: steps between fetches")
     t.add_argument("--n-push", type=int, default=1, help="downpour: steps between pushes")
+    t.add_argument(
+        "--interval-s", type=float, default=1.0, help="adasync: seconds between K changes"
+    )
+    t.add_argument("--time-budget-s", type=float, default=None, help="stop after this many seconds")
     t.add_argument("--mode", default="leashed", choices=("leashed", "locked", "hogwild"),
                    help="the store's consistency mode")  # fmt: skip
     t.add_argument("--step-size", default="constant", choices=STEP_SIZES,
@@ -134,7 +138,8 @@ def train(args: argparse.Namespace) -> int:
     try:
         h = fit(model_fn, load if args.backend == "process" else ds, learners=args.learners,
                 variant=args.variant, k=args.k, local_steps=args.local_steps, alpha=args.alpha,
-                n_fetch=args.n_fetch, n_push=args.n_push, mode=args.mode, step_size=_policy(args.step_size, args.lr),
+                n_fetch=args.n_fetch, n_push=args.n_push, interval_s=args.interval_s,
+                time_budget_s=args.time_budget_s, mode=args.mode, step_size=_policy(args.step_size, args.lr),
                 lr=args.lr, momentum=args.momentum, batch_size=args.batch_size, updates=updates,
                 seed=args.seed, backend=args.backend, eval_every=max(1, updates // args.evals),
                 checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,

@@ -67,9 +67,9 @@ def test_a_failing_learner_is_reported_with_its_traceback():
 
 def test_unknown_variant_and_bad_arguments():
     with pytest.raises(
-        ValueError, match=r"fit: variant must be one of async, sync, .* \(got 'adacomm'\)"
+        ValueError, match=r"fit: variant must be one of async, sync, .* \(got 'elastic'\)"
     ):
-        fit(LOGREG, blobs(), variant="adacomm")
+        fit(LOGREG, blobs(), variant="elastic")
     with pytest.raises(ValueError, match=r"checkpoint_every needs checkpoint=PATH"):
         fit(LOGREG, blobs(), checkpoint_every=10)
 
@@ -264,3 +264,36 @@ def test_downpour_fetches_every_n_fetch_and_pushes_accrued_gradients_every_n_pus
 def test_local_variants_refuse_a_server_optimizer():
     with pytest.raises(ValueError, match=r"fit: easgd exchanges models through the store's plain"):
         fit(LOGREG, blobs(), variant="easgd", momentum=0.9)
+
+
+def test_adacomm_shrinks_tau_as_the_loss_falls():
+    h = fit(LOGREG, blobs(), learners=P, variant="adacomm", local_steps=8, backend="thread",
+            lr=0.1, updates=40, batch_size=32)  # fmt: skip
+    taus = [u["tau"] for u in h.updates]
+    assert taus[0] == 8 and all(1 <= t <= 8 for t in taus) and taus[-1] < 8
+    for u in h.updates:
+        assert sorted(u["learners"]) == list(range(P))
+    # Each round every learner took exactly that round's tau local steps.
+    assert all(ln["steps"] == sum(taus) for ln in h.learners)
+    assert h.final_accuracy > 0.85
+
+
+def test_adasync_grows_k_as_the_loss_falls():
+    h = fit(LOGREG, blobs(), learners=P, variant="adasync", k=1, interval_s=0.05,
+            backend="thread", lr=0.1, updates=300, batch_size=32,
+            straggler=Straggler("exp", mean=0.002))  # fmt: skip
+    ks = [u["k"] for u in h.updates]
+    assert ks[0] == 1 and max(ks) > 1 and all(1 <= k <= P for k in ks)
+    for u in h.updates:  # K-sync rules with the K of the moment
+        assert len(set(u["learners"])) == u["k"] and set(u["versions"]) == {u["update"] - 1}
+    assert h.final_accuracy > 0.85
+
+
+@pytest.mark.parametrize("variant", ["async", "easgd", "k-async"])
+def test_a_time_budget_ends_the_run(variant):
+    t0 = time.perf_counter()
+    h = fit(LOGREG, blobs(), learners=P, variant=variant, k=2 if variant == "k-async" else None,
+            backend="thread", lr=0.1, updates=10**6, batch_size=32, time_budget_s=0.5)  # fmt: skip
+    assert time.perf_counter() - t0 < 5
+    assert 0 < h.stats["clock"] < 10**6
+    assert h.final_accuracy > 0.85

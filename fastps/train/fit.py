@@ -31,9 +31,11 @@ from fastps.step_size import StepSize
 from fastps.store import Store
 from fastps.torch import AsyncOptimizer
 
-VARIANTS = ("async", "sync", "k-sync", "k-batch-sync", "k-async", "k-batch-async", "local-sgd",
-            "easgd", "downpour")  # fmt: skip
-LOCAL = ("local-sgd", "easgd", "downpour")  # learners take local SGD steps between exchanges
+VARIANTS = ("async", "sync", "k-sync", "k-batch-sync", "k-async", "k-batch-async", "adasync",
+            "local-sgd", "adacomm", "easgd", "downpour")  # fmt: skip
+LOCAL = ("local-sgd", "adacomm", "easgd", "downpour")  # local SGD steps between exchanges
+AVERAGING = ("local-sgd", "adacomm")  # models averaged by the coordinator, all P each round
+CANCELLING = ("k-sync", "k-batch-sync", "adasync")  # an update cancels the work in progress
 """Who waits for whom (DESIGN.md, "Coordination"); every variant but async averages K gradients
 into one update, w -= (lr / K) * sum(g), made by a coordinator thread in the parent."""
 
@@ -170,7 +172,7 @@ def _evaluate(model: torch.nn.Module, layout: ParamLayout, params: np.ndarray, d
 
 
 def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], data: Any,
-             plan: _Plan, out: Any, start: Any, link: _Link | None = None) -> None:  # fmt: skip
+             plan: _Plan, out: Any, start: Any, stop: Any, link: _Link | None = None) -> None:  # fmt: skip
     shm = None
     try:
         torch.set_num_threads(1)  # P learners must not oversubscribe the cores
@@ -206,7 +208,12 @@ def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], d
             ref = opt.flat_params.clone()  # local-sgd: the model of the last exchange
             centre = torch.empty_like(opt.flat_params)  # easgd: the centre variable, pulled
             acc = torch.zeros_like(opt.flat_grads)  # downpour: gradients since the last push
-        while link is not None or sent < plan.quota[rank]:
+        tau = plan.local_steps  # adacomm: the coordinator sends a new one with every reply
+        since = 0  # local steps since the last exchange
+        round_losses: list[float] = []
+        # A coordinated learner runs until the coordinator says stop; the others make their
+        # quota, or stop early when the time budget is spent.
+        while link is not None or (sent < plan.quota[rank] and not stop.is_set()):
             j = step % nb
             if j == 0 and step:
                 order = rng.permutation(n)
@@ -237,7 +244,11 @@ def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], d
                         acc.add_(opt.flat_grads)
                     opt.flat_params.add_(opt.flat_grads, alpha=-plan.lr)  # a local SGD step
                 t2 = t3 = time.perf_counter()
-                exchange = step % (plan.n_push if v == "downpour" else plan.local_steps) == 0
+                since += 1
+                round_losses.append(losses[-1])
+                exchange = since >= (plan.n_push if v == "downpour" else tau)
+                if exchange:
+                    since = 0
                 if v == "downpour":
                     if exchange:  # push the accrued gradient (the store steps with its lr)
                         opt.handle.push(acc)
@@ -254,13 +265,17 @@ def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], d
                         opt.flat_params.sub_(e)  # the elastic pull toward the centre...
                     opt.handle.push(e / -plan.lr)  # ...and the centre's toward x: centre += e
                     sent += 1
-                elif v == "local-sgd" and exchange and link is not None:
+                elif v in AVERAGING and exchange and link is not None:
                     # The store's step w -= lr * g with g = (ref - x) / lr adds x - ref: the
                     # coordinator averages these into the mean of the learners' models.
                     mine.copy_((ref - opt.flat_params) / plan.lr)
-                    link.inbox.put((rank, opt.handle.read_version(0), losses[-1]))
+                    mean_loss = float(np.mean(round_losses))
+                    round_losses = []
+                    link.inbox.put((rank, opt.handle.read_version(0), mean_loss))
                     t2 = time.perf_counter()
                     reply = link.reply.get()
+                    if isinstance(reply, tuple):  # adacomm: ("pull", the next round's tau)
+                        reply, tau = reply
                     t3 = time.perf_counter()
                     t["wait_s"] += t3 - t2
                     sent += 1
@@ -320,7 +335,8 @@ class _Coordinator:
     """
 
     def __init__(self, variant: str, k: int, learners: int, store: Store, slots: np.ndarray,
-                 inbox: Any, replies: list[Any], target: int, version: Any) -> None:  # fmt: skip
+                 inbox: Any, replies: list[Any], target: int, version: Any, *,
+                 tau0: int = 1, interval_s: float = 1.0, deadline: float = math.inf) -> None:  # fmt: skip
         self.variant, self.k, self.P = variant, k, learners
         self.handle = store.learner()
         self.scratch = np.empty(store.size, np.float32)
@@ -340,13 +356,44 @@ class _Coordinator:
         self.error: BaseException | None = None
         self.t0 = time.perf_counter()
         self.quit = threading.Event()
+        self.deadline = deadline  # perf_counter time after which no update is made
+        # AdaComm / AdaSync: F_0, the losses of the current round or interval, tau and K now.
+        self.tau0, self.tau = tau0, tau0
+        self.k0 = k
+        self.f0: float | None = None
+        self.round_losses: list[float] = []
+        self.interval_s = interval_s
+        self.next_adapt = self.t0 + interval_s
+
+    def done(self) -> bool:
+        return self.updates >= self.target or time.perf_counter() >= self.deadline
 
     def reply(self, rank: int, what: str) -> None:
-        if self.updates >= self.target:
+        if self.done():
             what = "stop"
         if what == "stop":
             self.stopped.add(rank)
-        self.replies[rank].put(what)
+        self.replies[rank].put(
+            (what, self.tau) if self.variant == "adacomm" and what != "stop" else what
+        )
+
+    def adapt(self) -> None:
+        """AdaComm: tau = ceil(sqrt(F_l / F_0) * tau_0) in [1, tau_0] after every round.
+        AdaSync: K = min(P, ceil(K_0 * sqrt(F_0 / F_l))) every interval_s seconds."""
+        if not self.round_losses:
+            return
+        f = float(np.mean(self.round_losses))
+        self.round_losses = []
+        if self.f0 is None:
+            self.f0 = f
+            return
+        ratio = f / self.f0 if self.f0 > 0 else 1.0
+        if self.variant == "adacomm":
+            self.tau = max(1, min(self.tau0, math.ceil(math.sqrt(ratio) * self.tau0)))
+        else:
+            self.k = max(
+                1, min(self.P, math.ceil(self.k0 * math.sqrt(1 / ratio if ratio > 0 else 1)))
+            )
 
     def apply(self) -> None:
         self.handle.pull(self.scratch)  # the store's own tau stays 0: the only writer is us
@@ -359,7 +406,9 @@ class _Coordinator:
         self.log.append({"update": self.updates, "t_s": time.perf_counter() - self.t0,
                          "k": len(self.batch), "learners": [r for r, _ in self.batch],
                          "versions": [v for _, v in self.batch],
-                         "in_progress": self.P - len(contributors)})  # fmt: skip
+                         "in_progress": self.P - len(contributors), "tau": self.tau})  # fmt: skip
+        if self.variant == "adacomm":
+            self.adapt()
         self.acc.fill(0.0)
         self.batch = []
         waiting, self.waiting = self.waiting, []
@@ -368,7 +417,7 @@ class _Coordinator:
 
     def on_gradient(self, rank: int, version: int) -> None:
         v = self.variant
-        if v in ("sync", "k-sync", "k-batch-sync", "local-sgd") and version < self.updates:
+        if v in ("sync", *CANCELLING, *AVERAGING) and version < self.updates:
             self.dropped += 1  # overtaken after the learner last looked: a late gradient
             self.reply(rank, "pull")
             return
@@ -381,18 +430,23 @@ class _Coordinator:
             self.reply(rank, "keep" if len(self.batch) < self.k else "pull")
         else:
             self.waiting.append(rank)
-        if len(self.batch) == self.k:
+        if len(self.batch) >= self.k:  # >=: AdaSync may have lowered K meanwhile
             self.apply()
 
     def run(self) -> None:
         try:
             while len(self.stopped) < self.P and not self.quit.is_set():
                 try:
-                    rank, version, _loss = self.inbox.get(timeout=0.05)
+                    rank, version, loss = self.inbox.get(timeout=0.05)
                 except queue_mod.Empty:
                     continue
-                if self.updates >= self.target:
-                    if self.variant in ("k-sync", "k-batch-sync") and version < self.updates:
+                if self.variant in ("adacomm", "adasync"):
+                    self.round_losses.append(loss)
+                    if self.variant == "adasync" and time.perf_counter() >= self.next_adapt:
+                        self.adapt()
+                        self.next_adapt += self.interval_s
+                if self.done():
+                    if self.variant in CANCELLING and version < self.updates:
                         self.dropped += 1  # a late gradient of the last update
                     else:
                         self.after_end += 1  # computed while the last update was made
@@ -425,6 +479,8 @@ def fit(
     alpha: float | None = None,
     n_fetch: int = 1,
     n_push: int = 1,
+    interval_s: float = 1.0,
+    time_budget_s: float | None = None,
     mode: str = "leashed",
     step_size: Any = None,
     lr: float = 0.05,
@@ -461,12 +517,9 @@ def fit(
     ``straggler``: an injected delay before each mini-batch (a Straggler).
     """
     if variant not in VARIANTS:
-        raise ValueError(
-            f"fit: variant must be one of {', '.join(VARIANTS)} (got {variant!r}); adacomm "
-            "and adasync are not implemented yet"
-        )
+        raise ValueError(f"fit: variant must be one of {', '.join(VARIANTS)} (got {variant!r})")
     if local_steps is None:
-        local_steps = 4 if variant == "local-sgd" else 1
+        local_steps = 4 if variant in AVERAGING else 1
     if alpha is None:
         alpha = 2.0 / (learners + 2)  # EASGD's elastic rate for m learners
     for name_, val in (("local_steps", local_steps), ("n_fetch", n_fetch), ("n_push", n_push)):
@@ -480,7 +533,7 @@ def fit(
             "weight decay or step-size policy); it takes its local steps with lr"
         )
     if variant in ("async", "sync", *LOCAL):
-        fixed = learners if variant in ("sync", "local-sgd") else 1
+        fixed = learners if variant in ("sync", *AVERAGING) else 1
         if k not in (None, fixed):
             raise ValueError(f"fit: variant {variant!r} fixes k (got k={k})")
         k = fixed
@@ -555,20 +608,21 @@ def fit(
             if backend == "process"
             else types.SimpleNamespace(value=0)
         )
-        cancels = variant in ("k-sync", "k-batch-sync")
+        cancels = variant in CANCELLING
         links = [_Link(spec, inbox, replies[r], version, cancels) for r in range(learners)]
         coordinator = _Coordinator(variant, k, learners, store, slots, inbox, replies, updates,
-                                   version)  # fmt: skip
+                                   version, tau0=local_steps, interval_s=interval_s)  # fmt: skip
     # Every learner sets up (data, model, handle) before any starts: spawn skew would
     # otherwise let the first ones make the whole run alone.
     start = ctx.Event() if backend == "process" else threading.Event()
+    stop = ctx.Event() if backend == "process" else threading.Event()  # time budget spent
     if backend == "process":
         workers = [ctx.Process(target=_learner, daemon=True,
-                               args=(r, store, model_fn, payload, plan, out, start, links[r]))
+                               args=(r, store, model_fn, payload, plan, out, start, stop, links[r]))
                    for r in range(learners)]  # fmt: skip
     else:
         workers = [threading.Thread(target=_learner, daemon=True,
-                                    args=(r, store, model_fn, ds, plan, out, start, links[r]))
+                                    args=(r, store, model_fn, ds, plan, out, start, stop, links[r]))
                    for r in range(learners)]  # fmt: skip
     coord_thread = threading.Thread(target=coordinator.run, daemon=True) if coordinator else None
     t_start = time.perf_counter()
@@ -597,9 +651,12 @@ def fit(
             w.start()
         finished: dict[int, dict[str, Any]] = {}
         ready: set[int] = set()
+        t_begin = math.inf
         while len(finished) < learners:
             if time.perf_counter() - t_start > timeout_s:
                 raise RuntimeError(f"fit: learners did not finish within timeout_s={timeout_s}")
+            if time_budget_s and start.is_set() and time.perf_counter() - t_begin > time_budget_s:
+                stop.set()  # learners finish their step and report
             if coordinator is not None and coordinator.error is not None:
                 raise RuntimeError(f"fit: the coordinator failed: {coordinator.error!r}")
             try:
@@ -609,6 +666,9 @@ def fit(
                 if kind == "ready":
                     ready.add(rank)
                     if len(ready) == learners:
+                        t_begin = time.perf_counter()
+                        if coordinator is not None and time_budget_s:
+                            coordinator.deadline = t_begin + time_budget_s
                         start.set()
                 else:
                     finished[rank] = payload_msg
@@ -630,6 +690,7 @@ def fit(
                 next_eval = clock - clock % eval_every + eval_every
         history.learners = [finished[r] for r in range(learners)]
         if coordinator is not None and coord_thread is not None:
+            coordinator.quit.set()  # every learner has stopped: nothing more can arrive
             coord_thread.join(timeout=10)
             history.coordinator = coordinator.summary()
             history.coordinator["cancelled"] = sum(ln["cancelled"] for ln in history.learners)
