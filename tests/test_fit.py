@@ -44,6 +44,7 @@ def test_process_learners_train_and_the_history_saves(tmp_path):
     h = fit(LOGREG, blobs(), learners=2, lr=0.1, updates=300, batch_size=32)
     assert h.final_accuracy > 0.8
     assert h.stats["clock"] == 300 and h.stats["learners"] == 0
+    assert 0 < h.started_s < h.evals[-1]["t_s"]  # spawning and loading come before training
     h.save(tmp_path / "h.jsonl")
     lines = (tmp_path / "h.jsonl").read_text().splitlines()
     assert len(lines) == 1 + len(h.evals) + 2 + 1

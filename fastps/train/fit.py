@@ -82,6 +82,9 @@ class History:
     stats: dict[str, Any] = field(default_factory=dict)  # the store's, at the end
     coordinator: dict[str, Any] = field(default_factory=dict)  # K-variants: dropped, staleness
     updates: list[dict[str, Any]] = field(default_factory=list)  # K-variants: one per update
+    # Seconds from fit()'s start (the t_s origin) to the moment the learners began, after
+    # loading their data: t_s - started_s is training time.
+    started_s: float = 0.0
 
     @property
     def final_accuracy(self) -> float:
@@ -90,7 +93,7 @@ class History:
     def save(self, path: str | os.PathLike[str]) -> None:
         """JSON lines: the config, then one line per evaluation and per learner, then stats."""
         with open(path, "w") as f:
-            f.write(json.dumps({"config": self.config}) + "\n")
+            f.write(json.dumps({"config": self.config, "started_s": self.started_s}) + "\n")
             for e in self.evals:
                 f.write(json.dumps({"eval": e}) + "\n")
             for ln in self.learners:
@@ -667,6 +670,7 @@ def fit(
                     ready.add(rank)
                     if len(ready) == learners:
                         t_begin = time.perf_counter()
+                        history.started_s = t_begin - t_start
                         if coordinator is not None and time_budget_s:
                             coordinator.deadline = t_begin + time_budget_s
                         start.set()
