@@ -22,6 +22,7 @@ is the number of threads the cell ran with, and ``env.cores`` the CPUs the proce
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -442,3 +443,32 @@ def _fmt(x: Any) -> str:
             return f"{x:.3g}" if abs(x) < 10 else f"{x:.1f}"
         return f"{x:.2e}"
     return str(x)
+
+
+# -- argument types -------------------------------------------------------------------------
+
+
+def int_list(text: str) -> list[int]:
+    """argparse type: "1,2,4" -> [1, 2, 4], positive integers only."""
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers (got {text!r})"
+        ) from None
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers (got {text!r})")
+    return vals
+
+
+def mode_list(text: str) -> list[str]:
+    """argparse type: "leashed,locked" -> the consistency modes named."""
+    import fastps
+
+    vals = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [m for m in vals if m not in fastps.MODES]
+    if not vals or bad:
+        raise argparse.ArgumentTypeError(
+            f"modes must be among {', '.join(fastps.MODES)} (got {text!r})"
+        )
+    return vals

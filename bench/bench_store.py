@@ -124,36 +124,14 @@ OMP_SPIN = "1000000"
 OMP_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        vals = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers (got {text!r})"
-        ) from None
-    if not vals or min(vals) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers (got {text!r})")
-    return vals
-
-
-def _mode_list(text: str) -> list[str]:
-    vals = [x.strip() for x in text.split(",") if x.strip()]
-    bad = [m for m in vals if m not in fastps.MODES]
-    if not vals or bad:
-        raise argparse.ArgumentTypeError(
-            f"modes must be among {', '.join(fastps.MODES)} (got {text!r})"
-        )
-    return vals
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] + " ...")
     p.add_argument("--min-log2", type=int, default=10, help="smallest size 2^k (default 10)")
     p.add_argument("--max-log2", type=int, default=26, help="largest size 2^k (default 26)")
     p.add_argument("--step", type=int, default=2, help="step of k between sizes (default 2)")
-    p.add_argument("--modes", type=_mode_list, default=list(fastps.MODES), help="default: all")
-    p.add_argument("--threads", type=_int_list, default=[1, 2], help="learner threads (1,2)")
-    p.add_argument("--shards", type=_int_list, default=[1, 4, 16], help="shard counts (1,4,16)")
+    p.add_argument("--modes", type=H.mode_list, default=list(fastps.MODES), help="default: all")
+    p.add_argument("--threads", type=H.int_list, default=[1, 2], help="learner threads (1,2)")
+    p.add_argument("--shards", type=H.int_list, default=[1, 4, 16], help="shard counts (1,4,16)")
     p.add_argument(
         "--repeats",
         type=int,

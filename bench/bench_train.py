@@ -92,34 +92,12 @@ POLL_S = 0.05  # how often a parent looks at the learners (fit() waits on its qu
 EVAL_BATCH = 2048
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        vals = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers (got {text!r})"
-        ) from None
-    if not vals or min(vals) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers (got {text!r})")
-    return vals
-
-
-def _mode_list(text: str) -> list[str]:
-    vals = [x.strip() for x in text.split(",") if x.strip()]
-    bad = [m for m in vals if m not in fastps.MODES]
-    if not vals or bad:
-        raise argparse.ArgumentTypeError(
-            f"modes must be among {', '.join(fastps.MODES)} (got {text!r})"
-        )
-    return vals
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] + " ...")
-    p.add_argument("--learners", type=_int_list, default=None, help="P values (default 1,2,4)")
+    p.add_argument("--learners", type=H.int_list, default=None, help="P values (default 1,2,4)")
     p.add_argument(
         "--modes",
-        type=_mode_list,
+        type=H.mode_list,
         default=["leashed", "locked"],
         help="fastps modes (default leashed,locked)",
     )
