@@ -413,6 +413,44 @@ uint32_t claim_slot(const Layout& L, uint32_t s, uint32_t entry) {
   }
 }
 
+// One consistent copy of shard s, used by Store::read, Store::snapshot and Learner::pull: under
+// its lock (locked), without synchronisation (hogwild), or from its pinned published version
+// (leashed, reader bit `role` of `entry`). `momentum` may be null. Returns the version copied.
+// With `kept` non-null the leashed pin stays and its slot goes to *kept (the staleness-distance
+// read pin); the caller unpins it later.
+uint64_t copy_shard(const Layout& L, uint32_t s, float* params, float* momentum, uint32_t entry,
+                    uint32_t role = 0, int32_t* kept = nullptr) {
+  ShardDesc& d = L.shards[s];
+  const size_t bytes = d.len * sizeof(float);
+  switch (L.hdr->cfg.mode) {
+    case Mode::kLocked: {
+      ShardLock lock(L, s);
+      d.lock_wait_ns.fetch_add(lock.waited_ns, std::memory_order_relaxed);  // statistics only
+      std::memcpy(params, L.params(s), bytes);
+      if (momentum) std::memcpy(momentum, L.momentum(s), bytes);
+      return d.version.load(std::memory_order_relaxed);  // under the shard lock
+    }
+    case Mode::kHogwild: {
+      const uint64_t v = d.version.load(std::memory_order_relaxed);  // approximate by design
+      detail::hogwild_copy(params, L.params(s), d.len);
+      if (momentum) detail::hogwild_copy(momentum, L.momentum(s), d.len);
+      return v;
+    }
+    case Mode::kLeashed: {
+      const uint64_t c = pin(L, s, entry, role);
+      const auto slot = static_cast<uint32_t>(c & detail::kSlotMask);
+      std::memcpy(params, L.slot_params(s, slot), bytes);
+      if (momentum) std::memcpy(momentum, L.slot_momentum(s, slot), bytes);
+      if (kept)
+        *kept = static_cast<int32_t>(slot);
+      else
+        unpin(L, s, slot, entry, role);
+      return c >> detail::kSlotBits;
+    }
+  }
+  return 0;
+}
+
 // TAIL-tau: builds the mid-CDF F(b) = (2 * sum_{i<b} h_i + h_b) / (2 * total) of the summed
 // shard histograms (b = hist_bins is the overflow bin) and publishes it with cdf_ready.
 void build_cdf(const Layout& L) {
@@ -590,27 +628,8 @@ void Store::read(float* out, size_t n) const {
                    static_cast<unsigned long long>(cfg_.size));
   const Layout& L = *lay_;
   InternalEntry entry(L);
-  for (uint32_t s = 0; s < cfg_.shards; ++s) {
-    ShardDesc& d = L.shards[s];
-    float* dst = out + d.begin;
-    switch (cfg_.mode) {
-      case Mode::kLocked: {
-        ShardLock lock(L, s);
-        std::memcpy(dst, L.params(s), d.len * sizeof(float));
-        break;
-      }
-      case Mode::kHogwild:
-        detail::hogwild_copy(dst, L.params(s), d.len);
-        break;
-      case Mode::kLeashed: {
-        const uint64_t c = pin(L, s, entry.id());
-        const auto slot = static_cast<uint32_t>(c & detail::kSlotMask);
-        std::memcpy(dst, L.slot_params(s, slot), d.len * sizeof(float));
-        unpin(L, s, slot, entry.id());
-        break;
-      }
-    }
-  }
+  for (uint32_t s = 0; s < cfg_.shards; ++s)
+    copy_shard(L, s, out + L.shards[s].begin, nullptr, entry.id());
 }
 
 Stats Store::stats() const {
@@ -682,31 +701,9 @@ Counters Store::snapshot(float* params, float* momentum) const {
   c.versions.resize(cfg_.shards);
   InternalEntry entry(L);
   for (uint32_t s = 0; s < cfg_.shards; ++s) {
-    ShardDesc& d = L.shards[s];
-    const size_t bytes = d.len * sizeof(float);
-    switch (cfg_.mode) {
-      case Mode::kLocked: {
-        ShardLock lock(L, s);
-        std::memcpy(params + d.begin, L.params(s), bytes);
-        if (has_mom) std::memcpy(momentum + d.begin, L.momentum(s), bytes);
-        c.versions[s] = d.version.load(std::memory_order_relaxed);  // under the shard lock
-        break;
-      }
-      case Mode::kHogwild:
-        c.versions[s] = d.version.load(std::memory_order_relaxed);  // approximate by design
-        detail::hogwild_copy(params + d.begin, L.params(s), d.len);
-        if (has_mom) detail::hogwild_copy(momentum + d.begin, L.momentum(s), d.len);
-        break;
-      case Mode::kLeashed: {
-        const uint64_t cur = pin(L, s, entry.id());
-        const auto slot = static_cast<uint32_t>(cur & detail::kSlotMask);
-        std::memcpy(params + d.begin, L.slot_params(s, slot), bytes);
-        if (has_mom) std::memcpy(momentum + d.begin, L.slot_momentum(s, slot), bytes);
-        c.versions[s] = cur >> detail::kSlotBits;
-        unpin(L, s, slot, entry.id());
-        break;
-      }
-    }
+    const uint64_t begin = L.shards[s].begin;
+    c.versions[s] = copy_shard(L, s, params + begin, has_mom ? momentum + begin : nullptr,
+                               entry.id());
   }
   // Counters are statistics: read relaxed, not synchronised with the shard copies above.
   const uint32_t nb = cfg_.hist_bins + 1;
@@ -847,37 +844,15 @@ void Learner::pull(float* out, size_t n) {
   const bool keep_read = cfg.step.kind == StepKind::kDistance;
   for (uint32_t k = 0; k < S; ++k) {
     const uint32_t s = (id_ + k) % S;  // learners start at different shards
-    ShardDesc& d = L.shards[s];
+    const ShardDesc& d = L.shards[s];
     float* dst = out + d.begin;
-    switch (cfg.mode) {
-      case Mode::kLocked: {
-        ShardLock lock(L, s);
-        d.lock_wait_ns.fetch_add(lock.waited_ns, std::memory_order_relaxed);  // statistics only
-        std::memcpy(dst, L.params(s), d.len * sizeof(float));
-        read_versions_[s] = d.version.load(std::memory_order_relaxed);  // under the shard lock
-        break;
-      }
-      case Mode::kHogwild:
-        read_versions_[s] = d.version.load(std::memory_order_relaxed);  // approximate by design
-        detail::hogwild_copy(dst, L.params(s), d.len);
-        break;
-      case Mode::kLeashed: {
-        // Staleness distance keeps what was read pinned (role 1) until the next pull.
-        const uint32_t role = keep_read ? 1 : 0;
-        if (keep_read && read_slots_[s] >= 0) {
-          unpin(L, s, static_cast<uint32_t>(read_slots_[s]), id_, 1);
-          read_slots_[s] = -1;
-        }
-        const uint64_t c = pin(L, s, id_, role);
-        const auto slot = static_cast<uint32_t>(c & detail::kSlotMask);
-        std::memcpy(dst, L.slot_params(s, slot), d.len * sizeof(float));
-        read_versions_[s] = c >> detail::kSlotBits;
-        if (keep_read)
-          read_slots_[s] = static_cast<int32_t>(slot);
-        else
-          unpin(L, s, slot, id_, role);
-        break;
-      }
+    if (keep_read && cfg.mode == Mode::kLeashed) {
+      // Staleness distance keeps what was read pinned (role 1) until the next pull.
+      if (read_slots_[s] >= 0) unpin(L, s, static_cast<uint32_t>(read_slots_[s]), id_, 1);
+      read_slots_[s] = -1;
+      read_versions_[s] = copy_shard(L, s, dst, nullptr, id_, 1, &read_slots_[s]);
+    } else {
+      read_versions_[s] = copy_shard(L, s, dst, nullptr, id_);
     }
     if (keep_read && cfg.mode != Mode::kLeashed)
       std::memcpy(snapshot_.data() + d.begin, dst, d.len * sizeof(float));
