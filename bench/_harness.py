@@ -472,3 +472,26 @@ def mode_list(text: str) -> list[str]:
             f"modes must be among {', '.join(fastps.MODES)} (got {text!r})"
         )
     return vals
+
+
+def add_quiet_args(p: argparse.ArgumentParser, *, retries: int, max_wait: float,
+                   wait_budget: float) -> None:  # fmt: skip
+    """The flags that re-measure a cell run while other processes kept the machine busy."""
+    p.add_argument("--quiet-below", type=float, default=0.25,
+                   help="CPUs other processes may keep busy during a cell before it is measured "
+                   "again (default 0.25; recorded as foreign_cpus)")  # fmt: skip
+    p.add_argument("--retries", type=int, default=retries,
+                   help=f"re-measurements of a noisy cell (default {retries})")  # fmt: skip
+    p.add_argument("--max-wait", type=float, default=max_wait,
+                   help=f"most seconds per wait for quiet (default {max_wait:g})")  # fmt: skip
+    p.add_argument("--wait-budget", type=float, default=wait_budget,
+                   help=f"most seconds of waiting for quiet in the whole run "
+                   f"(default {wait_budget:g})")  # fmt: skip
+
+
+def report_noisy(records: Sequence[dict[str, Any]], threshold: float, what: str) -> None:
+    """A '#' line counting the records measured while others kept >= threshold CPUs busy."""
+    noisy = [r for r in records if r["foreign_cpus"] >= threshold]
+    if noisy:
+        print(f"# {len(noisy)} of {len(records)} {what} ran while other processes kept "
+              f">= {threshold} CPUs busy (after retries): see other_cpus")  # fmt: skip

@@ -154,23 +154,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="Store max_learners (leashed: 2*max_learners+1 slots; default 16)",
     )
     p.add_argument("--quick", action="store_true", help="sizes 2^10, 2^16, 2^20, few repeats")
-    p.add_argument(
-        "--quiet-below",
-        type=float,
-        default=0.25,
-        help="CPUs other processes may keep busy during a cell before it is measured again "
-        "(default 0.25; recorded as foreign_cpus)",
-    )
-    p.add_argument("--retries", type=int, default=2, help="re-measurements per cell (default 2)")
-    p.add_argument(
-        "--max-wait", type=float, default=30.0, help="most seconds per wait for quiet (default 30)"
-    )
-    p.add_argument(
-        "--wait-budget",
-        type=float,
-        default=300.0,
-        help="most seconds of waiting for quiet in the whole run (default 300)",
-    )
+    H.add_quiet_args(p, retries=2, max_wait=30.0, wait_budget=300.0)
     p.add_argument("--no-torch", action="store_true", help="skip the torch baseline")
     p.add_argument(
         "--omp-spin",
@@ -795,12 +779,7 @@ def print_summary(records: Sequence[dict[str, Any]], args: argparse.Namespace) -
             "S=1 (us); reported, not asserted"
         ),
     )
-    noisy = [r for r in records if r["foreign_cpus"] >= args.quiet_below]
-    if noisy:
-        print(
-            f"# {len(noisy)} of {len(records)} cells ran while other processes kept "
-            f">= {args.quiet_below} CPUs busy (after retries): see other_cpus"
-        )
+    H.report_noisy(records, args.quiet_below, "cells")
 
 
 def print_policy_table(records: Sequence[dict[str, Any]]) -> None:
@@ -885,12 +864,7 @@ def print_policy_summary(records: Sequence[dict[str, Any]], args: argparse.Names
             "reported, not asserted"
         ),
     )
-    noisy = [r for r in records if r["foreign_cpus"] >= args.quiet_below]
-    if noisy:
-        print(
-            f"# {len(noisy)} of {len(records)} policy records ran while other processes kept "
-            f">= {args.quiet_below} CPUs busy (after retries): see other_cpus"
-        )
+    H.report_noisy(records, args.quiet_below, "policy records")
 
 
 def print_guard_table(records: Sequence[dict[str, Any]]) -> None:
@@ -962,12 +936,7 @@ def print_guard_summary(records: Sequence[dict[str, Any]], args: argparse.Namesp
             "guard_GB/s = the guard pass's read bandwidth at the largest size"
         ),
     )
-    noisy = [r for r in records if r["foreign_cpus"] >= args.quiet_below]
-    if noisy:
-        print(
-            f"# {len(noisy)} of {len(records)} guard records ran while other processes kept "
-            f">= {args.quiet_below} CPUs busy (after retries): see other_cpus"
-        )
+    H.report_noisy(records, args.quiet_below, "guard records")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

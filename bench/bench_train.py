@@ -127,22 +127,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--no-torch", action="store_true", help="skip the torch-hogwild baseline")
     p.add_argument("--quick", action="store_true", help="P = 1,2, 1000 updates, 1 round")
-    p.add_argument(
-        "--quiet-below",
-        type=float,
-        default=0.25,
-        help="foreign CPUs during a run before it is run again (default 0.25)",
-    )
-    p.add_argument("--retries", type=int, default=1, help="re-runs of a noisy run (default 1)")
-    p.add_argument(
-        "--max-wait", type=float, default=20.0, help="most seconds per wait for quiet (default 20)"
-    )
-    p.add_argument(
-        "--wait-budget",
-        type=float,
-        default=60.0,
-        help="most seconds of waiting for quiet in the whole run (default 60)",
-    )
+    H.add_quiet_args(p, retries=1, max_wait=20.0, wait_budget=60.0)
     p.add_argument("--timeout", type=float, default=300.0, help="limit per run (default 300 s)")
     p.add_argument("--out", type=argparse.FileType("w"), help="also write the JSON lines here")
     a = p.parse_args(argv)
@@ -631,12 +616,7 @@ def print_summary(records: Sequence[dict[str, Any]], a: argparse.Namespace) -> N
             f"{1 / (1 - share):.2f}x faster (a ratio above that comes from faster compute: "
             "fastps learners read private parameters, Hogwild's read memory others write)"
         )
-    noisy = [r for r in records if r["foreign_cpus"] >= a.quiet_below]
-    if noisy:
-        print(
-            f"# {len(noisy)} of {len(records)} cells had a round in which other processes kept "
-            f">= {a.quiet_below} CPUs busy: see other_cpus"
-        )
+    H.report_noisy(records, a.quiet_below, "cells (worst round)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
