@@ -206,11 +206,33 @@ def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], d
         opt.handle.pull(opt.flat_params)
         step = 0
         v = plan.variant
-        local = v in LOCAL
-        if local:
+        if v in LOCAL:
             ref = opt.flat_params.clone()  # local-sgd: the model of the last exchange
             centre = torch.empty_like(opt.flat_params)  # easgd: the centre variable, pulled
             acc = torch.zeros_like(opt.flat_grads)  # downpour: gradients since the last push
+
+        def timed(key: str, fn: Callable[..., Any], *args: Any) -> Any:
+            t_in = time.perf_counter()
+            result = fn(*args)
+            t[key] += time.perf_counter() - t_in
+            return result
+
+        def push(g: torch.Tensor) -> None:
+            timed("push_s", opt.handle.push, g)
+
+        def pull(buf: torch.Tensor) -> None:
+            timed("pull_s", opt.handle.pull, buf)
+
+        def ask(loss_value: float) -> Any:  # the slot holds this learner's contribution
+            if link is None:
+                raise RuntimeError("fit: an uncoordinated learner asked the coordinator")
+            link.inbox.put((rank, opt.handle.read_version(0), loss_value))
+            return timed("wait_s", link.reply.get)
+
+        def local_step() -> None:
+            with torch.no_grad():
+                opt.flat_params.add_(opt.flat_grads, alpha=-plan.lr)
+
         tau = plan.local_steps  # adacomm: the coordinator sends a new one with every reply
         since = 0  # local steps since the last exchange
         round_losses: list[float] = []
@@ -232,87 +254,62 @@ def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], d
             opt.zero_grad()
             loss = torch.nn.functional.cross_entropy(model(x), y)
             loss.backward()
-            t1 = time.perf_counter()
+            t["compute_s"] += time.perf_counter() - t0
             if overtaken():  # cancelled by an update: start again on the new model
                 cancelled += 1
-                opt.handle.pull(opt.flat_params)
-                t["compute_s"] += t1 - t0
+                pull(opt.flat_params)
                 continue
             opt._gather_grads()
             losses.append(float(loss.detach()))
             step += 1
-            if local:
-                with torch.no_grad():
-                    if v == "downpour":
-                        acc.add_(opt.flat_grads)
-                    opt.flat_params.add_(opt.flat_grads, alpha=-plan.lr)  # a local SGD step
-                t2 = t3 = time.perf_counter()
-                since += 1
-                round_losses.append(losses[-1])
-                exchange = since >= (plan.n_push if v == "downpour" else tau)
-                if exchange:
-                    since = 0
-                if v == "downpour":
-                    if exchange:  # push the accrued gradient (the store steps with its lr)
-                        opt.handle.push(acc)
-                        acc.zero_()
-                        sent += 1
-                    t3 = time.perf_counter()
-                    if step % plan.n_fetch == 0:
-                        opt.handle.pull(opt.flat_params)
-                elif v == "easgd" and exchange:
-                    opt.handle.pull(centre)
-                    t3 = time.perf_counter()
+            if v == "downpour":
+                acc.add_(opt.flat_grads)
+                timed("compute_s", local_step)
+                if step % plan.n_push == 0:  # the gradient accrued since the last push
+                    push(acc)
+                    acc.zero_()
+                    sent += 1
+                if step % plan.n_fetch == 0:
+                    pull(opt.flat_params)
+            elif v == "easgd":
+                timed("compute_s", local_step)
+                if step % plan.local_steps == 0:
+                    pull(centre)
                     with torch.no_grad():
                         e = plan.alpha * (opt.flat_params - centre)
                         opt.flat_params.sub_(e)  # the elastic pull toward the centre...
-                    opt.handle.push(e / -plan.lr)  # ...and the centre's toward x: centre += e
+                    push(e / -plan.lr)  # ...and the centre's toward x: centre += e
                     sent += 1
-                elif v in AVERAGING and exchange and link is not None:
-                    # The store's step w -= lr * g with g = (ref - x) / lr adds x - ref: the
-                    # coordinator averages these into the mean of the learners' models.
-                    mine.copy_((ref - opt.flat_params) / plan.lr)
-                    mean_loss = float(np.mean(round_losses))
-                    round_losses = []
-                    link.inbox.put((rank, opt.handle.read_version(0), mean_loss))
-                    t2 = time.perf_counter()
-                    reply = link.reply.get()
-                    if isinstance(reply, tuple):  # adacomm: ("pull", the next round's tau)
-                        reply, tau = reply
-                    t3 = time.perf_counter()
-                    t["wait_s"] += t3 - t2
-                    sent += 1
-                    if reply == "stop":
-                        break
-                    opt.handle.pull(opt.flat_params)
-                    ref.copy_(opt.flat_params)
-                t4 = time.perf_counter()
-                t["compute_s"] += t1 - t0
-                t["push_s"] += t2 - t1
-                t["pull_s"] += t4 - t3
-                continue
-            sent += 1
-            if link is None:
-                opt.handle.push(opt.flat_grads)
-                t2 = t3 = time.perf_counter()
-                opt.handle.pull(opt.flat_params)
-            else:
-                mine.copy_(opt.flat_grads)
-                link.inbox.put((rank, opt.handle.read_version(0), losses[-1]))
-                t2 = time.perf_counter()
-                reply = link.reply.get()  # "pull", "keep" or "stop"
-                t3 = time.perf_counter()
-                t["wait_s"] += t3 - t2
+            elif v in AVERAGING:
+                timed("compute_s", local_step)
+                since += 1
+                round_losses.append(losses[-1])
+                if since < tau:
+                    continue
+                # The store's step w -= lr * g with g = (ref - x) / lr adds x - ref: the
+                # coordinator averages these into the mean of the learners' models.
+                mine.copy_((ref - opt.flat_params) / plan.lr)
+                reply = ask(float(np.mean(round_losses)))
+                since, round_losses = 0, []
+                sent += 1
+                if isinstance(reply, tuple):  # adacomm: ("pull", the next round's tau)
+                    reply, tau = reply
                 if reply == "stop":
-                    t["compute_s"] += t1 - t0
-                    t["push_s"] += t2 - t1
+                    break
+                pull(opt.flat_params)
+                ref.copy_(opt.flat_params)
+            elif link is None:  # async: push, then pull
+                push(opt.flat_grads)
+                sent += 1
+                pull(opt.flat_params)
+            else:  # the K-variants: hand the gradient to the coordinator
+                mine.copy_(opt.flat_grads)
+                reply = ask(losses[-1])  # "pull", "keep" or "stop"
+                sent += 1
+                if reply == "stop":
                     break
                 if reply == "pull":
-                    opt.handle.pull(opt.flat_params)
-            t4 = time.perf_counter()
-            t["compute_s"] += t1 - t0
-            t["push_s"] += t2 - t1
-            t["pull_s"] += t4 - t3
+                    pull(opt.flat_params)
         opt.close()
         out.put(("done", rank, {"id": rank, "updates": sent, "steps": step, "cancelled": cancelled, **t,
                                 "loss_first": losses[0] if losses else None,
