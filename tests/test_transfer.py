@@ -1,6 +1,7 @@
 """The transfer pipeline on the CPU copy engine: the same chunking, ordering, overlap and
 buffer-reuse code that moves CUDA tensors, run on host memory with a copy thread."""
 
+import os
 import threading
 
 import numpy as np
@@ -317,3 +318,9 @@ def test_cuda_engine_is_refused_cleanly_without_a_gpu():
             _core.Transfer(h._h, "cuda", 0, 1 << 20, 2, 0, False)
         st = store.stats()
         assert st["pinned"] is False and st["pin_error"] == ""
+
+
+@pytest.mark.skipif(os.environ.get("FASTPS_CUDA") != "ON", reason="only where FASTPS_CUDA=ON")
+def test_a_cuda_on_build_has_the_cuda_engine():
+    # .ci/run builds with FASTPS_CUDA=ON: the extension must then carry the CUDA path.
+    assert fastps.built_with_cuda is True
