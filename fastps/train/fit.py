@@ -424,13 +424,16 @@ class _Coordinator:
         self.staleness.append(self.updates - version)
         self.acc += self.slots[rank]
         self.batch.append((rank, version))
-        if v == "k-batch-async":
+        full = len(self.batch) >= self.k  # >=: AdaSync may have lowered K meanwhile
+        # The sender that completes a batch is answered after the update (apply() replies
+        # to the waiting), so its pull sees the new model; the others are answered now.
+        if v == "k-batch-async" and not full:
             self.reply(rank, "pull")
-        elif v == "k-batch-sync":
-            self.reply(rank, "keep" if len(self.batch) < self.k else "pull")
+        elif v == "k-batch-sync" and not full:
+            self.reply(rank, "keep")
         else:
             self.waiting.append(rank)
-        if len(self.batch) >= self.k:  # >=: AdaSync may have lowered K meanwhile
+        if full:
             self.apply()
 
     def run(self) -> None:
