@@ -76,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint", metavar="PATH", default=None, help="checkpoint file")
     t.add_argument("--checkpoint-every", type=int, default=None, help="updates between saves")
     t.add_argument("--resume", metavar="PATH", default=None, help="resume from a checkpoint")
+    t.add_argument("--devices", default=None, metavar="DEV[,DEV...]",
+                   help="where learners compute, e.g. cuda:0,cuda:1 (learner r on the r-th, "
+                   "cycling); default the CPU")  # fmt: skip
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     _simulate_parser(sub)
     return p
@@ -203,7 +206,8 @@ def train(args: argparse.Namespace) -> int:
                 lr=args.lr, momentum=args.momentum, batch_size=args.batch_size, updates=updates,
                 seed=args.seed, backend=args.backend, eval_every=max(1, updates // args.evals),
                 checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
-                resume_from=args.resume, progress=progress)  # fmt: skip
+                resume_from=args.resume, progress=progress,
+                devices=args.devices.split(",") if args.devices else None)  # fmt: skip
     finally:
         if bar is not None:
             bar.close()

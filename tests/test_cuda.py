@@ -139,3 +139,17 @@ def test_async_optimizer_trains_a_cuda_module_like_a_cpu_one():
         opt.close()
         store.close()
     np.testing.assert_allclose(results[1], results[0], rtol=1e-5, atol=1e-6)
+
+
+def test_fit_with_gpu_learners_trains():
+    import functools
+
+    from fastps.train import data, models
+    from fastps.train.fit import fit
+
+    ds = data.load("digits")
+    model_fn = functools.partial(models.build, "logreg", ds.input_shape, ds.classes, seed=0)
+    h = fit(model_fn, ds, learners=2, backend="thread", lr=0.1, updates=400, batch_size=32,
+            devices=["cuda:0"])  # fmt: skip
+    assert [ln["device"] for ln in h.learners] == ["cuda:0", "cuda:0"]
+    assert h.final_accuracy > 0.85
