@@ -29,12 +29,13 @@ dashboard and without usage statistics; a cluster is reached with ``address=`` (
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -50,7 +51,7 @@ try:
 except ImportError as _e:  # pragma: no cover - exercised without the extra installed
     raise ImportError(
         "fastps.ray needs Ray, an optional dependency: pip install 'fastps[ray]' "
-        "(or pip install 'ray>=2.40,<3')"
+        "(or pip install 'ray>=2.60,<3')"
     ) from _e
 
 _ALIGN = 16  # elements per 64-byte block: server ranges start on block boundaries
@@ -72,6 +73,12 @@ def init(address: str | None = None, *, num_cpus: int | None = None, **kwargs: A
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    with _neutral_cwd():
+        _connect(address, num_cpus, kwargs)
+    return True
+
+
+def _connect(address: str | None, num_cpus: int | None, kwargs: dict[str, Any]) -> None:
     if address is None:
         # Ray advertises the host's first routable address unless its cluster mode is off (the
         # switch it has for machines that are never part of a cluster); then every process of
@@ -85,7 +92,26 @@ def init(address: str | None = None, *, num_cpus: int | None = None, **kwargs: A
                  log_to_driver=kwargs.pop("log_to_driver", False), **kwargs)  # fmt: skip
     else:
         ray.init(address=address, **kwargs)
-    return True
+
+
+@contextlib.contextmanager
+def _neutral_cwd() -> Iterator[None]:
+    """Ray puts the driver's working directory first on every worker's sys.path. From a fastps
+    source checkout (where fastps/ lacks the compiled extension) that would shadow the
+    installed package in the workers, so ray.init runs from the package's parent instead."""
+    import fastps
+
+    cwd = os.getcwd()
+    here = os.path.dirname(os.path.dirname(os.path.abspath(fastps.__file__)))
+    shadowed = os.path.isdir(os.path.join(cwd, "fastps")) and os.path.realpath(cwd) != (
+        os.path.realpath(here))  # fmt: skip
+    if shadowed:
+        os.chdir(here)
+    try:
+        yield
+    finally:
+        if shadowed:
+            os.chdir(cwd)
 
 
 _init_ray = init  # RayStore's own ``init`` argument hides the function
@@ -124,7 +150,7 @@ class ShardServer:
     a checkpoint wait for the pushes in flight and holds new ones back while it saves.
     """
 
-    def __init__(self, index: int, begin: int, end: int, init: np.ndarray | None,
+    def __init__(self, index: int, begin: int, end: int, init: list[Any],
                  store_kwargs: dict[str, Any], checkpoint_path: str | None,
                  checkpoint_every_s: float | None, load_path: str | None = None) -> None:  # fmt: skip
         self.index, self.begin, self.end = index, begin, end
@@ -149,7 +175,9 @@ class ShardServer:
             self._store = self._load(source)
             self.restored_clock = self._store.stats()["clock"]
         else:
-            self._store = Store(end - begin, init=init, **store_kwargs)
+            ref = init[0]  # [ObjectRef] or [None]
+            self._store = Store(end - begin, init=None if ref is None else ray.get(ref),
+                                **store_kwargs)  # fmt: skip
         self._applied = self._store.stats()["pushes"]
         if checkpoint_path and not self.reconstructed:
             self.checkpoint()  # replaces any older file: a restart never loads another run
@@ -217,16 +245,19 @@ class ShardServer:
         """The last push sequence number applied for learner ``lid`` (0 for a new one)."""
         return self._last.get(lid, 0)
 
-    def pull(self, lid: str, acked: int) -> tuple[str, np.ndarray]:
+    def pull(self, lid: str, acked: int) -> tuple[str, np.ndarray, list[int]]:
+        """(token, this range's parameters, the version of each native shard read)."""
         out = np.empty(self.end - self.begin, np.float32)
         self._enter()
         try:
             self._account(lid, acked)
-            self._handle(lid).pull(out)
+            h = self._handle(lid)
+            h.pull(out)
             self._fresh.add(lid)
+            versions = [h.read_version(s) for s in range(self._store.shards)]
         finally:
             self._leave()
-        return self.token, out
+        return self.token, out, versions
 
     def push(self, lid: str, seq: int, read_token: str | None, grad: np.ndarray | None,
              dtype: str) -> tuple[str, int, int]:  # fmt: skip
@@ -339,6 +370,7 @@ class RayLearnerHandle:
         self._acked = list(acked) if acked is not None else [0] * n  # pushes acked per server
         self._tokens: list[str | None] = list(tokens) if tokens is not None else [None] * n
         self._last_acks: list[tuple[str, int]] = []
+        self._versions: list[int] = []
         self._closed = False
 
     @property
@@ -365,7 +397,8 @@ class RayLearnerHandle:
         servers = self._servers()
         dest, tensor = _pull_target(out, self._meta["size"])
         replies = self._gather(lambda j: servers[j].pull.remote(self._lid, self._acked[j]))
-        for j, ((b, e), (token, arr)) in enumerate(zip(self._meta["ranges"], replies)):
+        self._versions = [v for _, _, vs in replies for v in vs]
+        for j, ((b, e), (token, arr, _)) in enumerate(zip(self._meta["ranges"], replies)):
             self._tokens[j] = token
             if dest is not None:
                 dest[b:e] = arr
@@ -403,6 +436,15 @@ class RayLearnerHandle:
         self._acked = seqs
         self._last_acks = [(token, applied) for token, _, applied in replies]
         return sum(dropped for _, dropped, _ in replies)
+
+    def read_version(self, shard: int) -> int:
+        """Version of native shard ``shard`` (numbered across servers, in order) read by the
+        last pull (0 before the first pull)."""
+        if not self._versions:
+            return 0
+        if not 0 <= shard < len(self._versions):
+            raise ValueError(f"read_version: shard {shard} out of range [0, {len(self._versions)})")
+        return self._versions[shard]
 
     def last_acks(self) -> list[tuple[str, int]]:
         """Per server, (incarnation token, that server's applied-push count) of the reply to
@@ -533,12 +575,17 @@ class RayStore:
         address: Ray to use when it is not initialised yet (see ``fastps.ray.init``); None
             starts a local instance on 127.0.0.1.
         name: the store's name among Ray's named actors (default: a fresh one).
-        server_cpus: CPUs each server reserves (its placement-group bundle).
+        server_cpus: CPUs each server reserves (its placement-group bundle); 0 reserves the
+            memory of its range instead and takes no CPU slot (servers mostly wait on the
+            network; a small cluster then keeps its CPUs for learners).
         placement: the placement group's strategy: "SPREAD" (default: across nodes where
             possible), "STRICT_SPREAD", "PACK" or "STRICT_PACK".
         max_restarts: how often Ray restarts a dead server (-1: always).
         retry_timeout_s: how long a learner's call waits for a dead server to come back.
     """
+
+    metadata: Any = None
+    """What ``save(metadata=...)`` stored, for a store made by ``RayStore.load``."""
 
     def __init__(
         self,
@@ -580,8 +627,8 @@ class RayStore:
             raise ValueError("RayStore: checkpoint_every_s needs checkpoint_dir")
         if checkpoint_every_s is not None and not (checkpoint_every_s > 0):
             raise ValueError(f"RayStore: checkpoint_every_s must be > 0 (got {checkpoint_every_s})")
-        if not server_cpus > 0:
-            raise ValueError(f"RayStore: server_cpus must be > 0 (got {server_cpus})")
+        if not server_cpus >= 0:
+            raise ValueError(f"RayStore: server_cpus must be >= 0 (got {server_cpus})")
         if placement not in ("SPREAD", "STRICT_SPREAD", "PACK", "STRICT_PACK"):
             raise ValueError(
                 f"RayStore: placement must be SPREAD, STRICT_SPREAD, PACK or STRICT_PACK "
@@ -611,10 +658,11 @@ class RayStore:
                       "nan_guard": nan_guard, "lr": lr_bound, "checkpoint_dir": ckdir,
                       "retry_timeout_s": float(retry_timeout_s)}  # fmt: skip
         self._kwargs = kwargs
-        self._pg = placement_group([{"CPU": float(server_cpus)}] * servers, strategy=placement)
+        _check_room(servers, server_cpus)
+        self._pg = placement_group(_bundles(ranges, server_cpus), strategy=placement)
         self._owner = True
         try:
-            ray.get(self._pg.ready(), timeout=retry_timeout_s)
+            _wait_placed(self._pg, servers, server_cpus, retry_timeout_s)
             self._start(init_arr, kwargs, ckdir, checkpoint_every_s, None, server_cpus,
                         max_restarts)  # fmt: skip
         except BaseException:
@@ -625,7 +673,11 @@ class RayStore:
                every_s: float | None, load_dir: str | None, cpus: float,
                max_restarts: int) -> None:  # fmt: skip
         cls = ray.remote(ShardServer)
-        actors = []
+        actors: list[Any] = []
+        # Each range goes to the object store once and reaches its server as a nested ref, which
+        # this object keeps alive: a restarted server is built from the same arguments.
+        self._init_refs = [None if init_arr is None else ray.put(init_arr[b:e])
+                           for b, e in self._meta["ranges"]]  # fmt: skip
         for j, (b, e) in enumerate(self._meta["ranges"]):
             actors.append(cls.options(
                 name=_actor_name(self.name, j), num_cpus=cpus, max_restarts=max_restarts,
@@ -633,7 +685,7 @@ class RayStore:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     self._pg, placement_group_bundle_index=j),
             ).remote(
-                j, b, e, None if init_arr is None else init_arr[b:e], kwargs,
+                j, b, e, [self._init_refs[j]], kwargs,
                 os.path.join(ckdir, f"server-{j}.fpsck") if ckdir else None, every_s,
                 os.path.join(load_dir, f"server-{j}.fpsck") if load_dir else None,
             ))  # fmt: skip
@@ -693,11 +745,12 @@ class RayStore:
                       "mode": c["mode"], "nan_guard": c["nan_guard"], "lr": c["lr"],
                       "checkpoint_dir": ckdir, "retry_timeout_s": float(retry)}  # fmt: skip
         self._kwargs = kw
-        self._pg = placement_group([{"CPU": float(cpus)}] * len(man["ranges"]),
+        _check_room(len(man["ranges"]), cpus)
+        self._pg = placement_group(_bundles(self._meta["ranges"], cpus),
                                    strategy=placement_strategy)  # fmt: skip
         self._owner = True
         try:
-            ray.get(self._pg.ready(), timeout=retry)
+            _wait_placed(self._pg, len(man["ranges"]), cpus, retry)
             self._start(None, kw, ckdir, every, path, cpus, max_restarts)
         except BaseException:
             self.close()
@@ -852,6 +905,33 @@ class RayStore:
     def __repr__(self) -> str:
         return (f"fastps.ray.RayStore(size={self.size}, servers={self.servers}, "
                 f"mode={self.mode!r}, name={self.name!r})")  # fmt: skip
+
+
+def _bundles(ranges: Sequence[tuple[int, int]], cpus: float) -> list[dict[str, float]]:
+    """One placement-group bundle per server: its CPUs, or with ``cpus=0`` the memory of its
+    range (a bundle must reserve something; the server then takes no CPU slot)."""
+    if cpus > 0:
+        return [{"CPU": float(cpus)} for _ in ranges]
+    return [{"memory": float(max(1 << 20, 4 * (e - b)))} for b, e in ranges]
+
+
+def _check_room(servers: int, cpus: float) -> None:
+    have = ray.cluster_resources().get("CPU", 0.0)
+    if cpus > 0 and have < servers * cpus:
+        raise ValueError(
+            f"RayStore: {servers} servers with server_cpus={cpus:g} need {servers * cpus:g} "
+            f"CPUs; the Ray cluster has {have:g} (lower server_cpus or add nodes)"
+        )
+
+
+def _wait_placed(pg: Any, servers: int, cpus: float, timeout_s: float) -> None:
+    try:
+        ray.get(pg.ready(), timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        raise RuntimeError(
+            f"RayStore: no room for {servers} servers with server_cpus={cpus:g} within "
+            f"{timeout_s:g} s (other actors hold the CPUs?)"
+        ) from None
 
 
 def _attach(meta: dict[str, Any], policy: _steps.StepSize) -> RayStore:
