@@ -161,6 +161,7 @@ class ShardServer:
         self._saving = False
         self._inflight = 0
         self._handles: dict[str, Any] = {}
+        self._locks: dict[str, threading.Lock] = {}
         self._fresh: set[str] = set()  # learners whose read versions belong to this incarnation
         self._last: dict[str, int] = {}  # learner id -> last push sequence number applied
         self._lost = 0
@@ -229,6 +230,15 @@ class ShardServer:
             self._lost += acked - last
             self._last[lid] = acked
 
+    def _lock(self, lid: str) -> threading.Lock:
+        """One learner's calls run one at a time here: a call resubmitted while the first is
+        still running (Ray's retry and the handle's) must not pass the duplicate check twice."""
+        with self._cv:
+            lock = self._locks.get(lid)
+            if lock is None:
+                lock = self._locks[lid] = threading.Lock()
+            return lock
+
     def _handle(self, lid: str) -> Any:
         h = self._handles.get(lid)
         if h is None:
@@ -247,6 +257,10 @@ class ShardServer:
 
     def pull(self, lid: str, acked: int) -> tuple[str, np.ndarray, list[int]]:
         """(token, this range's parameters, the version of each native shard read)."""
+        with self._lock(lid):
+            return self._pull(lid, acked)
+
+    def _pull(self, lid: str, acked: int) -> tuple[str, np.ndarray, list[int]]:
         out = np.empty(self.end - self.begin, np.float32)
         self._enter()
         try:
@@ -263,6 +277,11 @@ class ShardServer:
              dtype: str) -> tuple[str, int, int]:  # fmt: skip
         """Apply push number ``seq`` of learner ``lid``; (token, shard updates not applied,
         this server's applied-push count). ``grad=None``: a push the learner skipped (NaN)."""
+        with self._lock(lid):
+            return self._push(lid, seq, read_token, grad, dtype)
+
+    def _push(self, lid: str, seq: int, read_token: str | None, grad: np.ndarray | None,
+              dtype: str) -> tuple[str, int, int]:  # fmt: skip
         self._enter()
         try:
             self._account(lid, seq - 1)
@@ -286,11 +305,20 @@ class ShardServer:
         finally:
             self._leave()
 
+    def push_pull(self, lid: str, seq: int, read_token: str | None, grad: np.ndarray | None,
+                  dtype: str) -> tuple[str, int, int, np.ndarray, list[int]]:  # fmt: skip
+        """push, then pull, in one call: (token, not applied, applied count, params, versions)."""
+        with self._lock(lid):
+            token, dropped, applied = self._push(lid, seq, read_token, grad, dtype)
+            _, out, versions = self._pull(lid, seq)
+        return token, dropped, applied, out, versions
+
     def close_learner(self, lid: str) -> None:
-        h = self._handles.pop(lid, None)
-        self._fresh.discard(lid)
-        if h is not None:
-            h.close()
+        with self._lock(lid):
+            h = self._handles.pop(lid, None)
+            self._fresh.discard(lid)
+            if h is not None:
+                h.close()
 
     def read(self) -> np.ndarray:
         return self._store.read()
@@ -395,10 +423,17 @@ class RayLearnerHandle:
         """Fetch every range in parallel into ``out`` (float32, ``store.size`` elements: numpy,
         or torch on the CPU or a GPU); returns ``out``. Records each range's versions."""
         servers = self._servers()
-        dest, tensor = _pull_target(out, self._meta["size"])
+        target = _pull_target(out, self._meta["size"])
         replies = self._gather(lambda j: servers[j].pull.remote(self._lid, self._acked[j]))
-        self._versions = [v for _, _, vs in replies for v in vs]
-        for j, ((b, e), (token, arr, _)) in enumerate(zip(self._meta["ranges"], replies)):
+        self._took(target, replies)
+        return out
+
+    def _took(self, target: tuple[np.ndarray | None, Any], replies: list[Any]) -> None:
+        """Write pulled ranges (the last three fields of each reply) and note what was read."""
+        dest, tensor = target
+        self._versions = [v for r in replies for v in r[-1]]
+        for j, ((b, e), r) in enumerate(zip(self._meta["ranges"], replies)):
+            token, arr = r[0], r[-2]
             self._tokens[j] = token
             if dest is not None:
                 dest[b:e] = arr
@@ -407,7 +442,6 @@ class RayLearnerHandle:
 
                 src = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
                 tensor[b:e].copy_(src)
-        return out
 
     def push(self, grad: Any) -> int:
         """Send each range of ``grad`` to its server in parallel; every server applies
@@ -418,6 +452,14 @@ class RayLearnerHandle:
         gradient changes no server. Returns the shard updates not applied (see
         ``LearnerHandle.push``).
         """
+        return self._send("push", grad, None)
+
+    def push_pull(self, grad: Any, out: Any) -> int:
+        """``push(grad)`` then ``pull(out)`` in one call to each server instead of two (the
+        pull sees this push applied). Returns the shard updates not applied."""
+        return self._send("push_pull", grad, _pull_target(out, self._meta["size"]))
+
+    def _send(self, method: str, grad: Any, target: tuple[np.ndarray | None, Any] | None) -> int:
         servers = self._servers()
         arr, dtype, finite = _push_source(grad, self._meta["size"], self._meta["nan_guard"])
         payload: np.ndarray | None = arr
@@ -428,14 +470,16 @@ class RayLearnerHandle:
         ranges = self._meta["ranges"]
         seqs = [a + 1 for a in self._acked]
         replies = self._gather(
-            lambda j: servers[j].push.remote(
+            lambda j: getattr(servers[j], method).remote(
                 self._lid, seqs[j], self._tokens[j],
                 None if payload is None else payload[ranges[j][0] : ranges[j][1]], dtype,
             )
         )  # fmt: skip
         self._acked = seqs
-        self._last_acks = [(token, applied) for token, _, applied in replies]
-        return sum(dropped for _, dropped, _ in replies)
+        self._last_acks = [(r[0], r[2]) for r in replies]
+        if target is not None:
+            self._took(target, replies)
+        return sum(r[1] for r in replies)
 
     def read_version(self, shard: int) -> int:
         """Version of native shard ``shard`` (numbered across servers, in order) read by the
@@ -476,6 +520,10 @@ def _gather(submit: Callable[[int], Any], n: int, timeout_s: float) -> list[Any]
     """Submit one call per server, wait for all; resubmit a call whose server died until it
     answers (a restarted server) or ``timeout_s`` passes."""
     refs = {j: submit(j) for j in range(n)}
+    try:
+        return list(ray.get([refs[j] for j in range(n)]))  # the common case: one wait for all
+    except _RETRYABLE:
+        pass
     out: list[Any] = [None] * n
     deadline = time.monotonic() + timeout_s
     while refs:

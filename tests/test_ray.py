@@ -127,6 +127,8 @@ def test_pull_and_push_take_torch_tensors_and_refuse_bad_gradients_whole():
             h.push(np.ones(64, np.float64))
         h.pull(out)
         assert out.tolist() == [0.0] * 64 and st.stats()["pushes"] == 2
+        h.push_pull(np.ones(64, np.float32), out)  # one call per server: the pull sees the push
+        assert out.tolist() == [-1.0] * 64 and st.stats()["pushes"] == 3
 
 
 # -- concurrent learner actors --------------------------------------------------------------------
@@ -252,3 +254,75 @@ def test_fit_with_ray_learners_reaches_the_single_learner_loss_on_digits(variant
         assert sum(ln["updates"] for ln in two.learners) == common["updates"]
     print(f"{variant}: test loss {l2:.3f} with 2 Ray learners vs {l1:.3f} with one",
           file=sys.stderr)  # fmt: skip
+
+
+def _blobs(n=2000, d=8, classes=3, seed=0):
+    """Overlapping Gaussian blobs (as in test_fit): logistic regression reaches about 90%."""
+    import types
+
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((classes, d)).astype(np.float32) * 1.2
+    y = rng.integers(0, classes, n)
+    x = (centres[y] + rng.standard_normal((n, d))).astype(np.float32)
+    cut = n * 4 // 5
+    return types.SimpleNamespace(x_train=x[:cut], y_train=y[:cut], x_test=x[cut:], y_test=y[cut:])
+
+
+@pytest.mark.parametrize("variant", ["k-batch-sync", "local-sgd", "downpour"])
+def test_fit_with_ray_keeps_each_variants_rule(variant):
+    """The channels the async and sync runs above do not use: the coordinator's update count
+    watched by cancelling learners, model averaging through the slots, Downpour's cadence."""
+    torch = pytest.importorskip("torch")
+    from fastps.train.fit import fit
+
+    kw = {"k-batch-sync": dict(k=2, updates=60), "local-sgd": dict(local_steps=4, updates=30),
+          "downpour": dict(n_fetch=2, n_push=3, updates=60)}[variant]  # fmt: skip
+    h = fit(functools.partial(torch.nn.Linear, 8, 3), _blobs(), learners=2, variant=variant,
+            backend="ray", lr=0.1, batch_size=32, servers=2, server_cpus=0, **kw)  # fmt: skip
+    updates = kw["updates"]
+    assert h.stats["clock"] == updates
+    if variant == "downpour":
+        assert sum(ln["updates"] for ln in h.learners) == updates
+        assert all(ln["steps"] == 3 * ln["updates"] for ln in h.learners)
+    else:
+        assert len(h.updates) == updates
+        for u in h.updates:  # K gradients (or both models), all from the last update's model
+            assert u["k"] == 2 and set(u["versions"]) == {u["update"] - 1}
+        if variant == "local-sgd":
+            assert all(sorted(u["learners"]) == [0, 1] for u in h.updates)
+            assert all(ln["steps"] == 4 * ln["updates"] for ln in h.learners)
+    assert h.final_accuracy > 0.85
+
+
+def test_a_killed_learner_actor_is_restarted_and_makes_only_the_rest_of_its_quota():
+    import threading
+
+    torch = pytest.importorskip("torch")
+    from fastps.train.fit import Straggler, fit
+
+    result = {}
+
+    def run():
+        result["h"] = fit(functools.partial(torch.nn.Linear, 8, 3), _blobs(), learners=2,
+                          backend="ray", lr=0.1, batch_size=32, updates=200, servers=2,
+                          server_cpus=0, straggler=Straggler("fixed", delay=0.01))  # fmt: skip
+
+    t = threading.Thread(target=run)
+    t.start()
+
+    def learner0():
+        return next((n for n in ray.util.list_named_actors()
+                     if n.startswith("fastps-fit/") and n.endswith("/learner0")), None)  # fmt: skip
+
+    _wait(lambda: learner0() is not None, "the learner actors")
+    name = learner0()
+    actor = ray.get_actor(name)
+    srv = ray.get_actor(f"fastps/{name.split('/')[1]}/server0")
+    _wait(lambda: ray.get(srv.stats.remote())["applied"] >= 30, "30 pushes")
+    ray.kill(actor, no_restart=False)
+    t.join(timeout=240)
+    h = result["h"]
+    # Learner 0's second incarnation continued its push sequence: the run made exactly its
+    # 200 updates, and learner 0's report (its second life) covers less than its quota of 100.
+    assert h.stats["clock"] == 200
+    assert h.learners[1]["updates"] == 100 and 0 < h.learners[0]["updates"] < 100

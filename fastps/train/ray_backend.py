@@ -296,11 +296,11 @@ def fit_ray(model_fn: Callable[[], torch.nn.Module], data: Any, *, learners: int
                                        tau0=local_steps, interval_s=interval_s)  # fmt: skip
             coord_thread = threading.Thread(target=coordinator.run, daemon=True)
         res = {"num_gpus": 1, "num_cpus": 1} if have.get("GPU", 0) >= learners else {"num_cpus": 1}
-        cls = ray.remote(_Learner).options(max_restarts=learner_restarts, max_task_retries=-1,
-                                           **res)  # fmt: skip
+        cls = ray.remote(_Learner)
         learner_actors = [
-            cls.remote(r, store, model_fn, args, plan, hub, learners, coordinated,
-                       variant in CANCELLING)
+            cls.options(name=f"fastps-fit/{store.name}/learner{r}", max_restarts=learner_restarts,
+                        max_task_retries=-1, **res).remote(
+                r, store, model_fn, args, plan, hub, learners, coordinated, variant in CANCELLING)
             for r in range(learners)
         ]  # fmt: skip
         t_start = time.perf_counter()
