@@ -326,3 +326,18 @@ def test_a_killed_learner_actor_is_restarted_and_makes_only_the_rest_of_its_quot
     # 200 updates, and learner 0's report (its second life) covers less than its quota of 100.
     assert h.stats["clock"] == 200
     assert h.learners[1]["updates"] == 100 and 0 < h.learners[0]["updates"] < 100
+
+
+def test_fit_with_ray_checkpoints_to_a_folder_and_resumes_only_the_missing_updates(tmp_path):
+    torch = pytest.importorskip("torch")
+    from fastps.train.fit import fit
+
+    kw = dict(learners=2, backend="ray", lr=0.1, batch_size=32, server_cpus=0)
+    model = functools.partial(torch.nn.Linear, 8, 3)
+    first = fit(model, _blobs(), updates=60, checkpoint=tmp_path / "ck", checkpoint_every=20, **kw)
+    assert first.stats["clock"] == 60
+    assert sorted(os.listdir(tmp_path / "ck")) == ["manifest.json", "server-0.fpsck",
+                                                   "server-1.fpsck"]  # fmt: skip
+    again = fit(model, _blobs(), updates=100, resume_from=tmp_path / "ck", **kw)
+    assert again.config["resumed_at"] == 60 and again.stats["clock"] == 100
+    assert sum(ln["updates"] for ln in again.learners) == 40

@@ -189,7 +189,9 @@ class _Learner:
     def run(self) -> None:
         rank, store, model_fn, data, plan, hub, learners, coordinated, cancels = self.args
         data = _ray().get(data[0])
-        handle = store.learner(name=f"rank{rank}")
+        # Named per run (the store's name is new for every fit call, resumed or not), so only a
+        # restart of this very learner finds pushes already made under the name.
+        handle = store.learner(name=f"{store.name}/rank{rank}")
         if handle.pushes:  # a restart: the rest of the quota of the learner that died
             quota = list(plan.quota)
             quota[rank] = max(0, quota[rank] - handle.pushes)
