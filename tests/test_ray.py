@@ -223,6 +223,18 @@ def test_a_killed_server_restores_its_checkpoint_and_counts_the_lost_updates(tmp
         assert srv["pushes"] == total - lost and s["servers"][0]["lost_updates"] == 0
 
 
+def test_servers_checkpoint_periodically_and_the_files_load_as_stores(tmp_path):
+    with fray.RayStore(init=np.zeros(64, np.float32), servers=2, lr=1.0, server_cpus=0,
+                       checkpoint_dir=tmp_path, checkpoint_every_s=0.1) as st:  # fmt: skip
+        h = st.learner()
+        h.push(-np.ones(64, np.float32))
+        _wait(lambda: min(s["checkpoints"] for s in st.stats()["servers"]) >= 4, "4 checkpoints")
+        for j, (b, e) in enumerate(st.server_ranges()):
+            with fastps.Store.load(tmp_path / f"server-{j}.fpsck") as one:  # a plain Store file
+                assert one.read().tolist() == [1.0] * (e - b)
+                assert one.metadata["range"] == [b, e] and one.metadata["lost"] == 0
+
+
 # -- fit(backend="ray") ---------------------------------------------------------------------------
 
 
