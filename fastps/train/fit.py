@@ -537,6 +537,7 @@ def fit(
     updates: int | None = None,
     seed: int = 0,
     backend: str = "process",
+    address: str | None = None,
     eval_every: int | None = None,
     checkpoint_every: int | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
@@ -555,7 +556,9 @@ def fit(
     parent evaluates the store's parameters on the test set (default: 10 times a run).
     ``checkpoint_every`` updates it saves the store to ``checkpoint`` (atomically);
     ``resume_from`` starts from such a file and makes only the updates still missing.
-    ``backend``: "process" (spawned learners; the store in shared memory) or "thread".
+    ``backend``: "process" (spawned learners; the store in shared memory), "thread", or
+    "ray" (learner actors and a fastps.ray.RayStore; ``address`` names the Ray cluster, None
+    starts a local one; ``checkpoint`` and ``resume_from`` are then folders; docs/ray.md).
     Store arguments (mode, step_size, lr, momentum, ...) pass through. A learner that raises
     stops the run with RuntimeError carrying its traceback; fit() never waits forever.
     ``progress`` is called about 20 times a second with {"updates", "total"}, and with each
@@ -591,13 +594,28 @@ def fit(
     elif not isinstance(k, int) or not 1 <= k <= (learners if "batch" not in variant else 10**6):
         bound = learners if "batch" not in variant else "any"
         raise ValueError(f"fit: variant {variant!r} needs k in [1, {bound}] (got k={k!r})")
-    if backend not in ("process", "thread"):
-        raise ValueError(f"fit: backend must be 'process' or 'thread' (got {backend!r})")
+    if backend not in ("process", "thread", "ray"):
+        raise ValueError(f"fit: backend must be 'process', 'thread' or 'ray' (got {backend!r})")
     if not isinstance(learners, int) or learners < 1:
         raise ValueError(f"fit: learners must be an integer >= 1 (got {learners!r})")
     if checkpoint_every is not None and checkpoint is None:
         raise ValueError("fit: checkpoint_every needs checkpoint=PATH")
     device_names = _check_devices(devices)
+    if backend == "ray":
+        if devices is not None:
+            raise ValueError("fit: devices is for the process and thread backends; with "
+                             "backend='ray' each learner actor gets a GPU when the cluster has "
+                             "one per learner")  # fmt: skip
+        from fastps.train.ray_backend import fit_ray
+
+        return fit_ray(model_fn, data, learners=learners, variant=variant, k=k,
+                       straggler=straggler, local_steps=local_steps, alpha=alpha,
+                       n_fetch=n_fetch, n_push=n_push, interval_s=interval_s,
+                       time_budget_s=time_budget_s, mode=mode, step_size=step_size, lr=lr,
+                       momentum=momentum, batch_size=batch_size, epochs=epochs, updates=updates,
+                       seed=seed, eval_every=eval_every, checkpoint_every=checkpoint_every,
+                       checkpoint=checkpoint, resume_from=resume_from, timeout_s=timeout_s,
+                       progress=progress, address=address, **store_kwargs)  # fmt: skip
     ds = _load_data(data)
     if updates is None:
         if epochs is None:
