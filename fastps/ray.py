@@ -274,19 +274,20 @@ class ShardServer:
         return self.token, out, versions
 
     def push(self, lid: str, seq: int, read_token: str | None, grad: np.ndarray | None,
-             dtype: str) -> tuple[str, int, int]:  # fmt: skip
+             dtype: str) -> tuple[str, int, int, list[int]]:  # fmt: skip
         """Apply push number ``seq`` of learner ``lid``; (token, shard updates not applied,
-        this server's applied-push count). ``grad=None``: a push the learner skipped (NaN)."""
+        this server's applied-push count, the versions it created per shard (0: none)).
+        ``grad=None``: a push the learner skipped (NaN)."""
         with self._lock(lid):
             return self._push(lid, seq, read_token, grad, dtype)
 
     def _push(self, lid: str, seq: int, read_token: str | None, grad: np.ndarray | None,
-              dtype: str) -> tuple[str, int, int]:  # fmt: skip
+              dtype: str) -> tuple[str, int, int, list[int]]:  # fmt: skip
         self._enter()
         try:
             self._account(lid, seq - 1)
             if seq <= self._last.get(lid, 0):  # a retry of a push the checkpoint already holds
-                return self.token, 0, self._applied
+                return self.token, 0, self._applied, [0] * self._store.shards
             h = self._handle(lid)
             if read_token is not None and read_token != self.token and lid not in self._fresh:
                 # The learner read from an incarnation that is gone: its versions mean nothing
@@ -301,17 +302,18 @@ class ShardServer:
                 dropped = h._h.push(grad)
             self._last[lid] = seq
             self._applied += 1
-            return self.token, dropped, self._applied
+            return self.token, dropped, self._applied, list(h._h.last_push_versions)
         finally:
             self._leave()
 
     def push_pull(self, lid: str, seq: int, read_token: str | None, grad: np.ndarray | None,
-                  dtype: str) -> tuple[str, int, int, np.ndarray, list[int]]:  # fmt: skip
-        """push, then pull, in one call: (token, not applied, applied count, params, versions)."""
+                  dtype: str) -> tuple[str, int, int, list[int], np.ndarray, list[int]]:  # fmt: skip
+        """push, then pull, in one call: (token, not applied, applied count, versions created,
+        params, versions read)."""
         with self._lock(lid):
-            token, dropped, applied = self._push(lid, seq, read_token, grad, dtype)
+            token, dropped, applied, pushed = self._push(lid, seq, read_token, grad, dtype)
             _, out, versions = self._pull(lid, seq)
-        return token, dropped, applied, out, versions
+        return token, dropped, applied, pushed, out, versions
 
     def close_learner(self, lid: str) -> None:
         with self._lock(lid):
@@ -399,6 +401,7 @@ class RayLearnerHandle:
         self._tokens: list[str | None] = list(tokens) if tokens is not None else [None] * n
         self._last_acks: list[tuple[str, int]] = []
         self._versions: list[int] = []
+        self._pushed: list[int] = []  # versions the last push created, per native shard
         self._closed = False
 
     @property
@@ -477,6 +480,7 @@ class RayLearnerHandle:
         )  # fmt: skip
         self._acked = seqs
         self._last_acks = [(r[0], r[2]) for r in replies]
+        self._pushed = [v for r in replies for v in r[3]]
         if target is not None:
             self._took(target, replies)
         return sum(r[1] for r in replies)
@@ -489,6 +493,11 @@ class RayLearnerHandle:
         if not 0 <= shard < len(self._versions):
             raise ValueError(f"read_version: shard {shard} out of range [0, {len(self._versions)})")
         return self._versions[shard]
+
+    def last_push_versions(self) -> list[int]:
+        """Per native shard (numbered across servers), the version the last push created (0
+        where it was dropped or skipped), as ``LearnerHandle.last_push_versions``."""
+        return list(self._pushed)
 
     def last_acks(self) -> list[tuple[str, int]]:
         """Per server, (incarnation token, that server's applied-push count) of the reply to

@@ -264,6 +264,9 @@ def test_fit_with_ray_learners_reaches_the_single_learner_loss_on_digits(variant
         assert all(sorted(u["learners"]) == [0, 1] for u in two.updates)
     else:
         assert sum(ln["updates"] for ln in two.learners) == common["updates"]
+        # Each push is logged with its staleness, read from the versions every server created.
+        assert len(two.updates) == common["updates"]
+        assert all(u["staleness"] >= 0 for u in two.updates)
     print(f"{variant}: test loss {l2:.3f} with 2 Ray learners vs {l1:.3f} with one",
           file=sys.stderr)  # fmt: skip
 

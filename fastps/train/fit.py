@@ -179,7 +179,8 @@ def _check_devices(devices: Sequence[str] | None) -> list[str] | None:
 
 def _merge_pushes(learners: list[dict[str, Any]], t0: float) -> list[dict[str, Any]]:
     """The uncoordinated learners' pushes as one time-ordered update log (and out of the
-    per-learner records, where they would be repeated)."""
+    per-learner records, where they would be repeated). Learners stamp pushes with the wall
+    clock (comparable across hosts, unlike perf_counter); t0 is fit's start on that clock."""
     rows = [(t, ln["id"], loss, tau) for ln in learners for t, loss, tau in ln.pop("pushes", [])]
     rows.sort()
     return [{"update": i + 1, "t_s": t - t0, "k": 1, "learners": [r], "loss": loss,
@@ -226,7 +227,7 @@ def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], d
         order = rng.permutation(n)
         t = {"compute_s": 0.0, "push_s": 0.0, "pull_s": 0.0, "wait_s": 0.0, "delay_s": 0.0}
         losses: list[float] = []
-        pushes: list[tuple[float, float, float]] = []  # (time, loss, mean tau) per own push
+        pushes: list[tuple[float, float, float]] = []  # (wall time, loss, mean tau) per push
         cancelled = sent = 0
         if link is not None:
             slots, shm = link.slot_array()
@@ -259,7 +260,7 @@ def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], d
             timed("push_s", opt.handle.push, g)
             h = opt.handle
             taus = [v - 1 - h.read_version(s) for s, v in enumerate(h.last_push_versions()) if v]
-            pushes.append((time.perf_counter(), losses[-1] if losses else math.nan,
+            pushes.append((time.time(), losses[-1] if losses else math.nan,
                            sum(taus) / len(taus) if taus else math.nan))  # fmt: skip
 
         def pull(buf: torch.Tensor) -> None:
@@ -760,7 +761,7 @@ def fit(
                 evaluate()
                 next_eval = clock - clock % eval_every + eval_every
         history.learners = [finished[r] for r in range(learners)]
-        pushed = _merge_pushes(history.learners, t_start)
+        pushed = _merge_pushes(history.learners, time.time() - (time.perf_counter() - t_start))
         if coordinator is not None and coord_thread is not None:
             coordinator.quit.set()  # every learner has stopped: nothing more can arrive
             coord_thread.join(timeout=10)

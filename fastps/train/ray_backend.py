@@ -36,6 +36,7 @@ from fastps.train.fit import (
     _learner,
     _Link,
     _load_data,
+    _merge_pushes,
     _Plan,
     mean_staleness,
 )
@@ -372,12 +373,15 @@ def fit_ray(model_fn: Callable[[], torch.nn.Module], data: Any, *, learners: int
                 evaluate()
                 next_eval = clock - clock % eval_every + eval_every
         history.learners = [finished[r] for r in range(learners)]
+        pushed = _merge_pushes(history.learners, time.time() - (time.perf_counter() - t_start))
         if coordinator is not None and coord_thread is not None:
             coordinator.quit.set()
             coord_thread.join(timeout=10)
             history.coordinator = coordinator.summary()
             history.coordinator["cancelled"] = sum(ln["cancelled"] for ln in history.learners)
             history.updates = coordinator.log
+        else:
+            history.updates = pushed
         evaluate()
         if checkpoint is not None:
             save()
