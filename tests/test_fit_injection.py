@@ -62,3 +62,12 @@ def test_bad_injection_arguments_are_refused():
         fit(LOGREG, blobs(), comm_delay=-1.0)
     with pytest.raises(ValueError, match=r"fit: eval_train must be an integer >= 0 \(got 2.5\)"):
         fit(LOGREG, blobs(), eval_train=2.5)
+
+
+def test_run_s_holds_every_part_of_a_learners_time():
+    h = fit(LOGREG, blobs(), learners=2, backend="thread", lr=0.1, updates=40, batch_size=16,
+            comm_delay=0.002)  # fmt: skip
+    for ln in h.learners:  # the parts are disjoint intervals inside [start, end]
+        parts = ln["compute_s"] + ln["push_s"] + ln["pull_s"] + ln["wait_s"] + ln["delay_s"]
+        assert 20 * 2 * 0.002 <= parts <= ln["run_s"]
+    assert h.evals[-1]["t_s"] >= h.started_s + max(ln["run_s"] for ln in h.learners)

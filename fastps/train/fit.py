@@ -76,7 +76,8 @@ class Straggler:
 class History:
     """What a fit() run measured: evaluation points, per-learner time splits, the config."""
 
-    evals: list[dict[str, Any]] = field(default_factory=list)  # t_s, updates, loss, accuracy
+    # t_s, updates, loss, accuracy: t_s and updates when the evaluated parameters were read
+    evals: list[dict[str, Any]] = field(default_factory=list)
     learners: list[dict[str, Any]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)  # the store's, at the end
@@ -204,6 +205,7 @@ def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], d
 
         out.put(("ready", rank, None))
         start.wait()
+        t_go = time.perf_counter()
         opt.handle.pull(opt.flat_params)
         step = 0
         v = plan.variant
@@ -318,6 +320,7 @@ def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], d
                 if reply == "pull":
                     pull(opt.flat_params)
         opt.close()
+        t["run_s"] = time.perf_counter() - t_go  # from the start event to this learner's end
         out.put(("done", rank, {"id": rank, "updates": sent, "steps": step, "cancelled": cancelled, **t,
                                 "loss_first": losses[0] if losses else None,
                                 "loss_last": losses[-1] if losses else None}))  # fmt: skip
@@ -646,14 +649,16 @@ def fit(
     t_start = time.perf_counter()
 
     def evaluate() -> None:
+        # t_s and updates describe the parameters evaluated: taken when they are read.
         params = store.read()
+        st = store.stats()
+        t_s = time.perf_counter() - t_start
         loss, acc = _evaluate(model, layout, params, ds.x_test, ds.y_test)
         if eval_train:
             n = eval_train
             train = _evaluate(model, layout, params, ds.x_train[:n], ds.y_train[:n])
-        st = store.stats()
         record = {
-            "t_s": time.perf_counter() - t_start,
+            "t_s": t_s,
             "updates": st["clock"],
             "loss": loss,
             "accuracy": acc,
