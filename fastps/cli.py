@@ -1,9 +1,11 @@
-"""The ``fastps`` command: ``fastps train`` trains a model with asynchronous learners."""
+"""The ``fastps`` command: ``fastps train`` trains a model with asynchronous learners;
+``fastps simulate`` simulates the runtime of the sync-to-async variants (fastps.sim)."""
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -74,8 +76,69 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint", metavar="PATH", default=None, help="checkpoint file")
     t.add_argument("--checkpoint-every", type=int, default=None, help="updates between saves")
     t.add_argument("--resume", metavar="PATH", default=None, help="resume from a checkpoint")
+    t.add_argument("--devices", default=None, metavar="DEV[,DEV...]",
+                   help="where learners compute, e.g. cuda:0,cuda:1 (learner r on the r-th, "
+                   "cycling); default the CPU")  # fmt: skip
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _simulate_parser(sub)
     return p
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas (got {text!r})"
+        ) from None
+
+
+def _simulate_parser(sub: Any) -> None:
+    from fastps.sim import COMM_KINDS, DELAYS, MODELS, VARIANTS
+
+    s = sub.add_parser(
+        "simulate",
+        help="simulate the runtime of the sync-to-async variants (no training)",
+        description="Event-driven simulation of P learners and a parameter server for one "
+        "coordination variant (Dutta et al. 2018): time per update, staleness distribution, "
+        "fresh gradients, cancelled and dropped work, next to the closed forms where they exist. "
+        "Each gradient takes a compute time X (--delay, --mu) and then a communication time D "
+        "(--comm-delay). Times are in units of the simulated clock (1/mu is the mean compute "
+        "time). docs/simulate.md has the model and the formulas.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    s.add_argument("--variant", default="async", choices=VARIANTS, help="who waits for whom")
+    s.add_argument("--learners", type=int, default=8, help="learners (P)")
+    s.add_argument("--k", type=int, default=None,
+                   help="gradients per update (k-sync, k-async: 1..P; k-batch-*: any; adasync: "
+                        "K0); sync and async fix it")  # fmt: skip
+    s.add_argument("--delay", default="exp", choices=DELAYS,
+                   help="compute time X: exp(mu), shift + exp(mu), Pareto with mean 1/mu, or "
+                        "fixed 1/mu")  # fmt: skip
+    s.add_argument("--mu", type=float, default=1.0, help="rate of X (mean 1/mu, plus --shift)")
+    s.add_argument("--shift", type=float, default=None,
+                   help="Delta of shifted-exp, X = Delta + exp(mu) (default 1)")  # fmt: skip
+    s.add_argument("--alpha", type=float, default=3.0, help="Pareto shape (> 1; heavier below 2)")
+    s.add_argument("--comm-delay", type=float, default=0.0,
+                   help="mean communication time D per gradient (push and pull), after X")  # fmt: skip
+    s.add_argument("--comm-kind", default="fixed", choices=COMM_KINDS, help="D fixed or exp")
+    s.add_argument("--slowdown", type=_floats, default=None, metavar="S0,S1,...",
+                   help="per-learner factors on X (one per learner), e.g. 1,1,1,4")  # fmt: skip
+    s.add_argument("--updates", type=int, default=100_000, help="parameter-server updates")
+    s.add_argument("--warmup", type=int, default=0,
+                   help="first updates left out of the statistics")  # fmt: skip
+    s.add_argument("--seed", type=int, default=0, help="seed of the random times")
+    s.add_argument("--model", default="none", choices=MODELS,
+                   help="quadratic: also run SGD on a noisy quadratic and report its error "
+                        "against time (adasync needs it)")  # fmt: skip
+    s.add_argument("--lr", type=float, default=0.1, help="quadratic: step size")
+    s.add_argument("--dim", type=int, default=20, help="quadratic: dimensions")
+    s.add_argument("--noise", type=float, default=4.0, help="quadratic: gradient noise variance")
+    s.add_argument("--interval", type=float, default=10.0,
+                   help="adasync: simulated time between changes of K")  # fmt: skip
+    s.add_argument("--points", type=int, default=50,
+                   help="quadratic: points of the error curve (log-spaced updates)")  # fmt: skip
+    s.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
 
 def _summary(h: Any, wall_s: float) -> str:
@@ -143,7 +206,8 @@ def train(args: argparse.Namespace) -> int:
                 lr=args.lr, momentum=args.momentum, batch_size=args.batch_size, updates=updates,
                 seed=args.seed, backend=args.backend, eval_every=max(1, updates // args.evals),
                 checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
-                resume_from=args.resume, progress=progress)  # fmt: skip
+                resume_from=args.resume, progress=progress,
+                devices=args.devices.split(",") if args.devices else None)  # fmt: skip
     finally:
         if bar is not None:
             bar.close()
@@ -158,10 +222,74 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sim_table(r: Any) -> str:
+    c = r.config
+    x = f"exp(mu={c['mu']:g})"
+    if c["delay"] == "shifted-exp":
+        x = f"{c['shift']:g} + {x}"
+    elif c["delay"] == "pareto":
+        x = f"Pareto(alpha={c['alpha']:g}, mean {1 / c['mu']:g})"
+    elif c["delay"] == "fixed":
+        x = f"fixed {1 / c['mu']:g}"
+    if c["slowdown"]:
+        x += f", slowdown {','.join(f'{v:g}' for v in c['slowdown'])}"
+    d = f"D {c['comm_kind']} {c['comm_delay']:g}" if c["comm_delay"] else "no communication delay"
+    warm = f" (after {c['warmup']} warm-up)" if c["warmup"] else ""
+    lines = [f"fastps simulate: {r.variant}, P={r.learners}, K={r.k}, X ~ {x}, {d}, "
+             f"{r.updates} updates{warm}, seed {c['seed']}", "",
+             f"{'':<28}{'simulated':>12}{'closed form':>14}  formula"]  # fmt: skip
+
+    def row(name: str, sim: float, pred: float | None, key: str) -> None:
+        p = f"{pred:>14.4f}" if pred is not None else f"{'-':>14}"
+        lines.append(f"{name:<28}{sim:>12.4f}{p}  {r.formulas.get(key, '')}".rstrip())
+
+    row("time per update", r.mean_time_per_update, r.predicted_time_per_update, "time")
+    row("mean staleness", r.mean_staleness, r.predicted_mean_staleness, "staleness")
+    row("fresh fraction (tau = 0)", r.fresh_fraction, r.predicted_fresh_fraction, "fresh")
+    if r.error_final is not None:
+        row("error, mean of last half", r.error_tail, r.predicted_error_floor, "error_floor")
+    lines += [
+        "",
+        f"{'simulated time':<28}{r.time:.4f}",
+        f"{'gradients used':<28}{r.gradients}  (mean K {r.mean_k:.3f})",
+        f"{'cancelled / dropped':<28}{r.cancelled} / {r.dropped}",
+        f"{'learner time idle':<28}{100 * r.idle_fraction:.1f}%",
+        f"{'learner time wasted':<28}{100 * r.wasted_fraction:.1f}%",
+        f"{'max staleness':<28}{r.max_staleness}",
+        "",
+        f"{'staleness':>9} {'gradients':>10} {'share':>7}",
+    ]
+    hist = r.staleness_hist
+    total = max(1, sum(hist))
+    shown = hist[:16]
+    for tau, n in enumerate(shown):
+        lines.append(f"{tau:>9} {n:>10} {100 * n / total:>6.2f}%")
+    if len(hist) > len(shown):
+        rest = sum(hist[len(shown):])
+        lines.append(f"{f'>= {len(shown)}':>9} {rest:>10} {100 * rest / total:>6.2f}%")
+    if r.error_curve:
+        lines += ["", f"{'time':>12} {'error F(w)':>12}"]
+        every = max(1, len(r.error_curve) // 12)
+        lines += [f"{t:>12.4g} {e:>12.4g}" for t, e in r.error_curve[::every]]
+    return "\n".join(lines)
+
+
+def simulate(args: argparse.Namespace) -> int:
+    from fastps.sim import simulate as run
+
+    r = run(args.variant, args.learners, args.k, delay=args.delay, mu=args.mu, shift=args.shift,
+            alpha=args.alpha, comm_delay=args.comm_delay, comm_kind=args.comm_kind,
+            slowdown=args.slowdown, updates=args.updates, warmup=args.warmup, seed=args.seed,
+            model=args.model, lr=args.lr, dim=args.dim, noise=args.noise, interval=args.interval,
+            points=args.points)  # fmt: skip
+    print(json.dumps(r.to_dict()) if args.json else _sim_table(r))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return train(args)
+        return simulate(args) if args.command == "simulate" else train(args)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"fastps {args.command}: {e}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ checks arguments so that errors name what was wrong before anything changes.
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 import os
 import sys
@@ -17,6 +18,7 @@ import numpy as np
 from fastps import _core
 from fastps import checkpoint as _ckpt
 from fastps import step_size as _steps
+from fastps import transfer as _transfer
 
 MODES = ("locked", "hogwild", "leashed")
 """Consistency modes: lock per shard, no synchronisation (Hogwild!), Leashed-SGD."""
@@ -111,18 +113,25 @@ class LearnerHandle:
     its place among the store's ``max_learners``.
     """
 
-    __slots__ = ("_h", "_store")
+    __slots__ = ("_h", "_store", "_xfer")
 
     def __init__(self, handle: _core.Learner, store: Store) -> None:
         self._h = handle
         self._store = store
+        self._xfer: _transfer.TransferPath | None = None
 
     def pull(self, out: Any) -> Any:
-        """Copy the parameters into ``out`` (float32, contiguous, ``store.size`` elements).
+        """Copy the parameters into ``out`` (contiguous, ``store.size`` elements).
 
-        ``out`` is a numpy array or a torch CPU tensor (or any writeable buffer / DLPack
-        object); it is written in place and returned. Blocks only on shard locks (locked mode).
+        ``out`` is a float32 numpy array or torch tensor (or any writeable buffer / DLPack
+        object), CPU or CUDA; it is written in place and returned. Blocks only on shard locks
+        (locked mode). A CUDA tensor (float32, or float16/bfloat16, narrowed on the CPU) is
+        filled by chunked H2D copies straight from store memory on this handle's copy stream;
+        the call returns when they are complete, and the caller's current stream is ordered
+        after them (no device-wide synchronisation).
         """
+        if self._xfer is not None or _transfer.is_cuda(out):
+            return self._path().pull(out)
         if type(out) is np.ndarray:
             self._h.pull(out)
         else:
@@ -133,14 +142,70 @@ class LearnerHandle:
         """Apply ``w -= eta(tau) * (grad + weight_decay * w)`` (with momentum when set).
 
         ``grad``: ``store.size`` contiguous elements of float32, float16 or bfloat16 (half
-        precision is widened in the same pass). Nothing changes if the gradient is refused.
-        Returns the number of shard updates not applied: dropped (leashed mode with
-        persistence >= 0), or all of them when ``nan_guard="skip"`` skipped the gradient.
+        precision is widened in the same pass), in host memory or a CUDA tensor. Nothing
+        changes if the gradient is refused. Returns the number of shard updates not applied:
+        dropped (leashed mode with persistence >= 0), or all of them when ``nan_guard="skip"``
+        skipped the gradient. A CUDA gradient is copied D2H in chunks into pinned staging on
+        this handle's copy stream (after the work queued on the caller's current stream), and
+        the store applies chunk i while chunk i+1 is in flight; push returns when applied.
         """
+        if self._xfer is not None or _transfer.is_cuda(grad):
+            return self._path().push(grad, self._store._s.config.nan_guard.name)
         if type(grad) is np.ndarray:
             return self._h.push(grad)
         arr, dtype = _grad_view(grad)
         return self._h.push(arr, dtype)
+
+    def push_async(self, grad: Any) -> concurrent.futures.Future[int]:
+        """``push`` on this handle's worker thread; returns a Future of its result.
+
+        The caller may start its next forward pass at once, but must leave ``grad`` unchanged
+        until the future is done. For a CUDA gradient the ready point is an event recorded on
+        the caller's current stream now. The next push, pull or close of this handle waits for
+        it first. A refused gradient's error is raised by ``future.result()``.
+        """
+        return self._path().push_async(grad, self._store._s.config.nan_guard.name)
+
+    def configure_transfer(
+        self,
+        *,
+        engine: str = "auto",
+        chunk_bytes: int = 4 << 20,
+        ring: int = 2,
+        transfer_dtype: str | None = None,
+        copy_delay_us: int = 0,
+        record: bool = False,
+    ) -> None:
+        """Set how this handle moves data that is not in host memory.
+
+        Args:
+            engine: ``"auto"`` (CUDA tensors through the CUDA engine, host memory directly),
+                ``"cuda"``, or ``"cpu"``: host arrays through the same chunked pipeline on a
+                copy thread (to test or study the pipeline without a GPU).
+            chunk_bytes: bytes per chunk (a multiple of 64; default 4 MiB).
+            ring: staging buffers for push (>= 1; 2 double-buffers: one applied, one in flight).
+            transfer_dtype: ``"float16"`` or ``"bfloat16"`` to halve the bytes moved: float32
+                gradients are narrowed on their device before the copy, and float32 pulls are
+                narrowed on the CPU and widened on the device.
+            copy_delay_us: ``"cpu"`` engine only: a delay added to every chunk copy.
+            record: keep a timeline of the last push (``transfer_timeline()``).
+        """
+        opts = _transfer.TransferOptions(
+            engine, chunk_bytes, ring, transfer_dtype, copy_delay_us, record
+        )
+        if self._xfer is not None:
+            self._xfer.close()
+        self._xfer = _transfer.TransferPath(self._h, opts)
+
+    def transfer_timeline(self) -> list[tuple[str, int, int, int, int]]:
+        """The last pipelined push: ``(kind, chunk, buffer, start_ns, end_ns)`` per copy
+        (CPU engine) and per apply, when configured with ``record=True``."""
+        return [] if self._xfer is None else self._xfer.timeline()
+
+    def _path(self) -> _transfer.TransferPath:
+        if self._xfer is None:
+            self._xfer = _transfer.TransferPath(self._h, _transfer.TransferOptions())
+        return self._xfer
 
     def read_version(self, shard: int) -> int:
         """Version of ``shard`` read by the last pull (0 before the first pull)."""
@@ -156,7 +221,10 @@ class LearnerHandle:
         return self._h.id
 
     def close(self) -> None:
-        """Give back this handle's learner slot. Later calls raise RuntimeError."""
+        """Give back this handle's learner slot (after a pending ``push_async``). Later calls
+        raise RuntimeError."""
+        if self._xfer is not None:
+            self._xfer.close()
         self._h.close()
 
     def __enter__(self) -> LearnerHandle:

@@ -39,8 +39,8 @@ class AsyncOptimizer:
     the fresh parameters into the module; ``zero_grad()`` zeroes the gradients in place.
 
     The optimizer rule itself (lr, momentum, weight decay, staleness-dependent step size) runs
-    in the store. Create one per learner (thread or process), after the module is on the CPU;
-    it pulls the store's parameters into the module at once.
+    in the store. Create one per learner (thread or process), after the module is on its
+    device (CPU or one GPU); it pulls the store's parameters into the module at once.
     """
 
     def __init__(self, model: torch.nn.Module, store: Store) -> None:
@@ -51,17 +51,24 @@ class AsyncOptimizer:
                 f"{store.size} (create it with fastps.torch.store_from(model))"
             )
         params = dict(model.named_parameters())
-        for name, p in params.items():
-            if p.device.type != "cpu":
-                raise ValueError(
-                    f"AsyncOptimizer: {name} is on {p.device}; CPU models only for now"
-                )
+        devices = {p.device for p in params.values()}
+        if len(devices) > 1:
+            raise ValueError(
+                f"AsyncOptimizer: the model's parameters are on {len(devices)} devices "
+                f"({', '.join(sorted(map(str, devices)))}); expected one"
+            )
+        device = devices.pop() if devices else torch.device("cpu")
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"AsyncOptimizer: parameters on {device}; expected cpu or cuda")
         self.model = model
         self.store = store
         self.layout = layout
+        self.device = device
         self.handle: LearnerHandle = store.learner()
-        self.flat_params = torch.zeros(layout.size)
-        self.flat_grads = torch.zeros(layout.size)
+        # On a GPU the flat buffers live there too: push and pull then take the chunked,
+        # pipelined CUDA path (fastps/transfer.py) with no per-parameter copies.
+        self.flat_params = torch.zeros(layout.size, device=device)
+        self.flat_grads = torch.zeros(layout.size, device=device)
         self._params = []
         for spec in layout.specs:
             p = params[spec.name]

@@ -2,6 +2,7 @@
 surface with their traceback; a killed training resumes from its checkpoint."""
 
 import functools
+import math
 import multiprocessing as mp
 import os
 import signal
@@ -47,7 +48,7 @@ def test_process_learners_train_and_the_history_saves(tmp_path):
     assert 0 < h.started_s < h.evals[-1]["t_s"]  # spawning and loading come before training
     h.save(tmp_path / "h.jsonl")
     lines = (tmp_path / "h.jsonl").read_text().splitlines()
-    assert len(lines) == 1 + len(h.evals) + 2 + 1
+    assert len(lines) == 1 + len(h.evals) + 2 + 300 + 1  # config, evals, learners, updates, stats
 
 
 def _bad_model():
@@ -298,3 +299,33 @@ def test_a_time_budget_ends_the_run(variant):
     assert time.perf_counter() - t0 < 5
     assert 0 < h.stats["clock"] < 10**6
     assert h.final_accuracy > 0.85
+
+
+def test_async_history_logs_every_push_with_its_loss_and_staleness():
+    h = fit(LOGREG, blobs(), learners=2, backend="thread", lr=0.2, updates=60, batch_size=32)
+    assert [u["update"] for u in h.updates] == list(range(1, 61))
+    assert sorted(u["t_s"] for u in h.updates) == [u["t_s"] for u in h.updates]
+    counts = [sum(u["learners"] == [r] for u in h.updates) for r in range(2)]
+    assert counts == [ln["updates"] for ln in h.learners] == [30, 30]
+    # Staleness per push, from the versions the push created and the versions its pull read:
+    # the mean over the log equals the store's own histogram mean (one shard here).
+    from fastps.train.fit import mean_staleness
+
+    logged = sum(u["staleness"] for u in h.updates) / len(h.updates)
+    assert logged == pytest.approx(mean_staleness(h.stats["staleness_hist"]))
+    assert all(math.isfinite(u["loss"]) and u["k"] == 1 for u in h.updates)
+    assert "pushes" not in h.learners[0]
+
+
+def test_devices_are_checked_and_cpu_learners_run_there():
+    h = fit(LOGREG, blobs(), learners=2, backend="thread", lr=0.2, updates=20, batch_size=32,
+            devices=["cpu"])  # fmt: skip
+    assert [ln["device"] for ln in h.learners] == ["cpu", "cpu"]
+    assert h.config["devices"] == ["cpu"]
+    with pytest.raises(ValueError, match="fit: devices: 'tpu' is not a torch device"):
+        fit(LOGREG, blobs(), learners=2, backend="thread", updates=4, devices=["tpu"])
+    with pytest.raises(ValueError, match="fit: devices must be a non-empty list"):
+        fit(LOGREG, blobs(), learners=2, backend="thread", updates=4, devices="cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="fit: devices: 'cuda:0' needs a CUDA GPU"):
+            fit(LOGREG, blobs(), learners=2, backend="thread", updates=4, devices=["cuda:0"])

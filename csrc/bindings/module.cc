@@ -9,6 +9,7 @@
 #include "fastps/check.h"
 #include "fastps/probe.h"
 #include "fastps/store.h"
+#include "fastps/transfer.h"
 
 namespace py = pybind11;
 using fastps::DType;
@@ -89,6 +90,8 @@ py::dict stats_dict(const fastps::Stats& s, const StoreConfig& cfg) {
     d["step_hist"] = s.step_hist.empty() ? py::object(py::none()) : py::cast(s.step_hist);
     d["step_builds"] = s.step_builds;
   }
+  d["pinned"] = s.pinned;
+  d["pin_error"] = s.pin_error;
   d["mode"] = fastps::mode_name(cfg.mode);
   d["shards"] = cfg.shards;
   d["size"] = cfg.size;
@@ -337,9 +340,60 @@ PYBIND11_MODULE(_core, m) {
             }
           },
           py::arg("grad").noconvert(), py::arg("dtype") = py::none())
+      .def("refuse_nonfinite", &Learner::refuse_nonfinite, py::arg("index"))
       .def("close", &Learner::close)
       .def_property_readonly("id", &Learner::id)
       .def("read_version", &Learner::read_version, py::arg("shard"))
       .def_property_readonly("last_push_applied", &Learner::last_push_applied)
       .def_property_readonly("last_push_versions", &Learner::last_push_versions);
+
+  // Raw addresses: the facade (fastps/store.py) validates the tensors and keeps them alive.
+  py::class_<fastps::Transfer>(m, "Transfer")
+      .def(py::init([](Learner& l, const std::string& engine, int device, uint64_t chunk_bytes,
+                       uint32_t ring, uint32_t copy_delay_us, bool record) {
+             FASTPS_CHECK_ARG(engine == "cpu" || engine == "cuda",
+                              "transfer: engine must be 'cpu' or 'cuda' (got '%s')", engine.c_str());
+             auto make = [&] {
+               return engine == "cpu" ? fastps::make_cpu_engine(copy_delay_us, record)
+                                      : fastps::make_cuda_engine(device);
+             };
+             py::gil_scoped_release nogil;
+             return std::make_unique<fastps::Transfer>(
+                 l, make(), make(), fastps::TransferConfig{chunk_bytes, ring, record});
+           }),
+           py::arg("learner"), py::arg("engine"), py::arg("device"), py::arg("chunk_bytes"),
+           py::arg("ring"), py::arg("copy_delay_us"), py::arg("record"), py::keep_alive<1, 2>())
+      .def(
+          "push",
+          [](fastps::Transfer& t, uintptr_t grad, DType dtype, size_t n,
+             std::optional<uintptr_t> stream) {
+            try {
+              py::gil_scoped_release nogil;
+              return t.push(reinterpret_cast<const void*>(grad), dtype, n, stream);
+            } catch (py::error_already_set& e) {  // raised by a step_size hook
+              e.value().attr("add_note")(
+                  "push: raised by the step_size hook; shards applied before it keep the update");
+              throw;
+            }
+          },
+          py::arg("grad"), py::arg("dtype"), py::arg("n"), py::arg("stream").none(true))
+      .def(
+          "pull",
+          [](fastps::Transfer& t, uintptr_t out, DType dtype, size_t n, uintptr_t stream) {
+            py::gil_scoped_release nogil;
+            t.pull(reinterpret_cast<void*>(out), dtype, n, stream);
+          },
+          py::arg("out"), py::arg("dtype"), py::arg("n"), py::arg("stream"))
+      .def("timeline",
+           [](const fastps::Transfer& t) {
+             py::list out;
+             for (const auto& e : t.timeline())
+               out.append(py::make_tuple(e.kind == fastps::TimelineEvent::kCopy ? "copy" : "apply",
+                                         e.chunk, e.buffer, e.start_ns, e.end_ns));
+             return out;
+           })
+      .def_property_readonly("engine", &fastps::Transfer::engine_name)
+      .def_property_readonly("chunk_bytes",
+                             [](const fastps::Transfer& t) { return t.config().chunk_bytes; })
+      .def_property_readonly("ring", [](const fastps::Transfer& t) { return t.config().ring; });
 }

@@ -497,7 +497,17 @@ void record(const Layout& L, uint32_t s, uint64_t tau, uint64_t bytes) {
 Store::Store(std::shared_ptr<Arena> arena, const StoreConfig& cfg)
     : arena_(std::move(arena)), cfg_(cfg), lay_(std::make_unique<Layout>(make_layout(arena_->base()))) {}
 
-Store::~Store() = default;
+Store::~Store() {
+  if (pinned_) unpin_host(arena_->base());
+}
+
+void Store::pin_memory() {
+  check_open("pin_memory");
+  std::lock_guard<std::mutex> g(pin_mu_);
+  if (pinned_ || !pin_error_.empty()) return;
+  pin_error_ = pin_host(arena_->base(), arena_->bytes());
+  pinned_ = pin_error_.empty();
+}
 
 std::shared_ptr<Store> Store::create(const StoreConfig& cfg, const float* init,
                                      const std::string& shared_name) {
@@ -672,6 +682,11 @@ Stats Store::stats() const {
     const std::atomic<uint64_t>* h = L.shard_hist(s);
     for (uint32_t b = 0; b <= cfg_.hist_bins; ++b)
       st.staleness_hist[b] += h[b].load(std::memory_order_relaxed);
+  }
+  {
+    std::lock_guard<std::mutex> g(pin_mu_);
+    st.pinned = pinned_;
+    st.pin_error = pin_error_;
   }
   return st;
 }
@@ -902,6 +917,37 @@ float Learner::eta(uint64_t tau, uint32_t s, uint64_t version, const float* w_no
   return static_cast<float>(e);
 }
 
+namespace {
+
+// The host path's source: the whole gradient is in memory, each chunk is a pointer into it.
+class HostSource final : public GradSource {
+ public:
+  HostSource(const void* g, size_t esize) : g_(static_cast<const char*>(g)), esize_(esize) {}
+  const void* fetch(const Chunk& c, bool) override { return g_ + c.begin * esize_; }
+
+ private:
+  const char* g_;
+  size_t esize_;
+};
+
+constexpr uint64_t kWholeShard = ~uint64_t{0};
+
+}  // namespace
+
+std::vector<Chunk> Learner::plan(uint64_t chunk) const {
+  FASTPS_CHECK_ARG(chunk > 0, "plan: chunk must be at least 1 element");
+  const Layout& L = *store_->lay_;
+  const uint32_t S = store_->cfg_.shards;
+  std::vector<Chunk> out;
+  for (uint32_t k = 0; k < S; ++k) {
+    const uint32_t s = (id_ + k) % S;  // learners start at different shards
+    const ShardDesc& d = L.shards[s];
+    for (uint64_t off = 0; off < d.len; off += chunk)
+      out.push_back(Chunk{s, d.begin + off, std::min(chunk, d.len - off)});
+  }
+  return out;
+}
+
 uint32_t Learner::push(const void* grad, DType dtype, size_t n) {
   check_open("push");
   applied_ = 0;
@@ -911,35 +957,74 @@ uint32_t Learner::push(const void* grad, DType dtype, size_t n) {
                    static_cast<unsigned long long>(cfg.size));
   FASTPS_CHECK_ARG(dtype == DType::kF32 || dtype == DType::kF16 || dtype == DType::kBF16,
                    "push: unknown gradient dtype %u", static_cast<unsigned>(dtype));
-  const bool distance = cfg.step.kind == StepKind::kDistance;
-  FASTPS_CHECK(!distance || pulled_,
+  check_ready();
+  if (cfg.nan_guard != NanGuard::kOff) {
+    const int64_t bad = detail::first_nonfinite(grad, dtype, n);
+    if (bad >= 0) return refuse_nonfinite(bad);
+  }
+  HostSource src(grad, dtype_size(dtype));
+  return push_impl(src, dtype, kWholeShard);
+}
+
+uint32_t Learner::push(GradSource& src, DType dtype, size_t n, uint64_t chunk) {
+  check_open("push");
+  applied_ = 0;
+  std::fill(pushed_versions_.begin(), pushed_versions_.end(), 0);
+  const StoreConfig& cfg = store_->cfg_;
+  FASTPS_CHECK_ARG(n == cfg.size, "push: grad has %zu elements, expected %llu", n,
+                   static_cast<unsigned long long>(cfg.size));
+  FASTPS_CHECK_ARG(dtype == DType::kF32 || dtype == DType::kF16 || dtype == DType::kBF16,
+                   "push: unknown gradient dtype %u", static_cast<unsigned>(dtype));
+  FASTPS_CHECK_ARG(chunk > 0, "push: chunk must be at least 1 element");
+  return push_impl(src, dtype, chunk);
+}
+
+uint32_t Learner::refuse_nonfinite(int64_t index) {
+  check_open("push");
+  const StoreConfig& cfg = store_->cfg_;
+  FASTPS_CHECK_ARG(cfg.nan_guard != NanGuard::kRaise,
+                   "push: grad[%lld] is not finite (NaN or Inf); nothing was applied "
+                   "(nan_guard='raise'; 'skip' drops such gradients and counts them)",
+                   static_cast<long long>(index));
+  store_->lay_->hdr->nonfinite_skipped.fetch_add(1, std::memory_order_relaxed);  // stats only
+  return cfg.shards;
+}
+
+void Learner::check_ready() const {
+  const StoreConfig& cfg = store_->cfg_;
+  FASTPS_CHECK(cfg.step.kind != StepKind::kDistance || pulled_,
                "push: the StalenessDistance step size needs a pull before the first push");
   FASTPS_CHECK(cfg.step.kind != StepKind::kHook || store_->hook_,
                "push: this store's step size is a Python hook, and none is set in this process "
                "(attach with step_size= the same callable)");
+}
+
+// Applies one push, shard by shard in plan order, asking `src` for each chunk of at most
+// `chunk` elements right before applying it (so a pipelined source overlaps its copies with
+// these applies).
+uint32_t Learner::push_impl(GradSource& src, DType dtype, uint64_t chunk) {
+  check_ready();
+  const StoreConfig& cfg = store_->cfg_;
+  const bool distance = cfg.step.kind == StepKind::kDistance;
   const Layout& L = *store_->lay_;
-  if (cfg.nan_guard != NanGuard::kOff) {
-    const int64_t bad = detail::first_nonfinite(grad, dtype, n);
-    if (bad >= 0) {
-      FASTPS_CHECK_ARG(cfg.nan_guard != NanGuard::kRaise,
-                       "push: grad[%lld] is not finite (NaN or Inf); nothing was applied "
-                       "(nan_guard='raise'; 'skip' drops such gradients and counts them)",
-                       static_cast<long long>(bad));
-      L.hdr->nonfinite_skipped.fetch_add(1, std::memory_order_relaxed);  // statistics only
-      return cfg.shards;
-    }
-  }
   L.hdr->pushes.fetch_add(1, std::memory_order_relaxed);  // statistics only
   const size_t esize = dtype_size(dtype);
-  const auto* g = static_cast<const char*>(grad);
   const uint32_t S = cfg.shards;
   detail::ApplyArgs args{cfg.lr, cfg.weight_decay, cfg.momentum, cfg.nesterov};
   uint32_t dropped = 0;
+  // Calls fn(offset in shard, gradient chunk, chunk length) over shard s in order.
+  auto each_chunk = [&](uint32_t s, bool retry, auto&& fn) {
+    const ShardDesc& d = L.shards[s];
+    for (uint64_t off = 0; off < d.len; off += std::min(chunk, d.len)) {
+      const uint64_t len = std::min(chunk, d.len - off);
+      fn(off, src.fetch(Chunk{s, d.begin + off, len}, retry), len);
+    }
+  };
+  auto at = [](float* p, uint64_t off) { return p ? p + off : nullptr; };
 
   for (uint32_t k = 0; k < S; ++k) {
     const uint32_t s = (id_ + k) % S;
     ShardDesc& d = L.shards[s];
-    const void* gs = g + d.begin * esize;
     const uint64_t bytes = d.len * esize;
     const float* snap = distance && cfg.mode != Mode::kLeashed ? snapshot_.data() + d.begin : nullptr;
     bool landed = true;
@@ -950,7 +1035,9 @@ uint32_t Learner::push(const void* grad, DType dtype, size_t n) {
         const uint64_t v = d.version.load(std::memory_order_relaxed);  // under the shard lock
         const uint64_t tau = v - read_versions_[s];
         args.eta = eta(tau, s, v, L.params(s), snap);
-        detail::apply_inplace(L.params(s), L.momentum(s), gs, dtype, d.len, args);
+        each_chunk(s, false, [&](uint64_t off, const void* g, uint64_t len) {
+          detail::apply_inplace(L.params(s) + off, at(L.momentum(s), off), g, dtype, len, args);
+        });
         d.version.store(v + 1, std::memory_order_relaxed);  // under the shard lock
         pushed_versions_[s] = v + 1;
         record(L, s, tau, bytes);
@@ -961,7 +1048,9 @@ uint32_t Learner::push(const void* grad, DType dtype, size_t n) {
         const uint64_t v0 = d.version.load(std::memory_order_relaxed);
         const uint64_t tau0 = v0 >= read_versions_[s] ? v0 - read_versions_[s] : 0;
         args.eta = eta(tau0, s, v0, L.params(s), snap);
-        detail::hogwild_apply(L.params(s), L.momentum(s), gs, dtype, d.len, args);
+        each_chunk(s, false, [&](uint64_t off, const void* g, uint64_t len) {
+          detail::hogwild_apply(L.params(s) + off, at(L.momentum(s), off), g, dtype, len, args);
+        });
         const uint64_t v = d.version.fetch_add(1, std::memory_order_relaxed);
         pushed_versions_[s] = v + 1;
         record(L, s, v >= read_versions_[s] ? v - read_versions_[s] : 0, bytes);
@@ -977,21 +1066,23 @@ uint32_t Learner::push(const void* grad, DType dtype, size_t n) {
         const float* w_read =
             distance ? L.slot_params(s, static_cast<uint32_t>(read_slots_[s])) : nullptr;
         int failures = 0;
-        for (;;) {
+        for (bool retry = false;; retry = true) {
           const uint64_t c = pin(L, s, id_);
           const auto latest = static_cast<uint32_t>(c & detail::kSlotMask);
           const uint64_t v = c >> detail::kSlotBits;
           const uint64_t tau = v - read_versions_[s];
           try {
             args.eta = eta(tau, s, v, L.slot_params(s, latest), w_read);
-          } catch (...) {  // a throwing hook: give back the pin and the claimed slot
+            each_chunk(s, retry, [&](uint64_t off, const void* g, uint64_t len) {
+              detail::apply_copy(L.slot_params(s, mine) + off, L.slot_params(s, latest) + off,
+                                 at(L.slot_momentum(s, mine), off),
+                                 at(L.slot_momentum(s, latest), off), g, dtype, len, args);
+            });
+          } catch (...) {  // a throwing hook or source: give back the pin and the claimed slot
             unpin(L, s, latest, id_);
             give_back();
             throw;
           }
-          detail::apply_copy(L.slot_params(s, mine), L.slot_params(s, latest),
-                             L.slot_momentum(s, mine), L.slot_momentum(s, latest), gs, dtype,
-                             d.len, args);
           uint64_t expected = c;
           const uint64_t desired = ((v + 1) << detail::kSlotBits) | mine;
           if (d.current.compare_exchange_strong(expected, desired, std::memory_order_seq_cst)) {
@@ -1020,6 +1111,78 @@ uint32_t Learner::push(const void* grad, DType dtype, size_t n) {
   }
   if (dropped == 0) L.hdr->clock.fetch_add(1, std::memory_order_relaxed);  // statistics only
   return dropped;
+}
+
+void Learner::keep_snapshot(uint32_t s, const float* src) {
+  const ShardDesc& d = store_->lay_->shards[s];
+  std::memcpy(snapshot_.data() + d.begin, src, d.len * sizeof(float));
+}
+
+void Learner::pull(ParamSink& sink, size_t n) {
+  check_open("pull");
+  const StoreConfig& cfg = store_->cfg_;
+  FASTPS_CHECK_ARG(n == cfg.size, "pull: out has %zu elements, expected %llu", n,
+                   static_cast<unsigned long long>(cfg.size));
+  const Layout& L = *store_->lay_;
+  const uint32_t S = cfg.shards;
+  const bool keep_read = cfg.step.kind == StepKind::kDistance;
+  struct Pin {
+    uint32_t s, slot;
+  };
+  std::vector<Pin> pins;  // leashed: released after the final flush
+  auto release = [&] {
+    for (const Pin& p : pins) unpin(L, p.s, p.slot, id_);
+    pins.clear();
+  };
+  try {
+    for (uint32_t k = 0; k < S; ++k) {
+      const uint32_t s = (id_ + k) % S;
+      ShardDesc& d = L.shards[s];
+      const Chunk c{s, d.begin, d.len};
+      switch (cfg.mode) {
+        case Mode::kLocked: {
+          ShardLock lock(L, s);
+          d.lock_wait_ns.fetch_add(lock.waited_ns, std::memory_order_relaxed);  // statistics only
+          sink.copy(c, L.params(s));
+          sink.flush();  // the copy reads the shard: keep the lock until it is done
+          read_versions_[s] = d.version.load(std::memory_order_relaxed);  // under the shard lock
+          if (keep_read) keep_snapshot(s, L.params(s));
+          break;
+        }
+        case Mode::kHogwild: {
+          read_versions_[s] = d.version.load(std::memory_order_relaxed);  // approximate by design
+          sink.copy(c, L.params(s));
+          if (keep_read) keep_snapshot(s, L.params(s));
+          break;
+        }
+        case Mode::kLeashed: {
+          if (keep_read && read_slots_[s] >= 0) {
+            unpin(L, s, static_cast<uint32_t>(read_slots_[s]), id_, 1);
+            read_slots_[s] = -1;
+          }
+          const uint64_t cur = pin(L, s, id_, keep_read ? 1 : 0);
+          const auto slot = static_cast<uint32_t>(cur & detail::kSlotMask);
+          if (keep_read)
+            read_slots_[s] = static_cast<int32_t>(slot);  // stays pinned until the next pull
+          else
+            pins.push_back(Pin{s, slot});
+          read_versions_[s] = cur >> detail::kSlotBits;
+          sink.copy(c, L.slot_params(s, slot));
+          break;
+        }
+      }
+    }
+    sink.flush();
+  } catch (...) {
+    try {
+      sink.flush();  // copies may still read pinned versions
+    } catch (...) {
+    }
+    release();
+    throw;
+  }
+  release();
+  pulled_ = true;
 }
 
 }  // namespace fastps

@@ -19,7 +19,7 @@ import time
 import traceback
 import types
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,7 +82,9 @@ class History:
     config: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)  # the store's, at the end
     coordinator: dict[str, Any] = field(default_factory=dict)  # K-variants: dropped, staleness
-    updates: list[dict[str, Any]] = field(default_factory=list)  # K-variants: one per update
+    # One per store update: the coordinator's (K-variants) or, for async, easgd and downpour,
+    # each learner's pushes merged in time order (t_s, learner, loss, staleness).
+    updates: list[dict[str, Any]] = field(default_factory=list)
     # Seconds from fit()'s start (the t_s origin) to the moment the learners began, after
     # loading their data: t_s - started_s is training time.
     started_s: float = 0.0
@@ -118,6 +120,7 @@ class _Plan:
     alpha: float = 0.0
     n_fetch: int = 1
     n_push: int = 1
+    devices: list[str] | None = None  # learner r computes on devices[r % len(devices)]
     comm_delay: float = 0.0  # seconds slept before every push, pull and hand-over
 
 
@@ -152,6 +155,39 @@ def _load_data(data: Any) -> Any:
     return data
 
 
+def _check_devices(devices: Sequence[str] | None) -> list[str] | None:
+    """The learners' devices as torch device strings; refuses what cannot run here."""
+    if devices is None:
+        return None
+    if isinstance(devices, str) or not len(devices):
+        raise ValueError(f"fit: devices must be a non-empty list of devices (got {devices!r})")
+    names = []
+    for d in devices:
+        try:
+            dev = torch.device(d)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"fit: devices: {d!r} is not a torch device ({e})") from None
+        if dev.type not in ("cpu", "cuda"):
+            raise ValueError(f"fit: devices: {d!r} is neither cpu nor cuda")
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ValueError(f"fit: devices: {d!r} needs a CUDA GPU, and none answers here")
+            if dev.index is not None and dev.index >= torch.cuda.device_count():
+                raise ValueError(f"fit: devices: {d!r} does not exist "
+                                 f"({torch.cuda.device_count()} GPU(s))")  # fmt: skip
+        names.append(str(dev))
+    return names
+
+
+def _merge_pushes(learners: list[dict[str, Any]], t0: float) -> list[dict[str, Any]]:
+    """The uncoordinated learners' pushes as one time-ordered update log (and out of the
+    per-learner records, where they would be repeated)."""
+    rows = [(t, ln["id"], loss, tau) for ln in learners for t, loss, tau in ln.pop("pushes", [])]
+    rows.sort()
+    return [{"update": i + 1, "t_s": t - t0, "k": 1, "learners": [r], "loss": loss,
+             "staleness": tau} for i, (t, r, loss, tau) in enumerate(rows)]  # fmt: skip
+
+
 def mean_staleness(hist: list[int]) -> float:
     """Mean tau of a staleness histogram (the overflow bin counted at its lower edge)."""
     total = sum(hist)
@@ -183,14 +219,16 @@ def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], d
         torch.set_num_threads(1)  # P learners must not oversubscribe the cores
         ds = _load_data(data)
         torch.manual_seed(plan.seed + rank)
-        model = model_fn()
-        opt = AsyncOptimizer(model, store)
+        device = torch.device(plan.devices[rank % len(plan.devices)] if plan.devices else "cpu")
+        model = model_fn().to(device)
+        opt = AsyncOptimizer(model, store)  # on a GPU: pipelined CUDA pushes and pulls
         rng = np.random.default_rng([plan.seed, rank])
         n = len(ds.x_train)
         nb = max(1, n // plan.batch_size)
         order = rng.permutation(n)
         t = {"compute_s": 0.0, "push_s": 0.0, "pull_s": 0.0, "wait_s": 0.0, "delay_s": 0.0}
         losses: list[float] = []
+        pushes: list[tuple[float, float, float]] = []  # (time, loss, mean tau) per own push
         cancelled = sent = 0
         if link is not None:
             slots, shm = link.slot_array()
@@ -227,6 +265,10 @@ def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], d
 
         def push(g: torch.Tensor) -> None:
             timed("push_s", send, opt.handle.push, g)
+            h = opt.handle
+            taus = [v - 1 - h.read_version(s) for s, v in enumerate(h.last_push_versions()) if v]
+            pushes.append((time.perf_counter(), losses[-1] if losses else math.nan,
+                           sum(taus) / len(taus) if taus else math.nan))  # fmt: skip
 
         def pull(buf: torch.Tensor) -> None:
             timed("pull_s", send, opt.handle.pull, buf)
@@ -252,7 +294,8 @@ def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], d
             if j == 0 and step:
                 order = rng.permutation(n)
             idx = order[j * plan.batch_size : (j + 1) * plan.batch_size]
-            x, y = torch.from_numpy(ds.x_train[idx]), torch.from_numpy(ds.y_train[idx])
+            x = torch.from_numpy(ds.x_train[idx]).to(device)
+            y = torch.from_numpy(ds.y_train[idx]).to(device)
             if plan.straggler is not None:
                 d = plan.straggler.sample(rank, rng)
                 end = time.perf_counter() + d
@@ -323,7 +366,8 @@ def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], d
         t["run_s"] = time.perf_counter() - t_go  # from the start event to this learner's end
         out.put(("done", rank, {"id": rank, "updates": sent, "steps": step, "cancelled": cancelled, **t,
                                 "loss_first": losses[0] if losses else None,
-                                "loss_last": losses[-1] if losses else None}))  # fmt: skip
+                                "loss_last": losses[-1] if losses else None,
+                                "device": str(device), "pushes": pushes}))  # fmt: skip
     except BaseException:
         out.put(("error", rank, traceback.format_exc()))
     finally:
@@ -434,13 +478,16 @@ class _Coordinator:
         self.staleness.append(self.updates - version)
         self.acc += self.slots[rank]
         self.batch.append((rank, version))
-        if v == "k-batch-async":
+        full = len(self.batch) >= self.k  # >=: AdaSync may have lowered K meanwhile
+        # The sender that completes a batch is answered after the update (apply() replies
+        # to the waiting), so its pull sees the new model; the others are answered now.
+        if v == "k-batch-async" and not full:
             self.reply(rank, "pull")
-        elif v == "k-batch-sync":
-            self.reply(rank, "keep" if len(self.batch) < self.k else "pull")
+        elif v == "k-batch-sync" and not full:
+            self.reply(rank, "keep")
         else:
             self.waiting.append(rank)
-        if len(self.batch) >= self.k:  # >=: AdaSync may have lowered K meanwhile
+        if full:
             self.apply()
 
     def run(self) -> None:
@@ -508,6 +555,7 @@ def fit(
     resume_from: str | os.PathLike[str] | None = None,
     timeout_s: float = 3600.0,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    devices: Sequence[str] | None = None,
     **store_kwargs: Any,
 ) -> History:
     """Train ``model_fn()`` on ``data`` with ``learners`` asynchronous learners; return History.
@@ -531,6 +579,9 @@ def fit(
     gradient or model to the coordinator (counted in the learner's push_s and pull_s).
     ``eval_train``: each evaluation also measures the loss and accuracy of the first
     ``eval_train`` training examples (``train_loss``, ``train_accuracy``).
+    ``devices``: where the learners compute, e.g. ``["cuda:0", "cuda:1"]`` (learner r on
+    ``devices[r % len(devices)]``); default the CPU. On a GPU a learner's pushes and pulls
+    take the pipelined CUDA path of fastps.transfer.
     """
     if variant not in VARIANTS:
         raise ValueError(f"fit: variant must be one of {', '.join(VARIANTS)} (got {variant!r})")
@@ -566,6 +617,7 @@ def fit(
         raise ValueError(f"fit: learners must be an integer >= 1 (got {learners!r})")
     if checkpoint_every is not None and checkpoint is None:
         raise ValueError("fit: checkpoint_every needs checkpoint=PATH")
+    device_names = _check_devices(devices)
     ds = _load_data(data)
     if updates is None:
         if epochs is None:
@@ -590,13 +642,13 @@ def fit(
     remaining = max(0, updates - done_before)
     quota = [remaining // learners + (r < remaining % learners) for r in range(learners)]
     plan = _Plan(batch_size, seed + done_before, quota, variant, straggler, float(np.float32(lr)),
-                 local_steps, alpha, n_fetch, n_push, comm_delay)  # fmt: skip
+                 local_steps, alpha, n_fetch, n_push, device_names, comm_delay)  # fmt: skip
     config = {"learners": learners, "variant": variant, "k": k, "local_steps": local_steps,
               "alpha": alpha, "n_fetch": n_fetch, "n_push": n_push, "mode": store.mode, "lr": lr,
               "momentum": momentum, "batch_size": batch_size, "updates": updates,
               "resumed_at": done_before, "seed": seed, "backend": backend,
-              "step_size": repr(store.step_size), "comm_delay": comm_delay,
-              "eval_train": eval_train}  # fmt: skip
+              "step_size": repr(store.step_size), "devices": device_names,
+              "comm_delay": comm_delay, "eval_train": eval_train}  # fmt: skip
     history = History(config=config)
     eval_every = eval_every or max(1, updates // 10)
     # Processes load a named or callable data set themselves instead of unpickling a copy.
@@ -719,12 +771,15 @@ def fit(
                 evaluate()
                 next_eval = clock - clock % eval_every + eval_every
         history.learners = [finished[r] for r in range(learners)]
+        pushed = _merge_pushes(history.learners, t_start)
         if coordinator is not None and coord_thread is not None:
             coordinator.quit.set()  # every learner has stopped: nothing more can arrive
             coord_thread.join(timeout=10)
             history.coordinator = coordinator.summary()
             history.coordinator["cancelled"] = sum(ln["cancelled"] for ln in history.learners)
             history.updates = coordinator.log
+        else:
+            history.updates = pushed
         evaluate()
         if checkpoint is not None:
             store.save(checkpoint, metadata={"layout": layout.to_json(), "fit": config,

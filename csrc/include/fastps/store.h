@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -102,6 +103,8 @@ struct Stats {
   std::vector<uint64_t> versions;        ///< per-shard version (updates applied to it)
   std::vector<uint64_t> step_hist;  ///< TAIL-tau: the histogram its current CDF was built from
   uint64_t step_builds = 0;         ///< TAIL-tau: times the CDF was built
+  bool pinned = false;    ///< this process's mapping is page-locked for CUDA copies
+  std::string pin_error;  ///< why pinning failed ("" when pinned or never asked)
 };
 
 /// Everything but the parameters and momentum that a checkpoint carries (see Store::snapshot).
@@ -121,6 +124,33 @@ struct SegmentInfo {
   int32_t creator_pid = 0;
   uint64_t size = 0;
   Mode mode = Mode::kLeashed;
+};
+
+/// One piece of a push or pull: elements [begin, begin + len) of shard `shard`.
+struct Chunk {
+  uint32_t shard;
+  uint64_t begin, len;
+};
+
+/// Supplies a push's gradient piece by piece (the transfer pipeline, fastps/transfer.h).
+class GradSource {
+ public:
+  virtual ~GradSource() = default;
+  /// Returns the gradient of chunk `c` (in the push's dtype), valid until the next call. Calls
+  /// follow Learner::plan() in order, except that chunks of a dropped shard update may be
+  /// skipped and `retry` repeats the chunks of a shard whose leashed publication was lost.
+  virtual const void* fetch(const Chunk& c, bool retry) = 0;
+};
+
+/// Receives a pull shard by shard (the transfer pipeline). The store keeps `src` stable (shard
+/// lock held in locked mode, version pinned in leashed mode) until the next flush() returns.
+class ParamSink {
+ public:
+  virtual ~ParamSink() = default;
+  /// Starts copying src[0..c.len) (store memory) to the destination of chunk `c`.
+  virtual void copy(const Chunk& c, const float* src) = 0;
+  /// Blocks until every copy started so far has completed.
+  virtual void flush() = 0;
 };
 
 class Learner;
@@ -165,6 +195,11 @@ class Store : public std::enable_shared_from_this<Store> {
   /// against concurrent pushes: set it before learners start. The hook may throw; the shard it
   /// was asked about is then left unchanged and the exception propagates out of push().
   void set_step_hook(StepHook hook);
+  /// Page-locks this process's mapping of the store (cudaHostRegister) so CUDA copy engines
+  /// copy straight from and to it; done once per Store object, on the first CUDA transfer.
+  /// A failure is recorded (stats().pin_error), not thrown: copies then go through pageable
+  /// memory. Thread-safe.
+  void pin_memory();
 
   /// Copies the parameters (and momentum, when the store has it; `momentum` may be null
   /// otherwise) and returns the counters: a consistent snapshot per shard in locked and
@@ -186,6 +221,9 @@ class Store : public std::enable_shared_from_this<Store> {
   StoreConfig cfg_;
   std::unique_ptr<detail::Layout> lay_;
   StepHook hook_;  // process-local; empty unless set_step_hook() was called
+  mutable std::mutex pin_mu_;  // guards pinned_, pin_error_ (process-local)
+  bool pinned_ = false;
+  std::string pin_error_;
   // Written by close() (release), read by every call through this object or its handles
   // (acquire): publishes nothing but the flag itself. Per Store object, not per segment.
   std::atomic<bool> closed_{false};
@@ -206,6 +244,23 @@ class Learner {
   /// (leashed with persistence >= 0 only), or all S shards when nan_guard = kSkip skipped a
   /// non-finite gradient. Caller keeps `grad` alive until it returns.
   uint32_t push(const void* grad, DType dtype, size_t n);
+  /// The same update with the gradient supplied in chunks of at most `chunk` elements (a
+  /// chunk never spans two shards), in plan(chunk) order. No NaN check: the source's owner
+  /// checks before calling (a NaN reaching the store this way is applied). If `src` throws,
+  /// a leashed shard being written is not published; a locked or hogwild shard may be left
+  /// partially updated.
+  uint32_t push(GradSource& src, DType dtype, size_t n, uint64_t chunk);
+  /// pull() through a sink: per shard, the sink copies from store memory (asynchronously if it
+  /// likes); locked mode flushes before each shard's lock is released, leashed unpins every
+  /// version after the final flush.
+  void pull(ParamSink& sink, size_t n);
+  /// The chunks push(src, ..., chunk) asks for, in order: shards from this handle's start
+  /// shard on (learners start at different shards), each cut into pieces of <= chunk elements.
+  std::vector<Chunk> plan(uint64_t chunk) const;
+  /// What push does with a gradient whose element `index` is NaN or Inf, found by the caller:
+  /// throws std::invalid_argument (nan_guard raise) or counts a skip and returns S (skip).
+  uint32_t refuse_nonfinite(int64_t index);
+  const std::shared_ptr<Store>& store() const { return store_; }
   /// Releases this handle's learner slot; later calls throw. Idempotent, never throws.
   void close() noexcept;
 
@@ -223,6 +278,9 @@ class Learner {
   void check_open(const char* api) const;
   void release_read_pins() noexcept;
   float eta(uint64_t tau, uint32_t s, uint64_t version, const float* w_now, const float* w_read);
+  uint32_t push_impl(GradSource& src, DType dtype, uint64_t chunk);
+  void keep_snapshot(uint32_t s, const float* src);
+  void check_ready() const;  // the step size's preconditions for a push
 
   std::shared_ptr<Store> store_;
   uint32_t id_;

@@ -1,0 +1,287 @@
+"""The transfer path of a learner handle: push from and pull into GPU memory, chunked and
+pipelined on copy streams (the algorithm is at the top of csrc/include/fastps/transfer.h).
+
+``handle.push(grad)`` and ``handle.pull(out)`` take this path by themselves when given a CUDA
+tensor; ``handle.configure_transfer(engine="cpu", ...)`` sends host arrays through the very same
+pipeline on the CPU copy engine (a worker thread), which is how the pipeline is tested on
+machines without a GPU. This module only normalises tensors into (address, dtype, length) and
+keeps them alive; chunking, ordering and the applies run in C++ without the GIL.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fastps import _core
+
+ENGINES = ("auto", "cuda", "cpu")
+"""Copy engines: ``auto`` (CUDA for CUDA tensors, the plain path for host memory), ``cuda``,
+``cpu`` (host memory through the pipeline on a copy thread: for tests and experiments)."""
+
+TRANSFER_DTYPES = (None, "float16", "bfloat16")
+
+_DTYPES = {
+    "float32": _core.DType.float32,
+    "float16": _core.DType.float16,
+    "bfloat16": _core.DType.bfloat16,
+}
+
+
+@dataclass(frozen=True)
+class TransferOptions:
+    """How a handle moves data that is not in host memory (see ``configure_transfer``)."""
+
+    engine: str = "auto"
+    chunk_bytes: int = 4 << 20
+    ring: int = 2
+    transfer_dtype: str | None = None
+    copy_delay_us: int = 0
+    record: bool = False
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(
+                f"configure_transfer: engine must be one of {ENGINES} (got {self.engine!r})"
+            )
+        for name in ("chunk_bytes", "ring", "copy_delay_us"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"configure_transfer: {name} must be an integer (got {v!r})")
+        if self.chunk_bytes < 64 or self.chunk_bytes % 64:
+            raise ValueError(
+                "configure_transfer: chunk_bytes must be a positive multiple of 64 "
+                f"(got {self.chunk_bytes})"
+            )
+        if not 1 <= self.ring <= 64:
+            raise ValueError(f"configure_transfer: ring must be 1..64 buffers (got {self.ring})")
+        if not 0 <= self.copy_delay_us <= 10_000_000:
+            raise ValueError(
+                f"configure_transfer: copy_delay_us must be 0..1e7 (got {self.copy_delay_us})"
+            )
+        if self.transfer_dtype not in TRANSFER_DTYPES:
+            raise ValueError(
+                f"configure_transfer: transfer_dtype must be one of {TRANSFER_DTYPES} "
+                f"(got {self.transfer_dtype!r})"
+            )
+        if self.copy_delay_us and self.engine != "cpu":
+            raise ValueError("configure_transfer: copy_delay_us is for the 'cpu' engine only")
+
+
+def is_cuda(x: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor) and x.is_cuda
+
+
+@dataclass
+class _Buffer:
+    """A tensor or array seen as raw memory: address, element dtype, length, and the owner."""
+
+    ptr: int
+    dtype: Any  # _core.DType
+    n: int
+    owner: Any
+    device: int  # -1 for host memory
+    name: str  # "float32", "float16" or "bfloat16"
+
+
+def _describe(api: str, arg: str, x: Any, *, writeable: bool) -> _Buffer:
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        if not x.is_contiguous():
+            raise ValueError(f"{api}: {arg} is not contiguous (pass {arg}.contiguous())")
+        name = str(x.dtype).removeprefix("torch.")
+        if name not in _DTYPES:
+            raise TypeError(
+                f"{api}: {arg} has dtype {x.dtype}, expected float32, float16 or bfloat16"
+            )
+        if x.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"{api}: {arg} is on device {x.device}, expected cpu or cuda")
+        device = x.device.index if x.is_cuda else -1
+        if device is None:
+            device = torch.cuda.current_device()
+        return _Buffer(x.data_ptr(), _DTYPES[name], x.numel(), x, device, name)
+    from fastps.store import _as_array  # the host path's own normalisation
+
+    a = _as_array(api, arg, x)
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{api}: {arg} is not C-contiguous (pass np.ascontiguousarray({arg}))")
+    if writeable and not a.flags.writeable:
+        raise ValueError(f"{api}: {arg} is read-only, expected a writeable array")
+    name = "bfloat16" if a.dtype.name == "bfloat16" else a.dtype.name
+    if name not in _DTYPES or a.dtype.byteorder == ">":
+        raise TypeError(f"{api}: {arg} has dtype {a.dtype}, expected float32, float16 or bfloat16")
+    return _Buffer(a.ctypes.data, _DTYPES[name], a.size, a, -1, name)
+
+
+def _stream(device: int) -> int:
+    import torch
+
+    return int(torch.cuda.current_stream(device).cuda_stream)
+
+
+class TransferPath:
+    """The transfer state of one learner handle: its options, its native pipelines (one per
+    engine and device, made on first use), and the worker of ``push_async``."""
+
+    def __init__(self, handle: Any, options: TransferOptions) -> None:
+        self._handle = handle  # _core.Learner
+        self.options = options
+        self._native: dict[tuple[str, int], Any] = {}
+        self._last: Any = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pending: concurrent.futures.Future[int] | None = None
+
+    def wants(self, x: Any) -> bool:
+        """True when ``x`` must travel through a pipeline rather than the plain host path."""
+        return self.options.engine == "cpu" or is_cuda(x)
+
+    def _pipeline(self, b: _Buffer, api: str) -> Any:
+        o = self.options
+        if b.device >= 0:
+            if o.engine == "cpu":
+                raise ValueError(
+                    f"{api}: a CUDA tensor needs the 'cuda' or 'auto' engine, this handle is "
+                    "configured with engine='cpu'"
+                )
+            key = ("cuda", b.device)
+        else:
+            key = ("cpu", -1)
+        t = self._native.get(key)
+        if t is None:
+            t = _core.Transfer(
+                self._handle, key[0], max(key[1], 0), o.chunk_bytes, o.ring, o.copy_delay_us,
+                o.record,
+            )
+            self._native[key] = t
+        self._last = t
+        return t
+
+    def wait_pending(self) -> None:
+        """Wait for a ``push_async`` still running (its exception is the future's)."""
+        if self._pending is not None:
+            concurrent.futures.wait([self._pending])
+            self._pending = None
+
+    def _narrowed(self, b: _Buffer, api: str) -> _Buffer:
+        """The gradient in transfer_dtype (one conversion on its own device), when asked."""
+        td = self.options.transfer_dtype
+        if td is None or b.name != "float32":
+            return b
+        if b.device >= 0:
+            import torch
+
+            return _describe(api, "grad", b.owner.to(getattr(torch, td)), writeable=False)
+        if td == "float16":
+            return _describe(api, "grad", np.asarray(b.owner, np.float32).astype(np.float16),
+                             writeable=False)
+        bits = np.asarray(b.owner, np.float32).view(np.uint32)
+        rne = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+        rne[np.isnan(np.asarray(b.owner))] = 0x7FC0
+        return _Buffer(rne.ctypes.data, _DTYPES["bfloat16"], rne.size, rne, -1, "bfloat16")
+
+    def _check_finite(self, b: _Buffer, nan_guard: str) -> int | None:
+        """CUDA gradients are checked here (the native check reads host memory only)."""
+        if nan_guard == "off" or b.device < 0:  # the native name: raise_, skip or off
+            return None
+        import torch
+
+        finite = torch.isfinite(b.owner)
+        if bool(finite.all()):
+            return None
+        index = int((~finite).nonzero()[0, 0])
+        return int(self._handle.refuse_nonfinite(index))
+
+    def push(self, grad: Any, nan_guard: str) -> int:
+        self.wait_pending()
+        b = self._narrowed(_describe("push", "grad", grad, writeable=False), "push")
+        refused = self._check_finite(b, nan_guard)
+        if refused is not None:
+            return refused
+        t = self._pipeline(b, "push")
+        stream = _stream(b.device) if b.device >= 0 else None
+        return int(t.push(b.ptr, b.dtype, b.n, stream))
+
+    def push_async(self, grad: Any, nan_guard: str) -> concurrent.futures.Future[int]:
+        self.wait_pending()
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, "fastps-push")
+        try:
+            b = self._narrowed(_describe("push", "grad", grad, writeable=False), "push")
+            refused = self._check_finite(b, nan_guard)
+            t = self._pipeline(b, "push")
+        except Exception as e:  # every refusal comes out of the future, as native ones do
+            failed: concurrent.futures.Future[int] = concurrent.futures.Future()
+            failed.set_exception(e)
+            return failed
+        event = None
+        if refused is None and b.device >= 0:
+            import torch
+
+            # Recorded now, on the caller's stream: the gradient as of this call. The worker
+            # waits on this event only (not on later work the caller queues).
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(b.device))
+
+        def run() -> int:
+            if refused is not None:
+                return refused
+            if event is not None:
+                event.synchronize()
+            return int(t.push(b.ptr, b.dtype, b.n, None))
+
+        self._pending = self._executor.submit(run)
+        return self._pending
+
+    def pull(self, out: Any) -> Any:
+        self.wait_pending()
+        b = _describe("pull", "out", out, writeable=True)
+        td = self.options.transfer_dtype
+        if td is not None and b.name == "float32":
+            tmp = self._half_like(b, td)
+            self.pull(tmp)
+            self._widen_into(out, tmp, b)
+            return out
+        t = self._pipeline(b, "pull")
+        t.pull(b.ptr, b.dtype, b.n, _stream(b.device) if b.device >= 0 else 0)
+        return out
+
+    @staticmethod
+    def _half_like(b: _Buffer, td: str) -> Any:
+        if td == "float16" and b.device < 0:
+            return np.empty(b.n, np.float16)
+        if "torch" not in sys.modules:
+            raise TypeError("pull: transfer_dtype='bfloat16' into host memory needs torch")
+        import torch
+
+        device = b.owner.device if b.device >= 0 else "cpu"
+        return torch.empty(b.n, dtype=getattr(torch, td), device=device)
+
+    @staticmethod
+    def _widen_into(out: Any, tmp: Any, b: _Buffer) -> None:
+        if b.device >= 0:
+            out.copy_(tmp.view(out.shape))  # on the caller's stream, ordered after the copies
+            return
+        src = tmp.astype(np.float32) if isinstance(tmp, np.ndarray) else tmp.float().numpy()
+        if isinstance(b.owner, np.ndarray):
+            b.owner.reshape(-1)[:] = src
+        else:  # a torch CPU tensor
+            import torch
+
+            b.owner.view(-1).copy_(torch.from_numpy(src))
+
+    def timeline(self) -> list[tuple[str, int, int, int, int]]:
+        if self._last is None:
+            return []
+        return [tuple(e) for e in self._last.timeline()]  # type: ignore[misc]
+
+    def close(self) -> None:
+        self.wait_pending()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        self._native.clear()
