@@ -120,6 +120,26 @@ def group(records: Iterable[Mapping[str, Any]], *keys: str) -> dict[tuple, list[
     return out
 
 
+def gradient_staleness(updates: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean staleness and fresh fraction (tau = 0) of the gradients in fit()'s update log.
+
+    A K-variant record averages gradients computed on model ``versions`` into update number
+    ``update`` (1-based): each has tau = update - 1 - version. An async record is one push
+    with its ``staleness`` (the mean over shards). {"mean", "fresh_fraction", "n"}; None
+    figures for an empty log.
+    """
+    taus: list[float] = []
+    for u in updates:
+        if "versions" in u:
+            taus += [u["update"] - 1 - v for v in u["versions"]]
+        elif "staleness" in u and not math.isnan(u["staleness"]):
+            taus.append(u["staleness"])
+    if not taus:
+        return {"mean": None, "fresh_fraction": None, "n": 0}
+    return {"mean": statistics.fmean(taus), "fresh_fraction": sum(t == 0 for t in taus) / len(taus),
+            "n": len(taus)}  # fmt: skip
+
+
 @dataclass
 class Table:
     """One table of a results script: printed as '#' lines, written as markdown."""
@@ -219,7 +239,8 @@ def run_fit(model: str, *, seed: int = 0, n_test: int = 2000, eval_train: int = 
         "stats": {k: v for k, v in h.stats.items() if k not in ("staleness_hist", "step_hist")},
         "staleness_hist": h.stats.get("staleness_hist"),
         "coordinator": h.coordinator,
-        "update_log": [{"t_s": u["t_s"], "k": u["k"]} for u in h.updates],
+        "update_log": [{"t_s": u["t_s"], "k": u["k"]} for u in h.updates if "k" in u],
+        "gradient_staleness": gradient_staleness(h.updates),
         "foreign_cpus": load.cores,
         "started_s": h.started_s,
     }
