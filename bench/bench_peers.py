@@ -42,6 +42,8 @@ Measured per peer:
   parent during the run; the others save parameter snapshots about 20 times a run, evaluated
   after it (so their evaluations cost them nothing). Interpolated between evaluations.
 
+A run during which other processes kept --quiet-below CPUs busy is made again after a wait for
+quiet (--retries, within --wait-budget seconds for the whole script), for every peer alike.
 A peer that cannot start (not installed, a port refused, a crash) is reported in its JSON line
 (``error``) and in the table, not skipped. JSON lines go to bench/results/bench_peers.jsonl;
 then a table; bench/make_results.py puts it in docs/results.md.
@@ -149,7 +151,7 @@ def run_fastps(a: argparse.Namespace, variant: str) -> dict[str, Any]:
     elif variant == "local-sgd":
         kw["local_steps"] = 4
         updates = a.batches // (4 * P)
-    run = R.run_fit("mlp", seed=a.seed, eval_train=0, learners=P, lr=a.lr,
+    run = R.run_fit("mlp", seed=a.seed, eval_train=0, retry=False, learners=P, lr=a.lr,
                     batch_size=a.batch_size, updates=updates,
                     eval_every=max(1, updates // 20), timeout_s=a.timeout, **kw)  # fmt: skip
     return {"updates": run["updates"], "batches": run["batches"], "wall_s": run["wall_s"],
@@ -285,10 +287,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "rtt_calls": a.rtt_calls, "param_bytes": nbytes}  # fmt: skip
         t0 = time.perf_counter()
         try:
-            m = impls[name]()
+            attempt = 0
+            while True:  # every peer gets the same treatment when the machine was busy
+                attempt += 1
+                t_run = time.monotonic()
+                m = impls[name]()
+                if not R.QUIET.again(m["foreign_cpus"], attempt, time.monotonic() - t_run):
+                    break
         except Exception as e:  # noqa: BLE001 -- a peer that cannot start is reported, not skipped
             R.error_record(w, params, e)
             continue
+        m["attempts"] = attempt
         s = summarize(m, a.target, nbytes)
         w.emit(params, threads=a.learners, kind="peer", **s,
                evals=[[round(t, 4), u, round(acc, 4)] for t, u, acc in m["evals"]],

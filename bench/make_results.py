@@ -99,7 +99,10 @@ def render(results_dir: Path, out: Path) -> str:
         "measured it and the machine it ran on. Re-run a script, then `python "
         "bench/make_results.py`, to refresh its section. Times are wall-clock seconds on a "
         "shared 2-core machine unless a section says otherwise: compare figures within a "
-        "section, measured in the same run, rather than across sections.",
+        "section, measured in the same run, rather than across sections. A run during which "
+        "other processes kept a quarter of a CPU or more busy was made again after a wait for "
+        "quiet while the script's time allowed (`Quiet` in bench/_results.py); every record "
+        "keeps how busy the machine was (`foreign_cpus`) and its `attempts`.",
         "",
     ]
     for name in SCRIPTS:
