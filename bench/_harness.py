@@ -250,9 +250,9 @@ def _busy_s() -> float | None:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def _self_s() -> float:
+def _self_s(children: bool = False) -> float:
     t = os.times()
-    return t.user + t.system
+    return t.user + t.system + (t.children_user + t.children_system if children else 0.0)
 
 
 class ForeignLoad:
@@ -265,20 +265,27 @@ class ForeignLoad:
 
     ``cores`` = (busy CPU time of the machine - CPU time of this process) / wall time, so 1.0
     means another process took a whole core meanwhile; NaN where /proc/stat is missing.
-    Resolution is one clock tick (10 ms) per CPU: trust it for blocks of 0.1 s and more.
+    ``children=True`` counts the child processes the block started and reaped (a training
+    run's learners) as this process's own. Resolution is one clock tick (10 ms) per CPU: trust
+    it for blocks of 0.1 s and more.
     """
 
     cores: float = math.nan
 
+    def __init__(self, *, children: bool = False) -> None:
+        self._children = children
+
     def __enter__(self) -> None:
-        self._t, self._busy, self._self = time.perf_counter(), _busy_s(), _self_s()
+        self._t, self._busy = time.perf_counter(), _busy_s()
+        self._self = _self_s(self._children)
 
     def __exit__(self, *exc: object) -> None:
         wall = time.perf_counter() - self._t
         busy = _busy_s()
         if busy is None or self._busy is None or wall <= 0:
             return
-        self.cores = max(0.0, (busy - self._busy) - (_self_s() - self._self)) / wall
+        own = _self_s(self._children) - self._self
+        self.cores = max(0.0, (busy - self._busy) - own) / wall
 
 
 def wait_quiet(threshold: float, max_wait_s: float, sample_s: float = 0.5) -> float:

@@ -64,7 +64,6 @@ from __future__ import annotations
 import argparse
 import functools
 import math
-import os
 import queue as queue_mod
 import statistics
 import sys
@@ -185,28 +184,6 @@ def _model_fn(ds: Any, seed: int) -> functools.partial[torch.nn.Module]:
 
 def _quota(total: int, P: int) -> list[int]:
     return [total // P + (r < total % P) for r in range(P)]
-
-
-class _ForeignLoad:
-    """CPUs that processes other than this one *and its reaped children* kept busy (a run's
-    learners are child processes: H.ForeignLoad would count them as foreign)."""
-
-    cores: float = math.nan
-
-    @staticmethod
-    def _own_s() -> float:
-        t = os.times()
-        return t.user + t.system + t.children_user + t.children_system
-
-    def __enter__(self) -> None:
-        self._t, self._busy, self._own = time.perf_counter(), H._busy_s(), self._own_s()
-
-    def __exit__(self, *exc: object) -> None:
-        wall = time.perf_counter() - self._t
-        busy = H._busy_s()
-        if busy is None or self._busy is None or wall <= 0:
-            return
-        self.cores = max(0.0, (busy - self._busy) - (self._own_s() - self._own)) / wall
 
 
 # -- torch-hogwild --------------------------------------------------------------------------------
@@ -438,7 +415,7 @@ class Runner:
         a = self.a
         attempt = 1
         while True:
-            load = _ForeignLoad()
+            load = H.ForeignLoad(children=True)
             with load:
                 r = self.once(impl, mode, P, updates, eval_every)
             r.foreign_cpus, r.attempts = load.cores, attempt

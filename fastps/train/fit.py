@@ -76,7 +76,8 @@ class Straggler:
 class History:
     """What a fit() run measured: evaluation points, per-learner time splits, the config."""
 
-    evals: list[dict[str, Any]] = field(default_factory=list)  # t_s, updates, loss, accuracy
+    # t_s, updates, loss, accuracy: t_s and updates when the evaluated parameters were read
+    evals: list[dict[str, Any]] = field(default_factory=list)
     learners: list[dict[str, Any]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)  # the store's, at the end
@@ -120,6 +121,7 @@ class _Plan:
     n_fetch: int = 1
     n_push: int = 1
     devices: list[str] | None = None  # learner r computes on devices[r % len(devices)]
+    comm_delay: float = 0.0  # seconds slept before every push, pull and hand-over
 
 
 @dataclass
@@ -193,21 +195,21 @@ def mean_staleness(hist: list[int]) -> float:
     return sum(t * c for t, c in enumerate(hist)) / total if total else 0.0
 
 
-def _evaluate(model: torch.nn.Module, layout: ParamLayout, params: np.ndarray, ds: Any,
-              batch: int = 2048) -> tuple[float, float]:  # fmt: skip
+def _evaluate(model: torch.nn.Module, layout: ParamLayout, params: np.ndarray, xs: np.ndarray,
+              ys: np.ndarray, batch: int = 2048) -> tuple[float, float]:  # fmt: skip
     views = layout.unflatten(torch.from_numpy(params))
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(views[name])
         model.eval()
         loss, correct = 0.0, 0
-        for i in range(0, len(ds.x_test), batch):
-            x = torch.from_numpy(ds.x_test[i : i + batch])
-            y = torch.from_numpy(ds.y_test[i : i + batch])
+        for i in range(0, len(xs), batch):
+            x = torch.from_numpy(xs[i : i + batch])
+            y = torch.from_numpy(ys[i : i + batch])
             out = model(x)
             loss += float(torch.nn.functional.cross_entropy(out, y, reduction="sum"))
             correct += int((out.argmax(1) == y).sum())
-    n = len(ds.x_test)
+    n = len(xs)
     return loss / n, correct / n
 
 
@@ -242,6 +244,7 @@ def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], d
 
         out.put(("ready", rank, None))
         start.wait()
+        t_go = time.perf_counter()
         opt.handle.pull(opt.flat_params)
         step = 0
         v = plan.variant
@@ -256,20 +259,26 @@ def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], d
             t[key] += time.perf_counter() - t_in
             return result
 
+        def send(fn: Callable[..., Any], *args: Any) -> Any:  # crosses the (emulated) network
+            if plan.comm_delay:
+                time.sleep(plan.comm_delay)
+            return fn(*args)
+
         def push(g: torch.Tensor) -> None:
-            timed("push_s", opt.handle.push, g)
+            timed("push_s", send, opt.handle.push, g)
             h = opt.handle
             taus = [v - 1 - h.read_version(s) for s, v in enumerate(h.last_push_versions()) if v]
             pushes.append((time.time(), losses[-1] if losses else math.nan,
                            sum(taus) / len(taus) if taus else math.nan))  # fmt: skip
 
         def pull(buf: torch.Tensor) -> None:
-            timed("pull_s", opt.handle.pull, buf)
+            timed("pull_s", send, opt.handle.pull, buf)
 
         def ask(loss_value: float) -> Any:  # the slot holds this learner's contribution
             if link is None:
                 raise RuntimeError("fit: an uncoordinated learner asked the coordinator")
-            link.inbox.put((rank, opt.handle.read_version(0), loss_value))
+            msg = (rank, opt.handle.read_version(0), loss_value)
+            timed("push_s", send, link.inbox.put, msg)  # the hand-over is this learner's push
             return timed("wait_s", link.reply.get)
 
         def local_step() -> None:
@@ -355,6 +364,7 @@ def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], d
                 if reply == "pull":
                     pull(opt.flat_params)
         opt.close()
+        t["run_s"] = time.perf_counter() - t_go  # from the start event to this learner's end
         out.put(("done", rank, {"id": rank, "updates": sent, "steps": step, "cancelled": cancelled, **t,
                                 "loss_first": losses[0] if losses else None,
                                 "loss_last": losses[-1] if losses else None,
@@ -529,6 +539,8 @@ def fit(
     n_push: int = 1,
     interval_s: float = 1.0,
     time_budget_s: float | None = None,
+    comm_delay: float = 0.0,
+    eval_train: int = 0,
     mode: str = "leashed",
     step_size: Any = None,
     lr: float = 0.05,
@@ -566,7 +578,11 @@ def fit(
     evaluation record (which has "accuracy").
     ``variant`` (see VARIANTS) and ``k``: async pushes every gradient itself; the others send
     gradients to a coordinator that averages K of them into one update (sync: K = learners).
-    ``straggler``: an injected delay before each mini-batch (a Straggler).
+    ``straggler``: an injected delay before each mini-batch (a Straggler). ``comm_delay``: an
+    injected network latency, seconds slept before every push, pull and hand-over of a
+    gradient or model to the coordinator (counted in the learner's push_s and pull_s).
+    ``eval_train``: each evaluation also measures the loss and accuracy of the first
+    ``eval_train`` training examples (``train_loss``, ``train_accuracy``).
     ``devices``: where the learners compute, e.g. ``["cuda:0", "cuda:1"]`` (learner r on
     ``devices[r % len(devices)]``); default the CPU. On a GPU a learner's pushes and pulls
     take the pipelined CUDA path of fastps.transfer.
@@ -582,6 +598,10 @@ def fit(
             raise ValueError(f"fit: {name_} must be an integer >= 1 (got {val!r})")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"fit: alpha must be in [0, 1] (got {alpha})")
+    if not 0.0 <= comm_delay < math.inf:
+        raise ValueError(f"fit: comm_delay must be finite seconds >= 0 (got {comm_delay})")
+    if not isinstance(eval_train, int) or eval_train < 0:
+        raise ValueError(f"fit: eval_train must be an integer >= 0 (got {eval_train!r})")
     if variant in LOCAL and (momentum or step_size is not None or store_kwargs.get("weight_decay")):
         raise ValueError(
             f"fit: {variant} exchanges models through the store's plain step (no momentum, "
@@ -641,12 +661,13 @@ def fit(
     remaining = max(0, updates - done_before)
     quota = [remaining // learners + (r < remaining % learners) for r in range(learners)]
     plan = _Plan(batch_size, seed + done_before, quota, variant, straggler, float(np.float32(lr)),
-                 local_steps, alpha, n_fetch, n_push, device_names)  # fmt: skip
+                 local_steps, alpha, n_fetch, n_push, device_names, comm_delay)  # fmt: skip
     config = {"learners": learners, "variant": variant, "k": k, "local_steps": local_steps,
               "alpha": alpha, "n_fetch": n_fetch, "n_push": n_push, "mode": store.mode, "lr": lr,
               "momentum": momentum, "batch_size": batch_size, "updates": updates,
               "resumed_at": done_before, "seed": seed, "backend": backend,
-              "step_size": repr(store.step_size), "devices": device_names}  # fmt: skip
+              "step_size": repr(store.step_size), "devices": device_names,
+              "comm_delay": comm_delay, "eval_train": eval_train}  # fmt: skip
     history = History(config=config)
     eval_every = eval_every or max(1, updates // 10)
     # Processes load a named or callable data set themselves instead of unpickling a copy.
@@ -699,15 +720,23 @@ def fit(
     t_start = time.perf_counter()
 
     def evaluate() -> None:
-        loss, acc = _evaluate(model, layout, store.read(), ds)
+        # t_s and updates describe the parameters evaluated: taken when they are read.
+        params = store.read()
         st = store.stats()
+        t_s = time.perf_counter() - t_start
+        loss, acc = _evaluate(model, layout, params, ds.x_test, ds.y_test)
+        if eval_train:
+            n = eval_train
+            train = _evaluate(model, layout, params, ds.x_train[:n], ds.y_train[:n])
         record = {
-            "t_s": time.perf_counter() - t_start,
+            "t_s": t_s,
             "updates": st["clock"],
             "loss": loss,
             "accuracy": acc,
             "staleness_mean": mean_staleness(st["staleness_hist"]),
         }
+        if eval_train:
+            record["train_loss"], record["train_accuracy"] = train
         history.evals.append(record)
         if progress:
             progress(record)

@@ -1,0 +1,95 @@
+"""The pure logic of the results scripts (bench/_results.py) and of the docs/results.md generator
+(bench/make_results.py), on synthetic histories and fixture JSON lines: no benchmark runs."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+
+import _results as R  # noqa: E402
+import make_results  # noqa: E402
+
+
+def test_first_reach_interpolates_between_the_evaluations_around_the_target():
+    loss = [(0.0, 0, 2.0), (1.0, 100, 1.0), (2.0, 200, 0.5)]
+    assert R.first_reach(loss, 0.75, below=True) == (1.5, 150.0)  # halfway from 1.0 to 0.5
+    assert R.first_reach(loss, 1.0, below=True) == (1.0, 100.0)  # exactly at an evaluation
+    assert R.first_reach(loss, 2.5, below=True) == (0.0, 0)  # the first point already
+    assert R.first_reach(loss, 0.1, below=True) is None
+    acc = [(0.0, 0, 0.1), (1.0, 10, math.nan), (2.0, 20, 0.9)]  # a NaN point is skipped
+    assert R.first_reach(acc, 0.5, below=False) == (1.0, 10.0)
+    assert R.first_reach(acc, 0.95, below=False) is None
+
+
+def test_spread_counts_the_runs_that_missed():
+    s = R.spread([1.0, 2.0, 3.0, None])
+    assert s == {"mean": 2.0, "std": 1.0, "min": 1.0, "max": 3.0, "n": 3, "of": 4}
+    assert R.fmt_spread(s) == "2.00 ± 1.00 (3/4)"
+    assert R.fmt_spread(R.spread([None, None])) == "- (0/2)"
+    assert R.fmt_spread(R.spread([0.25]), ".3f") == "0.250"
+    assert R.fmt_spread(R.spread(x for x in (1.0, 3.0))) == "2.00 ± 1.41"
+
+
+def test_gradient_staleness_of_k_variant_and_async_update_logs():
+    log = [{"update": 3, "versions": [2, 1]}, {"t_s": 0.1, "staleness": 2.0},
+           {"t_s": 0.2, "staleness": math.nan}]  # fmt: skip
+    g = R.gradient_staleness(log)  # taus 0, 1 and 2
+    assert g == {"mean": 1.0, "fresh_fraction": pytest.approx(1 / 3), "n": 3}
+    assert R.gradient_staleness([]) == {"mean": None, "fresh_fraction": None, "n": 0}
+
+
+def _record(bench, kind, params, **measured):
+    return {"bench": bench, "kind": kind, "params": params, **measured,
+            "command": f"python bench/{bench}.py", "time": "2026-01-01T00:00:00",
+            "env": {"cpu": "Test CPU", "cores": 2, "gpu": None, "git_sha": "abc123"}}  # fmt: skip
+
+
+def _mode_run(config, updates, wall_s, cas, loss):
+    return _record("results_modes", "run",
+                   {"learners": 4, "config": config, "seed": 1},
+                   updates=updates, wall_s=wall_s, foreign_cpus=0.5,
+                   stats={"cas_failures": cas, "dropped": 0, "slot_waits": 0, "lock_wait_s": 0.0},
+                   evals=[{"t": 0.0, "updates": 0, "train_loss": 2.3, "accuracy": 0.1,
+                           "staleness_mean": 0.0},
+                          {"t": wall_s, "updates": updates, "train_loss": loss, "accuracy": 0.8,
+                           "staleness_mean": 1.5}])  # fmt: skip
+
+
+def test_make_results_writes_tables_computed_from_the_records(tmp_path):
+    recs = [_mode_run("locked", 1000, 2.0, 0, 0.5), _mode_run("leashed", 1200, 1.5, 30, 0.4)]
+    peers = [
+        _record("bench_peers", "peer", {"peer": "fastps async", "learners": 2, "batch_size": 64,
+                                        "batches": 100, "lr": 0.05, "target": 0.8},
+                updates_per_s=1000.0, batches_per_s=1000.0, rtt_s=20e-6, bandwidth_Bps=5e10,
+                time_to_target_s=2.0, foreign_cpus=0.0),
+        _record("bench_peers", "peer", {"peer": "torch-hogwild"}, updates_per_s=500.0,
+                batches_per_s=500.0, rtt_s=30e-6, bandwidth_Bps=3e10, time_to_target_s=3.0,
+                foreign_cpus=0.0),
+        _record("bench_peers", "error", {"peer": "ray-ps"},
+                error="ModuleNotFoundError: No module named 'ray'"),
+    ]  # fmt: skip
+    for name, rs in (("results_modes", recs), ("bench_peers", peers)):
+        with open(tmp_path / f"{name}.jsonl", "w") as f:
+            f.write("# a comment line is skipped\n")
+            for r in rs:
+                f.write(json.dumps(r) + "\n")
+    out = tmp_path / "results.md"
+    assert make_results.main(["--results", str(tmp_path), "--out", str(out)]) == 0
+    text = out.read_text()
+    # updates/s = updates / wall_s; CAS failures per update = 30 / 1200; one seed: no spread
+    assert "| 4 | locked | 500 | 0.0000 | 0.0000 | 0.0000 | 0.0 | 1.50 | 0.500 | 0.800 | 0.50 | 1 |" in text
+    assert "| 4 | leashed | 800 | 0.0250 | 0.0000 | 0.0000 | 0.0 | 1.50 | 0.400 | 0.800 | 0.50 | 1 |" in text
+    # peers: ratios to fastps async (updates/s 0.50, round trip 1.50, time to accuracy 1.50)
+    assert ("| torch-hogwild | fastps async | 500 | 0.50 | 500 | 0.50 | 30 | 1.50 | 30.00 | 3.00 "
+            "| 1.50 |") in text  # fmt: skip
+    assert "| ray-ps | - | could not run: ModuleNotFoundError: No module named 'ray' |" in text
+    assert "Command: `python bench/results_modes.py`" in text
+    assert "Machine: Test CPU, 2 cores, no GPU; commit abc123" in text
+    assert "median of 0.50 and at most 0.50 of the CPUs" in text
+    # a script without records says how to make them
+    assert "Not measured yet: run `python bench/results_spectrum.py`" in text
