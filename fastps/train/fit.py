@@ -179,6 +179,62 @@ def _check_devices(devices: Sequence[str] | None) -> list[str] | None:
     return names
 
 
+def _eval_record(model: torch.nn.Module, layout: ParamLayout, store: Any, ds: Any,
+                 t_start: float, eval_train: int) -> dict[str, Any]:  # fmt: skip
+    """One evaluation of the store's parameters (a Store or a RayStore). t_s and updates
+    describe the parameters evaluated: they are taken when the parameters are read."""
+    params = store.read()
+    st = store.stats()
+    t_s = time.perf_counter() - t_start
+    loss, acc = _evaluate(model, layout, params, ds.x_test, ds.y_test)
+    record = {"t_s": t_s, "updates": st["clock"], "loss": loss, "accuracy": acc,
+              "staleness_mean": mean_staleness(st["staleness_hist"])}  # fmt: skip
+    if eval_train:
+        n = eval_train
+        record["train_loss"], record["train_accuracy"] = _evaluate(
+            model, layout, params, ds.x_train[:n], ds.y_train[:n]
+        )
+    return record
+
+
+def _take(msg: tuple[str, int, Any], ready: set[int], finished: dict[int, dict[str, Any]],
+          learners: int, start: Any, history: History, coordinator: _Coordinator | None,
+          time_budget_s: float | None, t_start: float, t_begin: float) -> float:  # fmt: skip
+    """One learner message of a run (any backend): "ready" (the last one starts the learners
+    and returns the start time), "done" (its record) or "error" (raised). Returns t_begin."""
+    kind, rank, payload = msg
+    if kind == "error":
+        raise RuntimeError(f"fit: learner {rank} failed:\n{payload}")
+    if kind == "done":
+        finished[rank] = payload
+        return t_begin
+    ready.add(rank)
+    if len(ready) == learners and not start.is_set():  # a restarted learner is ready again
+        t_begin = time.perf_counter()
+        history.started_s = t_begin - t_start
+        if coordinator is not None and time_budget_s:
+            coordinator.deadline = t_begin + time_budget_s
+        start.set()
+    return t_begin
+
+
+def _collect(history: History, finished: dict[int, dict[str, Any]], learners: int,
+             coordinator: _Coordinator | None, coord_thread: threading.Thread | None,
+             t_start: float) -> None:  # fmt: skip
+    """Every learner has stopped: their records, the coordinator's summary and the update log
+    go into the history."""
+    history.learners = [finished[r] for r in range(learners)]
+    pushed = _merge_pushes(history.learners, time.time() - (time.perf_counter() - t_start))
+    if coordinator is not None and coord_thread is not None:
+        coordinator.quit.set()  # nothing more can arrive
+        coord_thread.join(timeout=10)
+        history.coordinator = coordinator.summary()
+        history.coordinator["cancelled"] = sum(ln["cancelled"] for ln in history.learners)
+        history.updates = coordinator.log
+    else:
+        history.updates = pushed
+
+
 def _merge_pushes(learners: list[dict[str, Any]], t0: float) -> list[dict[str, Any]]:
     """The uncoordinated learners' pushes as one time-ordered update log (and out of the
     per-learner records, where they would be repeated). Learners stamp pushes with the wall
@@ -636,7 +692,8 @@ def fit(
                        momentum=momentum, batch_size=batch_size, epochs=epochs, updates=updates,
                        seed=seed, eval_every=eval_every, checkpoint_every=checkpoint_every,
                        checkpoint=checkpoint, resume_from=resume_from, timeout_s=timeout_s,
-                       progress=progress, address=address, **store_kwargs)  # fmt: skip
+                       progress=progress, address=address, comm_delay=comm_delay,
+                       eval_train=eval_train, **store_kwargs)  # fmt: skip
     ds = _load_data(data)
     if updates is None:
         if epochs is None:
@@ -720,23 +777,7 @@ def fit(
     t_start = time.perf_counter()
 
     def evaluate() -> None:
-        # t_s and updates describe the parameters evaluated: taken when they are read.
-        params = store.read()
-        st = store.stats()
-        t_s = time.perf_counter() - t_start
-        loss, acc = _evaluate(model, layout, params, ds.x_test, ds.y_test)
-        if eval_train:
-            n = eval_train
-            train = _evaluate(model, layout, params, ds.x_train[:n], ds.y_train[:n])
-        record = {
-            "t_s": t_s,
-            "updates": st["clock"],
-            "loss": loss,
-            "accuracy": acc,
-            "staleness_mean": mean_staleness(st["staleness_hist"]),
-        }
-        if eval_train:
-            record["train_loss"], record["train_accuracy"] = train
+        record = _eval_record(model, layout, store, ds, t_start, eval_train)
         history.evals.append(record)
         if progress:
             progress(record)
@@ -760,21 +801,12 @@ def fit(
             if coordinator is not None and coordinator.error is not None:
                 raise RuntimeError(f"fit: the coordinator failed: {coordinator.error!r}")
             try:
-                kind, rank, payload_msg = out.get(timeout=0.05)
-                if kind == "error":
-                    raise RuntimeError(f"fit: learner {rank} failed:\n{payload_msg}")
-                if kind == "ready":
-                    ready.add(rank)
-                    if len(ready) == learners:
-                        t_begin = time.perf_counter()
-                        history.started_s = t_begin - t_start
-                        if coordinator is not None and time_budget_s:
-                            coordinator.deadline = t_begin + time_budget_s
-                        start.set()
-                else:
-                    finished[rank] = payload_msg
+                msg = out.get(timeout=0.05)
             except queue_mod.Empty:
                 pass
+            else:
+                t_begin = _take(msg, ready, finished, learners, start, history, coordinator,
+                                time_budget_s, t_start, t_begin)  # fmt: skip
             if backend == "process":
                 for r, w in enumerate(workers):
                     if r not in finished and not w.is_alive() and w.exitcode not in (0, None):
@@ -789,16 +821,7 @@ def fit(
             if clock >= next_eval:
                 evaluate()
                 next_eval = clock - clock % eval_every + eval_every
-        history.learners = [finished[r] for r in range(learners)]
-        pushed = _merge_pushes(history.learners, time.time() - (time.perf_counter() - t_start))
-        if coordinator is not None and coord_thread is not None:
-            coordinator.quit.set()  # every learner has stopped: nothing more can arrive
-            coord_thread.join(timeout=10)
-            history.coordinator = coordinator.summary()
-            history.coordinator["cancelled"] = sum(ln["cancelled"] for ln in history.learners)
-            history.updates = coordinator.log
-        else:
-            history.updates = pushed
+        _collect(history, finished, learners, coordinator, coord_thread, t_start)
         evaluate()
         if checkpoint is not None:
             store.save(checkpoint, metadata={"layout": layout.to_json(), "fit": config,

@@ -31,14 +31,14 @@ from fastps.layout import ParamLayout
 from fastps.train.fit import (
     CANCELLING,
     History,
+    _collect,
     _Coordinator,
-    _evaluate,
+    _eval_record,
     _learner,
     _Link,
     _load_data,
-    _merge_pushes,
     _Plan,
-    mean_staleness,
+    _take,
 )
 
 
@@ -219,7 +219,8 @@ def fit_ray(model_fn: Callable[[], torch.nn.Module], data: Any, *, learners: int
             checkpoint_every: int | None, checkpoint: str | os.PathLike[str] | None,
             resume_from: str | os.PathLike[str] | None, timeout_s: float,
             progress: Callable[[dict[str, Any]], None] | None, address: str | None,
-            learner_restarts: int = 3, **store_kwargs: Any) -> History:  # fmt: skip
+            comm_delay: float = 0.0, eval_train: int = 0, learner_restarts: int = 3,
+            **store_kwargs: Any) -> History:  # fmt: skip
     """fit() with learner actors and a RayStore; arguments as fit(), checked there.
 
     ``checkpoint`` and ``resume_from`` are folders (``RayStore.save`` / ``RayStore.load``).
@@ -274,7 +275,8 @@ def fit_ray(model_fn: Callable[[], torch.nn.Module], data: Any, *, learners: int
         remaining = max(0, updates - done_before)
         quota = [remaining // learners + (r < remaining % learners) for r in range(learners)]
         plan = _Plan(batch_size, seed + done_before, quota, variant, straggler,
-                     float(np.float32(lr)), local_steps, alpha, n_fetch, n_push)  # fmt: skip
+                     float(np.float32(lr)), local_steps, alpha, n_fetch, n_push, None,
+                     comm_delay)  # fmt: skip
         config = {"learners": learners, "variant": variant, "k": k, "local_steps": local_steps,
                   "alpha": alpha, "n_fetch": n_fetch, "n_push": n_push, "mode": store.mode,
                   "lr": lr, "momentum": momentum, "batch_size": batch_size, "updates": updates,
@@ -311,10 +313,7 @@ def fit_ray(model_fn: Callable[[], torch.nn.Module], data: Any, *, learners: int
         t_start = time.perf_counter()
 
         def evaluate() -> None:
-            loss, acc = _evaluate(model, layout, store.read(), ds)
-            st = store.stats()
-            record = {"t_s": time.perf_counter() - t_start, "updates": st["clock"], "loss": loss,
-                      "accuracy": acc, "staleness_mean": mean_staleness(st["staleness_hist"])}  # fmt: skip
+            record = _eval_record(model, layout, store, ds, t_start, eval_train)
             history.evals.append(record)
             if progress:
                 progress(record)
@@ -340,21 +339,12 @@ def fit_ray(model_fn: Callable[[], torch.nn.Module], data: Any, *, learners: int
             if coordinator is not None and coordinator.error is not None:
                 raise RuntimeError(f"fit: the coordinator failed: {coordinator.error!r}")
             try:
-                kind, rank, msg = out.get(timeout=0.05)
-                if kind == "error":
-                    raise RuntimeError(f"fit: learner {rank} failed:\n{msg}")
-                if kind == "ready":
-                    ready.add(rank)
-                    if len(ready) == learners and not start.is_set():
-                        t_begin = time.perf_counter()
-                        history.started_s = t_begin - t_start
-                        if coordinator is not None and time_budget_s:
-                            coordinator.deadline = t_begin + time_budget_s
-                        start.set()
-                else:
-                    finished[rank] = msg
+                msg = out.get(timeout=0.05)
             except queue_mod.Empty:
                 pass
+            else:
+                t_begin = _take(msg, ready, finished, learners, start, history, coordinator,
+                                time_budget_s, t_start, t_begin)  # fmt: skip
             done_refs, _ = ray.wait(list(runs.values()), timeout=0, num_returns=len(runs))
             for ref in done_refs:
                 r = next(r for r, x in runs.items() if x == ref)
@@ -372,16 +362,7 @@ def fit_ray(model_fn: Callable[[], torch.nn.Module], data: Any, *, learners: int
             if clock >= next_eval:
                 evaluate()
                 next_eval = clock - clock % eval_every + eval_every
-        history.learners = [finished[r] for r in range(learners)]
-        pushed = _merge_pushes(history.learners, time.time() - (time.perf_counter() - t_start))
-        if coordinator is not None and coord_thread is not None:
-            coordinator.quit.set()
-            coord_thread.join(timeout=10)
-            history.coordinator = coordinator.summary()
-            history.coordinator["cancelled"] = sum(ln["cancelled"] for ln in history.learners)
-            history.updates = coordinator.log
-        else:
-            history.updates = pushed
+        _collect(history, finished, learners, coordinator, coord_thread, t_start)
         evaluate()
         if checkpoint is not None:
             save()
