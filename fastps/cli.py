@@ -69,8 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=float, default=5.0, help="passes over the training set")
     t.add_argument("--updates", type=int, default=None, help="total pushes (overrides --epochs)")
     t.add_argument("--seed", type=int, default=0, help="seed of the model and the batches")
-    t.add_argument("--backend", default="process", choices=("process", "thread"),
-                   help="learners as spawned processes or threads")  # fmt: skip
+    t.add_argument("--backend", default="process", choices=("process", "thread", "ray"),
+                   help="learners as spawned processes, threads, or Ray actors (docs/ray.md)")  # fmt: skip
+    t.add_argument("--address", default=None,
+                   help="ray: the cluster to join (default: a local instance on 127.0.0.1)")  # fmt: skip
+    t.add_argument("--servers", type=int, default=2, help="ray: ShardServer actors")
     t.add_argument("--evals", type=int, default=10, help="test-set evaluations during the run")
     t.add_argument("--json", metavar="PATH", default=None, help="write the history here")
     t.add_argument("--checkpoint", metavar="PATH", default=None, help="checkpoint file")
@@ -207,7 +210,9 @@ def train(args: argparse.Namespace) -> int:
                 seed=args.seed, backend=args.backend, eval_every=max(1, updates // args.evals),
                 checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
                 resume_from=args.resume, progress=progress,
-                devices=args.devices.split(",") if args.devices else None)  # fmt: skip
+                devices=args.devices.split(",") if args.devices else None,
+                **(dict(address=args.address, servers=args.servers) if args.backend == "ray"
+                   else {}))  # fmt: skip
     finally:
         if bar is not None:
             bar.close()

@@ -1,12 +1,11 @@
 """The CUDA transfer path (skipped without a GPU): push from and pull into CUDA tensors through
 pinned staging and the handles' copy streams, against the host path on the same data."""
 
-import threading
 
 import numpy as np
 import pytest
 import torch
-from conftest import MODES
+from conftest import MODES, run_threads
 
 import fastps
 import fastps.torch
@@ -99,11 +98,7 @@ def test_many_learners_on_one_gpu_sum_exactly(mode):
                 h.push(g)
             h.close()
 
-        ts = [threading.Thread(target=run, args=(i,)) for i in range(learners)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
+        run_threads(run, learners, args=lambda i: (i,))
         want = -pushes * sum(range(1, learners + 1))
         np.testing.assert_array_equal(store.read(), np.full(SIZE, want, np.float32))
 

@@ -2,12 +2,11 @@
 buffer-reuse code that moves CUDA tensors, run on host memory with a copy thread."""
 
 import os
-import threading
 
 import numpy as np
 import pytest
 import torch
-from conftest import CONSISTENT, MODES
+from conftest import CONSISTENT, MODES, run_threads
 
 import fastps
 from fastps import _core
@@ -162,11 +161,7 @@ def test_concurrent_pipelined_pushes_sum_exactly(mode):
                 h.push(g)
             h.close()
 
-        ts = [threading.Thread(target=learner, args=(i,)) for i in range(threads)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
+        run_threads(learner, threads, args=lambda i: (i,))
         st = store.stats()
         np.testing.assert_array_equal(store.read(), np.full(n, -pushes * 3.0, np.float32))
         assert st["versions"] == [threads * pushes]
@@ -189,11 +184,7 @@ def test_dropped_updates_skip_their_chunks_and_the_rest_still_lands():
                 h.push(g)
             h.close()
 
-        ts = [threading.Thread(target=learner, args=(i,)) for i in range(2)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
+        run_threads(learner, 2, args=lambda i: (i,))
         st = store.stats()
         w = store.read()
         for s, (b, e) in enumerate(store.shard_ranges()):

@@ -948,17 +948,20 @@ std::vector<Chunk> Learner::plan(uint64_t chunk) const {
   return out;
 }
 
-uint32_t Learner::push(const void* grad, DType dtype, size_t n) {
+void Learner::begin_push(DType dtype, size_t n) {
   check_open("push");
   applied_ = 0;
   std::fill(pushed_versions_.begin(), pushed_versions_.end(), 0);
-  const StoreConfig& cfg = store_->cfg_;
-  FASTPS_CHECK_ARG(n == cfg.size, "push: grad has %zu elements, expected %llu", n,
-                   static_cast<unsigned long long>(cfg.size));
+  FASTPS_CHECK_ARG(n == store_->cfg_.size, "push: grad has %zu elements, expected %llu", n,
+                   static_cast<unsigned long long>(store_->cfg_.size));
   FASTPS_CHECK_ARG(dtype == DType::kF32 || dtype == DType::kF16 || dtype == DType::kBF16,
                    "push: unknown gradient dtype %u", static_cast<unsigned>(dtype));
+}
+
+uint32_t Learner::push(const void* grad, DType dtype, size_t n) {
+  begin_push(dtype, n);
   check_ready();
-  if (cfg.nan_guard != NanGuard::kOff) {
+  if (store_->cfg_.nan_guard != NanGuard::kOff) {
     const int64_t bad = detail::first_nonfinite(grad, dtype, n);
     if (bad >= 0) return refuse_nonfinite(bad);
   }
@@ -967,14 +970,7 @@ uint32_t Learner::push(const void* grad, DType dtype, size_t n) {
 }
 
 uint32_t Learner::push(GradSource& src, DType dtype, size_t n, uint64_t chunk) {
-  check_open("push");
-  applied_ = 0;
-  std::fill(pushed_versions_.begin(), pushed_versions_.end(), 0);
-  const StoreConfig& cfg = store_->cfg_;
-  FASTPS_CHECK_ARG(n == cfg.size, "push: grad has %zu elements, expected %llu", n,
-                   static_cast<unsigned long long>(cfg.size));
-  FASTPS_CHECK_ARG(dtype == DType::kF32 || dtype == DType::kF16 || dtype == DType::kBF16,
-                   "push: unknown gradient dtype %u", static_cast<unsigned>(dtype));
+  begin_push(dtype, n);
   FASTPS_CHECK_ARG(chunk > 0, "push: chunk must be at least 1 element");
   return push_impl(src, dtype, chunk);
 }

@@ -181,7 +181,8 @@ def _check_devices(devices: Sequence[str] | None) -> list[str] | None:
 
 def _merge_pushes(learners: list[dict[str, Any]], t0: float) -> list[dict[str, Any]]:
     """The uncoordinated learners' pushes as one time-ordered update log (and out of the
-    per-learner records, where they would be repeated)."""
+    per-learner records, where they would be repeated). Learners stamp pushes with the wall
+    clock (comparable across hosts, unlike perf_counter); t0 is fit's start on that clock."""
     rows = [(t, ln["id"], loss, tau) for ln in learners for t, loss, tau in ln.pop("pushes", [])]
     rows.sort()
     return [{"update": i + 1, "t_s": t - t0, "k": 1, "learners": [r], "loss": loss,
@@ -228,7 +229,7 @@ def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], d
         order = rng.permutation(n)
         t = {"compute_s": 0.0, "push_s": 0.0, "pull_s": 0.0, "wait_s": 0.0, "delay_s": 0.0}
         losses: list[float] = []
-        pushes: list[tuple[float, float, float]] = []  # (time, loss, mean tau) per own push
+        pushes: list[tuple[float, float, float]] = []  # (wall time, loss, mean tau) per push
         cancelled = sent = 0
         if link is not None:
             slots, shm = link.slot_array()
@@ -267,7 +268,7 @@ def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], d
             timed("push_s", send, opt.handle.push, g)
             h = opt.handle
             taus = [v - 1 - h.read_version(s) for s, v in enumerate(h.last_push_versions()) if v]
-            pushes.append((time.perf_counter(), losses[-1] if losses else math.nan,
+            pushes.append((time.time(), losses[-1] if losses else math.nan,
                            sum(taus) / len(taus) if taus else math.nan))  # fmt: skip
 
         def pull(buf: torch.Tensor) -> None:
@@ -549,6 +550,7 @@ def fit(
     updates: int | None = None,
     seed: int = 0,
     backend: str = "process",
+    address: str | None = None,
     eval_every: int | None = None,
     checkpoint_every: int | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
@@ -567,7 +569,9 @@ def fit(
     parent evaluates the store's parameters on the test set (default: 10 times a run).
     ``checkpoint_every`` updates it saves the store to ``checkpoint`` (atomically);
     ``resume_from`` starts from such a file and makes only the updates still missing.
-    ``backend``: "process" (spawned learners; the store in shared memory) or "thread".
+    ``backend``: "process" (spawned learners; the store in shared memory), "thread", or
+    "ray" (learner actors and a fastps.ray.RayStore; ``address`` names the Ray cluster, None
+    starts a local one; ``checkpoint`` and ``resume_from`` are then folders; docs/ray.md).
     Store arguments (mode, step_size, lr, momentum, ...) pass through. A learner that raises
     stops the run with RuntimeError carrying its traceback; fit() never waits forever.
     ``progress`` is called about 20 times a second with {"updates", "total"}, and with each
@@ -611,13 +615,28 @@ def fit(
     elif not isinstance(k, int) or not 1 <= k <= (learners if "batch" not in variant else 10**6):
         bound = learners if "batch" not in variant else "any"
         raise ValueError(f"fit: variant {variant!r} needs k in [1, {bound}] (got k={k!r})")
-    if backend not in ("process", "thread"):
-        raise ValueError(f"fit: backend must be 'process' or 'thread' (got {backend!r})")
+    if backend not in ("process", "thread", "ray"):
+        raise ValueError(f"fit: backend must be 'process', 'thread' or 'ray' (got {backend!r})")
     if not isinstance(learners, int) or learners < 1:
         raise ValueError(f"fit: learners must be an integer >= 1 (got {learners!r})")
     if checkpoint_every is not None and checkpoint is None:
         raise ValueError("fit: checkpoint_every needs checkpoint=PATH")
     device_names = _check_devices(devices)
+    if backend == "ray":
+        if devices is not None:
+            raise ValueError("fit: devices is for the process and thread backends; with "
+                             "backend='ray' each learner actor gets a GPU when the cluster has "
+                             "one per learner")  # fmt: skip
+        from fastps.train.ray_backend import fit_ray
+
+        return fit_ray(model_fn, data, learners=learners, variant=variant, k=k,
+                       straggler=straggler, local_steps=local_steps, alpha=alpha,
+                       n_fetch=n_fetch, n_push=n_push, interval_s=interval_s,
+                       time_budget_s=time_budget_s, mode=mode, step_size=step_size, lr=lr,
+                       momentum=momentum, batch_size=batch_size, epochs=epochs, updates=updates,
+                       seed=seed, eval_every=eval_every, checkpoint_every=checkpoint_every,
+                       checkpoint=checkpoint, resume_from=resume_from, timeout_s=timeout_s,
+                       progress=progress, address=address, **store_kwargs)  # fmt: skip
     ds = _load_data(data)
     if updates is None:
         if epochs is None:
@@ -771,7 +790,7 @@ def fit(
                 evaluate()
                 next_eval = clock - clock % eval_every + eval_every
         history.learners = [finished[r] for r in range(learners)]
-        pushed = _merge_pushes(history.learners, t_start)
+        pushed = _merge_pushes(history.learners, time.time() - (time.perf_counter() - t_start))
         if coordinator is not None and coord_thread is not None:
             coordinator.quit.set()  # every learner has stopped: nothing more can arrive
             coord_thread.join(timeout=10)

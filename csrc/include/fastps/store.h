@@ -281,6 +281,7 @@ class Learner {
   uint32_t push_impl(GradSource& src, DType dtype, uint64_t chunk);
   void keep_snapshot(uint32_t s, const float* src);
   void check_ready() const;  // the step size's preconditions for a push
+  void begin_push(DType dtype, size_t n);  // validates a push's arguments, resets its record
 
   std::shared_ptr<Store> store_;
   uint32_t id_;
