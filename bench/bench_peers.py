@@ -224,7 +224,7 @@ def tables(records: Sequence[dict[str, Any]]) -> list[R.Table]:
     for name, r in by.items():
         if r["kind"] == "error":
             rows.append([name, "-", "could not run: " + r["error"].splitlines()[-1][:60],
-                         *["-"] * 8])  # fmt: skip
+                         *["-"] * 9])  # fmt: skip
             continue
         base_name = BASELINE.get(name, name)
         base = by.get(base_name)
@@ -238,7 +238,8 @@ def tables(records: Sequence[dict[str, Any]]) -> list[R.Table]:
                      R.fmt(r["batches_per_s"], ".0f"), ratio("batches_per_s"),
                      R.fmt(1e6 * r["rtt_s"], ".0f"), ratio("rtt_s"),
                      R.fmt(r["bandwidth_Bps"] / 1e9, ".2f"),
-                     R.fmt(r["time_to_target_s"], ".2f"), ratio("time_to_target_s")])  # fmt: skip
+                     R.fmt(r["time_to_target_s"], ".2f"), ratio("time_to_target_s"),
+                     R.fmt(r.get("foreign_cpus"), ".2f")])  # fmt: skip
     p0 = next((r["params"] for r in records if r.get("kind") in ("peer", "error")), None)
     title = "Peers against fastps"
     if p0 is not None:
@@ -248,12 +249,13 @@ def tables(records: Sequence[dict[str, Any]]) -> list[R.Table]:
     return [R.Table(
         title,
         ["peer", "compared with", "updates/s", "ratio", "batches/s", "ratio", "round trip us",
-         "ratio", "GB/s per call", "t@acc_s", "ratio"],
+         "ratio", "GB/s per call", "t@acc_s", "ratio", "other cpus"],
         rows,
         ["ratio = peer / the fastps configuration it is compared with (updates/s, batches/s: "
          "above 1 is faster than fastps; round trip and t@acc: above 1 is slower); round trip: "
          "one push + pull of the whole parameter vector with no computation; GB/s = 2 x the "
-         "vector's bytes / round trip."],
+         "vector's bytes / round trip; other cpus: CPUs other processes kept busy during the "
+         "run."],
     )]  # fmt: skip
 
 

@@ -84,7 +84,7 @@ def tables(records: Sequence[dict[str, Any]]) -> list[R.Table]:
     for rec in records:
         if rec.get("kind") == "error":
             p = rec["params"]
-            rows.append([p["model"], p["learners"], label(p), "failed", *[""] * 8])
+            rows.append([p["model"], p["learners"], label(p), "failed", *[""] * 9])
             continue
         if rec.get("kind") != "run":
             continue
@@ -93,16 +93,18 @@ def tables(records: Sequence[dict[str, Any]]) -> list[R.Table]:
         rows.append([p["model"], p["learners"], label(p), R.fmt(b["epoch"], ".2f"),
                      *(R.fmt(b[k], ".3f") for k in PARTS), R.fmt(b["lock_wait"], ".3f"),
                      R.fmt(100 * comm, ".1f"),
-                     R.fmt(rec["updates"] / rec["wall_s"], ".0f")])  # fmt: skip
+                     R.fmt(rec["updates"] / rec["wall_s"], ".0f"),
+                     R.fmt(rec.get("foreign_cpus"), ".2f")])  # fmt: skip
     return [R.Table(
         "Epoch time and its parts per learner (seconds per epoch of 60,000 images, batch 64)",
         ["model", "P", "variant/mode", "epoch_s", *(f"{k}_s" for k in PARTS), "lock_wait_s",
-         "pull+push %", "updates/s"],
+         "pull+push %", "updates/s", "other cpus"],
         rows,
         ["push includes the apply (fastps applies in place) and, in locked mode, the lock waits "
          "(lock_wait_s, shown apart); other = a learner's run time - the measured parts (batch "
          "picking, gradient gather, time not scheduled); updates/s: store updates per wall second "
-         "(sync: one update per P gradients)."],
+         "(sync: one update per P gradients); other cpus: CPUs other processes kept busy during "
+         "the run (after at most one repeat)."],
     )]  # fmt: skip
 
 

@@ -84,7 +84,7 @@ def tables(records: Sequence[dict[str, Any]]) -> list[R.Table]:
     for rec in records:
         p = rec["params"]
         if rec.get("kind") == "error":
-            rows.append([p["variant"], p["k"], "failed", *[""] * 8])
+            rows.append([p["variant"], p["k"], "failed", *[""] * 9])
             continue
         if rec.get("kind") != "run":
             continue
@@ -97,7 +97,8 @@ def tables(records: Sequence[dict[str, Any]]) -> list[R.Table]:
                      R.fmt(t_upd / ts if ts else None, ".2f"),
                      R.fmt(g["mean"], ".2f"), R.fmt(sim.get("mean_staleness"), ".2f"),
                      R.fmt(g["fresh_fraction"], ".2f"), R.fmt(sim.get("fresh_fraction"), ".2f"),
-                     rec["updates"], R.fmt(rec["evals"][-1]["train_loss"], ".3f")])  # fmt: skip
+                     rec["updates"], R.fmt(rec["evals"][-1]["train_loss"], ".3f"),
+                     R.fmt(rec.get("foreign_cpus"), ".2f")])  # fmt: skip
     first = next((r for r in records if r.get("kind") == "sim"), None)
     notes = []
     if first is not None:
@@ -110,7 +111,7 @@ def tables(records: Sequence[dict[str, Any]]) -> list[R.Table]:
     return [R.Table(
         "The sync-async spectrum with exponential stragglers: measured against simulated",
         ["variant", "K", "ms/update", "sim ms/update", "measured/sim", "mean tau", "sim tau",
-         "fresh", "sim fresh", "updates", "loss at end"],
+         "fresh", "sim fresh", "updates", "loss at end", "other cpus"],
         rows,
         notes + ["loss: training loss on 2,000 training images at the end of the time budget; "
                  "fresh: fraction of gradients with staleness 0."],

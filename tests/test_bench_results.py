@@ -86,7 +86,7 @@ def test_make_results_writes_tables_computed_from_the_records(tmp_path):
     assert "| 4 | leashed | 800 | 0.0250 | 0.0000 | 0.0000 | 0.0 | 1.50 | 0.400 | 0.800 | 0.50 | 1 |" in text
     # peers: ratios to fastps async (updates/s 0.50, round trip 1.50, time to accuracy 1.50)
     assert ("| torch-hogwild | fastps async | 500 | 0.50 | 500 | 0.50 | 30 | 1.50 | 30.00 | 3.00 "
-            "| 1.50 |") in text  # fmt: skip
+            "| 1.50 | 0.00 |") in text  # fmt: skip
     assert "| ray-ps | - | could not run: ModuleNotFoundError: No module named 'ray' |" in text
     assert "Command: `python bench/results_modes.py`" in text
     assert "Machine: Test CPU, 2 cores, no GPU; commit abc123" in text
