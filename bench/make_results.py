@@ -56,15 +56,22 @@ def machine(records: Sequence[dict[str, Any]]) -> str:
     return "; ".join(parts)
 
 
+QUIET_CPUS = 0.25  # the results scripts' own threshold for a disturbed run (bench/_results.py)
+
+
 def load_note(records: Sequence[dict[str, Any]]) -> str | None:
     vals = [float(r["foreign_cpus"]) for r in records
             if isinstance(r.get("foreign_cpus"), (int, float))
             and not math.isnan(float(r["foreign_cpus"]))]  # fmt: skip
     if not vals:
         return None
-    return (f"Other processes kept a median of {statistics.median(vals):.2f} and at most "
-            f"{max(vals):.2f} of the CPUs busy during the runs (the machine is shared): "
-            "timings are noisier than on a quiet machine.")  # fmt: skip
+    med, top = statistics.median(vals), max(vals)
+    if top < QUIET_CPUS:
+        return (f"The machine was quiet during the runs: other processes kept at most {top:.2f} "
+                "of the CPUs busy.")  # fmt: skip
+    return (f"Other processes kept a median of {med:.2f} and at most {top:.2f} of the CPUs "
+            "busy during the runs (the machine is shared): timings are noisier than on a quiet "
+            "machine.")  # fmt: skip
 
 
 def section(name: str, records: list[dict[str, Any]], results_dir: Path, out: Path) -> str:

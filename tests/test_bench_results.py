@@ -93,3 +93,13 @@ def test_make_results_writes_tables_computed_from_the_records(tmp_path):
     assert "median of 0.50 and at most 0.50 of the CPUs" in text
     # a script without records says how to make them
     assert "Not measured yet: run `python bench/results_spectrum.py`" in text
+
+
+def test_load_note_says_quiet_only_below_the_disturbance_threshold():
+    quiet = [{"foreign_cpus": 0.02}, {"foreign_cpus": 0.1}]
+    busy = [{"foreign_cpus": 0.02}, {"foreign_cpus": 1.2}, {"foreign_cpus": 0.5}]
+    assert make_results.load_note(quiet) == (
+        "The machine was quiet during the runs: other processes kept at most 0.10 of the CPUs busy."
+    )
+    assert make_results.load_note(busy).startswith("Other processes kept a median of 0.50 and at most 1.20")
+    assert make_results.load_note([{"x": 1}]) is None
