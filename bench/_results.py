@@ -368,6 +368,31 @@ def pyplot() -> Any:
     return plt
 
 
+def loss_panel(ax: Any, runs: Sequence[Mapping[str, Any]], *, series: Callable[[Any], str],
+               colors: Mapping[str, str] | None = None, label: Callable[[Any], str] | None = None,
+               x: str = "t", target: float | None = None, title: str | None = None,
+               **style: Any) -> None:  # fmt: skip
+    """The training loss of each run on a log axis against seconds since the learners began
+    (x="t") or updates (x="updates"): one colour and one legend entry per ``series(run)``
+    (``label(run)`` for the entry's text), a dashed line at ``target``."""
+    seen: set[str] = set()
+    for r in runs:
+        name = series(r)
+        c = curve(r, "train_loss")
+        ax.plot([t if x == "t" else u for t, u, _ in c], [v for _, _, v in c],
+                color=colors[name] if colors else None,
+                label=None if name in seen else (label(r) if label else name), **style)  # fmt: skip
+        seen.add(name)
+    if target is not None:
+        ax.axhline(target, color="k", lw=0.5, ls="--")
+    ax.set_yscale("log")
+    ax.set_xlabel("seconds since the learners began" if x == "t" else "updates")
+    ax.set_ylabel("training loss")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=7)
+
+
 def save_figure(fig: Any, path: Path) -> None:
     """A small PNG (dpi 80): the committed plots stay well under 200 KB."""
     fig.tight_layout()

@@ -111,18 +111,11 @@ def plot(records: Sequence[dict[str, Any]], path: Any) -> None:
     plt = R.pyplot()
     runs = [r for r in records if r.get("kind") == "run"]
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for r in runs:
-        c = R.curve(r, "train_loss")
-        ax.plot([t for t, _, _ in c], [v for _, _, v in c], lw=1.2, marker=".", ms=3,
-                label=r["params"]["config"])  # fmt: skip
-    if runs:
-        q = runs[0]["params"]
-        ax.axhline(q["loss_target"], color="k", lw=0.5, ls="--")
-        ax.set_title(f"MLP, P = {q['learners']}, comm_delay {1000 * q['comm_delay']:g} ms")
-    ax.set_yscale("log")
-    ax.set_xlabel("seconds since the learners began")
-    ax.set_ylabel("training loss")
-    ax.legend(fontsize=7)
+    q = runs[0]["params"] if runs else None
+    R.loss_panel(ax, runs, series=lambda r: r["params"]["config"],
+                 target=q["loss_target"] if q else None,
+                 title=f"MLP, P = {q['learners']}, comm_delay {1000 * q['comm_delay']:g} ms"
+                 if q else None, lw=1.2, marker=".", ms=3)  # fmt: skip
     R.save_figure(fig, path)
 
 

@@ -88,20 +88,9 @@ def plot(records: Sequence[dict[str, Any]], path: Any) -> None:
     ps = list(dict.fromkeys(r["params"]["learners"] for r in runs))
     fig, axes = plt.subplots(1, len(ps), figsize=(5 * len(ps), 3.6), squeeze=False)
     for ax, P in zip(axes[0], ps):
-        seen = set()
-        for r in runs:
-            q = r["params"]
-            if q["learners"] != P:
-                continue
-            c = R.curve(r, "train_loss")
-            ax.plot([t for t, _, _ in c], [v for _, _, v in c], color=COLORS[q["config"]],
-                    lw=1, alpha=0.8, label=None if q["config"] in seen else q["config"])  # fmt: skip
-            seen.add(q["config"])
-        ax.set_yscale("log")
-        ax.set_xlabel("seconds since the learners began")
-        ax.set_ylabel("training loss")
-        ax.set_title(f"MLP, P = {P}: loss against wall-clock time")
-        ax.legend(fontsize=7)
+        R.loss_panel(ax, [r for r in runs if r["params"]["learners"] == P],
+                     series=lambda r: r["params"]["config"], colors=COLORS,
+                     title=f"MLP, P = {P}: loss against wall-clock time", lw=1, alpha=0.8)  # fmt: skip
     R.save_figure(fig, path)
 
 

@@ -119,22 +119,11 @@ def plot(records: Sequence[dict[str, Any]], path: Any) -> None:
     fig, axes = plt.subplots(1, len(ps), figsize=(5 * len(ps), 3.6), squeeze=False)
     colors = {"projected": "tab:blue", "hand-picked": "tab:red"}
     for ax, P in zip(axes[0], ps):
-        seen = set()
-        for r in runs:
-            q = r["params"]
-            if q["learners"] != P:
-                continue
-            c = R.curve(r, "train_loss")
-            name = f"{q['rate']} ({q['lr']:.3g})"
-            ax.plot([u for _, u, _ in c], [v for _, _, v in c], color=colors[q["rate"]], lw=1,
-                    label=None if q["rate"] in seen else name)  # fmt: skip
-            seen.add(q["rate"])
-        ax.axhline(runs[0]["params"]["loss_target"], color="k", lw=0.5, ls="--")
-        ax.set_yscale("log")
-        ax.set_xlabel("updates")
-        ax.set_ylabel("training loss")
-        ax.set_title(f"MLP, P = {P}")
-        ax.legend(fontsize=7)
+        R.loss_panel(ax, [r for r in runs if r["params"]["learners"] == P],
+                     series=lambda r: r["params"]["rate"], colors=colors,
+                     label=lambda r: f"{r['params']['rate']} ({r['params']['lr']:.3g})",
+                     x="updates", target=runs[0]["params"]["loss_target"], title=f"MLP, P = {P}",
+                     lw=1)  # fmt: skip
     R.save_figure(fig, path)
 
 

@@ -123,15 +123,8 @@ def plot(records: Sequence[dict[str, Any]], path: Any) -> None:
     runs = [r for r in records if r.get("kind") == "run"]
     sims = {r["params"]["variant"]: r["sim"] for r in records if r.get("kind") == "sim"}
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
-    for r in runs:
-        c = R.curve(r, "train_loss")
-        ax.plot([t for t, _, _ in c], [v for _, _, v in c], lw=1.2, marker=".", ms=3,
-                label=f"{r['params']['variant']} (K={r['params']['k']})")  # fmt: skip
-    ax.set_yscale("log")
-    ax.set_xlabel("seconds since the learners began")
-    ax.set_ylabel("training loss")
-    ax.set_title("loss against wall-clock time (measured)")
-    ax.legend(fontsize=7)
+    R.loss_panel(ax, runs, series=lambda r: f"{r['params']['variant']} (K={r['params']['k']})",
+                 title="loss against wall-clock time (measured)", lw=1.2, marker=".", ms=3)
     names = [r["params"]["variant"] for r in runs]
     meas = [1000 * r["wall_s"] / max(1, r["updates"]) for r in runs]
     sim = [1000 * sims.get(n, {}).get("mean_time_per_update", float("nan")) for n in names]

@@ -106,21 +106,10 @@ def plot(records: Sequence[dict[str, Any]], path: Any) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
     colors = dict(zip(POLICIES, ("tab:gray", "tab:blue", "tab:green", "tab:red")))
     for ax, (m, P) in zip(axes[0], panels):
-        seen = set()
-        for r in runs:
-            q = r["params"]
-            if (q["model"], q["learners"]) != (m, P):
-                continue
-            c = R.curve(r, "train_loss")
-            ax.plot([t for t, _, _ in c], [v for _, _, v in c], color=colors[q["policy"]],
-                    alpha=0.7, lw=1, label=None if q["policy"] in seen else q["policy"])  # fmt: skip
-            seen.add(q["policy"])
-        ax.axhline(q["loss_target"], color="k", lw=0.5, ls="--")
-        ax.set_yscale("log")
-        ax.set_xlabel("seconds since the learners began")
-        ax.set_ylabel("training loss")
-        ax.set_title(f"{m}, P = {P}")
-        ax.legend(fontsize=7)
+        mine = [r for r in runs if (r["params"]["model"], r["params"]["learners"]) == (m, P)]
+        R.loss_panel(ax, mine, series=lambda r: r["params"]["policy"], colors=colors,
+                     target=mine[-1]["params"]["loss_target"], title=f"{m}, P = {P}",
+                     alpha=0.7, lw=1)  # fmt: skip
     R.save_figure(fig, path)
 
 
