@@ -197,25 +197,57 @@ def _eval_record(model: torch.nn.Module, layout: ParamLayout, store: Any, ds: An
     return record
 
 
-def _take(msg: tuple[str, int, Any], ready: set[int], finished: dict[int, dict[str, Any]],
-          learners: int, start: Any, history: History, coordinator: _Coordinator | None,
-          time_budget_s: float | None, t_start: float, t_begin: float) -> float:  # fmt: skip
-    """One learner message of a run (any backend): "ready" (the last one starts the learners
-    and returns the start time), "done" (its record) or "error" (raised). Returns t_begin."""
-    kind, rank, payload = msg
-    if kind == "error":
-        raise RuntimeError(f"fit: learner {rank} failed:\n{payload}")
-    if kind == "done":
-        finished[rank] = payload
-        return t_begin
-    ready.add(rank)
-    if len(ready) == learners and not start.is_set():  # a restarted learner is ready again
-        t_begin = time.perf_counter()
-        history.started_s = t_begin - t_start
-        if coordinator is not None and time_budget_s:
-            coordinator.deadline = t_begin + time_budget_s
-        start.set()
-    return t_begin
+def _supervise(out: Any, store: Any, learners: int, start: Any, stop: Any, history: History,
+               coordinator: _Coordinator | None, *, t_start: float, timeout_s: float,
+               time_budget_s: float | None, updates: int, done_before: int, eval_every: int,
+               checkpoint_every: int | None, evaluate: Callable[[], None],
+               save: Callable[[], None] | None, alive: Callable[[dict[int, Any]], None],
+               progress: Callable[[dict[str, Any]], None] | None) -> dict[int, dict[str, Any]]:  # fmt: skip
+    """The parent's loop of a run (any backend), until every learner has reported "done":
+    starts the learners when all are "ready", stops them when the time budget is spent, raises
+    when a learner sends "error", ``alive`` finds one dead, the coordinator fails or timeout_s
+    passes; evaluates every eval_every updates and saves every checkpoint_every (when ``save``
+    is given). Returns the learners' records by rank."""
+    finished: dict[int, dict[str, Any]] = {}
+    ready: set[int] = set()
+    t_begin = math.inf
+    next_eval = done_before + eval_every
+    next_ckpt = done_before + checkpoint_every if checkpoint_every and save else None
+    while len(finished) < learners:
+        if time.perf_counter() - t_start > timeout_s:
+            raise RuntimeError(f"fit: learners did not finish within timeout_s={timeout_s}")
+        if time_budget_s and start.is_set() and time.perf_counter() - t_begin > time_budget_s:
+            stop.set()  # learners finish their step and report
+        if coordinator is not None and coordinator.error is not None:
+            raise RuntimeError(f"fit: the coordinator failed: {coordinator.error!r}")
+        try:
+            kind, rank, payload = out.get(timeout=0.05)
+        except queue_mod.Empty:
+            pass
+        else:
+            if kind == "error":
+                raise RuntimeError(f"fit: learner {rank} failed:\n{payload}")
+            if kind == "done":
+                finished[rank] = payload
+            else:
+                ready.add(rank)
+                if len(ready) == learners and not start.is_set():  # restarted: ready again
+                    t_begin = time.perf_counter()
+                    history.started_s = t_begin - t_start
+                    if coordinator is not None and time_budget_s:
+                        coordinator.deadline = t_begin + time_budget_s
+                    start.set()
+        alive(finished)
+        clock = store.stats()["clock"]
+        if progress:
+            progress({"updates": clock, "total": updates})
+        if next_ckpt is not None and save is not None and clock >= next_ckpt:
+            save()
+            next_ckpt = clock - clock % checkpoint_every + checkpoint_every  # type: ignore[operator]
+        if clock >= next_eval:
+            evaluate()
+            next_eval = clock - clock % eval_every + eval_every
+    return finished
 
 
 def _collect(history: History, finished: dict[int, dict[str, Any]], learners: int,
@@ -782,50 +814,32 @@ def fit(
         if progress:
             progress(record)
 
-    next_eval = done_before + eval_every
-    next_ckpt = done_before + checkpoint_every if checkpoint_every else None
+    def save() -> None:
+        store.save(checkpoint, metadata={"layout": layout.to_json(), "fit": config,  # type: ignore[arg-type]
+                                         "updates_done": store.stats()["clock"]})  # fmt: skip
+
+    def alive(finished: dict[int, Any]) -> None:
+        for r, w in enumerate(workers):
+            if r not in finished and not w.is_alive() and w.exitcode not in (0, None):
+                raise RuntimeError(f"fit: learner {r} died with exit code {w.exitcode}")
+
     try:
         evaluate()
         if coord_thread is not None:
             coord_thread.start()
         for w in workers:
             w.start()
-        finished: dict[int, dict[str, Any]] = {}
-        ready: set[int] = set()
-        t_begin = math.inf
-        while len(finished) < learners:
-            if time.perf_counter() - t_start > timeout_s:
-                raise RuntimeError(f"fit: learners did not finish within timeout_s={timeout_s}")
-            if time_budget_s and start.is_set() and time.perf_counter() - t_begin > time_budget_s:
-                stop.set()  # learners finish their step and report
-            if coordinator is not None and coordinator.error is not None:
-                raise RuntimeError(f"fit: the coordinator failed: {coordinator.error!r}")
-            try:
-                msg = out.get(timeout=0.05)
-            except queue_mod.Empty:
-                pass
-            else:
-                t_begin = _take(msg, ready, finished, learners, start, history, coordinator,
-                                time_budget_s, t_start, t_begin)  # fmt: skip
-            if backend == "process":
-                for r, w in enumerate(workers):
-                    if r not in finished and not w.is_alive() and w.exitcode not in (0, None):
-                        raise RuntimeError(f"fit: learner {r} died with exit code {w.exitcode}")
-            clock = store.stats()["clock"]
-            if progress:
-                progress({"updates": clock, "total": updates})
-            if next_ckpt is not None and checkpoint is not None and clock >= next_ckpt:
-                store.save(checkpoint, metadata={"layout": layout.to_json(), "fit": config,
-                                                 "updates_done": clock})  # fmt: skip
-                next_ckpt = clock - clock % checkpoint_every + checkpoint_every
-            if clock >= next_eval:
-                evaluate()
-                next_eval = clock - clock % eval_every + eval_every
+        finished = _supervise(
+            out, store, learners, start, stop, history, coordinator, t_start=t_start,
+            timeout_s=timeout_s, time_budget_s=time_budget_s, updates=updates,
+            done_before=done_before, eval_every=eval_every, checkpoint_every=checkpoint_every,
+            evaluate=evaluate, save=save if checkpoint is not None else None,
+            alive=alive if backend == "process" else lambda finished: None, progress=progress,
+        )  # fmt: skip
         _collect(history, finished, learners, coordinator, coord_thread, t_start)
         evaluate()
         if checkpoint is not None:
-            store.save(checkpoint, metadata={"layout": layout.to_json(), "fit": config,
-                                             "updates_done": store.stats()["clock"]})  # fmt: skip
+            save()
         history.stats = {k: v for k, v in store.stats().items() if k != "versions"}
     finally:
         if coordinator is not None:

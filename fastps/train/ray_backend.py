@@ -38,7 +38,7 @@ from fastps.train.fit import (
     _Link,
     _load_data,
     _Plan,
-    _take,
+    _supervise,
 )
 
 
@@ -322,29 +322,7 @@ def fit_ray(model_fn: Callable[[], torch.nn.Module], data: Any, *, learners: int
             store.save(checkpoint, metadata={"layout": layout.to_json(), "fit": config,  # type: ignore[arg-type]
                                              "updates_done": store.stats()["clock"]})  # fmt: skip
 
-        next_eval = done_before + eval_every
-        next_ckpt = done_before + checkpoint_every if checkpoint_every else None
-        evaluate()
-        if coord_thread is not None:
-            coord_thread.start()
-        runs = {r: a.run.remote() for r, a in enumerate(learner_actors)}
-        finished: dict[int, dict[str, Any]] = {}
-        ready: set[int] = set()
-        t_begin = math.inf
-        while len(finished) < learners:
-            if time.perf_counter() - t_start > timeout_s:
-                raise RuntimeError(f"fit: learners did not finish within timeout_s={timeout_s}")
-            if time_budget_s and start.is_set() and time.perf_counter() - t_begin > time_budget_s:
-                stop.set()
-            if coordinator is not None and coordinator.error is not None:
-                raise RuntimeError(f"fit: the coordinator failed: {coordinator.error!r}")
-            try:
-                msg = out.get(timeout=0.05)
-            except queue_mod.Empty:
-                pass
-            else:
-                t_begin = _take(msg, ready, finished, learners, start, history, coordinator,
-                                time_budget_s, t_start, t_begin)  # fmt: skip
+        def alive(finished: dict[int, Any]) -> None:
             done_refs, _ = ray.wait(list(runs.values()), timeout=0, num_returns=len(runs))
             for ref in done_refs:
                 r = next(r for r, x in runs.items() if x == ref)
@@ -353,15 +331,18 @@ def fit_ray(model_fn: Callable[[], torch.nn.Module], data: Any, *, learners: int
                     ray.get(ref)
                 except Exception as e:  # noqa: BLE001 -- re-raised with the learner's rank
                     raise RuntimeError(f"fit: learner {r} died: {e}") from e
-            clock = store.stats()["clock"]
-            if progress:
-                progress({"updates": clock, "total": updates})
-            if next_ckpt is not None and checkpoint is not None and clock >= next_ckpt:
-                save()
-                next_ckpt = clock - clock % checkpoint_every + checkpoint_every  # type: ignore[operator]
-            if clock >= next_eval:
-                evaluate()
-                next_eval = clock - clock % eval_every + eval_every
+
+        evaluate()
+        if coord_thread is not None:
+            coord_thread.start()
+        runs = {r: a.run.remote() for r, a in enumerate(learner_actors)}
+        finished = _supervise(
+            out, store, learners, start, stop, history, coordinator, t_start=t_start,
+            timeout_s=timeout_s, time_budget_s=time_budget_s, updates=updates,
+            done_before=done_before, eval_every=eval_every, checkpoint_every=checkpoint_every,
+            evaluate=evaluate, save=save if checkpoint is not None else None, alive=alive,
+            progress=progress,
+        )  # fmt: skip
         _collect(history, finished, learners, coordinator, coord_thread, t_start)
         evaluate()
         if checkpoint is not None:
