@@ -1,5 +1,6 @@
 import os
 import threading
+import types
 import uuid
 
 import numpy as np
@@ -60,3 +61,13 @@ def pull_push(store, pushes, value=-1.0):
         h.pull(buf)
         h.push(g)
     h.close()
+
+
+def blobs(n=2000, d=8, classes=3, seed=0):
+    """Gaussian blobs that overlap: logistic regression reaches about 90%, not 100%."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((classes, d)).astype(np.float32) * 1.2
+    y = rng.integers(0, classes, n)
+    x = (centres[y] + rng.standard_normal((n, d))).astype(np.float32)
+    cut = n * 4 // 5
+    return types.SimpleNamespace(x_train=x[:cut], y_train=y[:cut], x_test=x[cut:], y_test=y[cut:])

@@ -8,24 +8,12 @@ import os
 import signal
 import sys
 import time
-import types
 
-import numpy as np
 import pytest
 import torch
+from conftest import blobs
 
 from fastps.train.fit import Straggler, fit
-
-
-def blobs(n=2000, d=8, classes=3, seed=0):
-    """Gaussian blobs that overlap: logistic regression reaches about 90%, not 100%."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((classes, d)).astype(np.float32) * 1.2
-    y = rng.integers(0, classes, n)
-    x = (centres[y] + rng.standard_normal((n, d))).astype(np.float32)
-    cut = n * 4 // 5
-    return types.SimpleNamespace(x_train=x[:cut], y_train=y[:cut], x_test=x[cut:], y_test=y[cut:])
-
 
 LOGREG = functools.partial(torch.nn.Linear, 8, 3)
 

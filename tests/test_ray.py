@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import blobs
 
 import fastps
 
@@ -271,18 +272,6 @@ def test_fit_with_ray_learners_reaches_the_single_learner_loss_on_digits(variant
           file=sys.stderr)  # fmt: skip
 
 
-def _blobs(n=2000, d=8, classes=3, seed=0):
-    """Overlapping Gaussian blobs (as in test_fit): logistic regression reaches about 90%."""
-    import types
-
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((classes, d)).astype(np.float32) * 1.2
-    y = rng.integers(0, classes, n)
-    x = (centres[y] + rng.standard_normal((n, d))).astype(np.float32)
-    cut = n * 4 // 5
-    return types.SimpleNamespace(x_train=x[:cut], y_train=y[:cut], x_test=x[cut:], y_test=y[cut:])
-
-
 @pytest.mark.parametrize("variant", ["k-batch-sync", "local-sgd", "downpour"])
 def test_fit_with_ray_keeps_each_variants_rule(variant):
     """The channels the async and sync runs above do not use: the coordinator's update count
@@ -292,7 +281,7 @@ def test_fit_with_ray_keeps_each_variants_rule(variant):
 
     kw = {"k-batch-sync": dict(k=2, updates=60), "local-sgd": dict(local_steps=4, updates=30),
           "downpour": dict(n_fetch=2, n_push=3, updates=60)}[variant]  # fmt: skip
-    h = fit(functools.partial(torch.nn.Linear, 8, 3), _blobs(), learners=2, variant=variant,
+    h = fit(functools.partial(torch.nn.Linear, 8, 3), blobs(), learners=2, variant=variant,
             backend="ray", lr=0.1, batch_size=32, servers=2, server_cpus=0, **kw)  # fmt: skip
     updates = kw["updates"]
     assert h.stats["clock"] == updates
@@ -318,7 +307,7 @@ def test_a_killed_learner_actor_is_restarted_and_makes_only_the_rest_of_its_quot
     result = {}
 
     def run():
-        result["h"] = fit(functools.partial(torch.nn.Linear, 8, 3), _blobs(), learners=2,
+        result["h"] = fit(functools.partial(torch.nn.Linear, 8, 3), blobs(), learners=2,
                           backend="ray", lr=0.1, batch_size=32, updates=200, servers=2,
                           server_cpus=0, straggler=Straggler("fixed", delay=0.01))  # fmt: skip
 
@@ -349,10 +338,10 @@ def test_fit_with_ray_checkpoints_to_a_folder_and_resumes_only_the_missing_updat
 
     kw = dict(learners=2, backend="ray", lr=0.1, batch_size=32, server_cpus=0)
     model = functools.partial(torch.nn.Linear, 8, 3)
-    first = fit(model, _blobs(), updates=60, checkpoint=tmp_path / "ck", checkpoint_every=20, **kw)
+    first = fit(model, blobs(), updates=60, checkpoint=tmp_path / "ck", checkpoint_every=20, **kw)
     assert first.stats["clock"] == 60
     assert sorted(os.listdir(tmp_path / "ck")) == ["manifest.json", "server-0.fpsck",
                                                    "server-1.fpsck"]  # fmt: skip
-    again = fit(model, _blobs(), updates=100, resume_from=tmp_path / "ck", **kw)
+    again = fit(model, blobs(), updates=100, resume_from=tmp_path / "ck", **kw)
     assert again.config["resumed_at"] == 60 and again.stats["clock"] == 100
     assert sum(ln["updates"] for ln in again.learners) == 40

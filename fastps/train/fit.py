@@ -179,22 +179,37 @@ def _check_devices(devices: Sequence[str] | None) -> list[str] | None:
     return names
 
 
-def _eval_record(model: torch.nn.Module, layout: ParamLayout, store: Any, ds: Any,
-                 t_start: float, eval_train: int) -> dict[str, Any]:  # fmt: skip
-    """One evaluation of the store's parameters (a Store or a RayStore). t_s and updates
-    describe the parameters evaluated: they are taken when the parameters are read."""
-    params = store.read()
-    st = store.stats()
-    t_s = time.perf_counter() - t_start
-    loss, acc = _evaluate(model, layout, params, ds.x_test, ds.y_test)
-    record = {"t_s": t_s, "updates": st["clock"], "loss": loss, "accuracy": acc,
-              "staleness_mean": mean_staleness(st["staleness_hist"])}  # fmt: skip
-    if eval_train:
-        n = eval_train
-        record["train_loss"], record["train_accuracy"] = _evaluate(
-            model, layout, params, ds.x_train[:n], ds.y_train[:n]
-        )
-    return record
+def _reporters(store: Any, model: torch.nn.Module, layout: ParamLayout, ds: Any,
+               history: History, config: dict[str, Any], *, t_start: float, eval_train: int,
+               checkpoint: str | os.PathLike[str] | None,
+               progress: Callable[[dict[str, Any]], None] | None,
+               ) -> tuple[Callable[[], None], Callable[[], None] | None]:  # fmt: skip
+    """(evaluate, save) of a run on ``store`` (a Store or a RayStore). evaluate() appends one
+    evaluation of the store's parameters to the history and reports it; its t_s and updates
+    are taken when the parameters are read. save() checkpoints the store to ``checkpoint``
+    (None without one)."""
+
+    def evaluate() -> None:
+        params = store.read()
+        st = store.stats()
+        t_s = time.perf_counter() - t_start
+        loss, acc = _evaluate(model, layout, params, ds.x_test, ds.y_test)
+        record = {"t_s": t_s, "updates": st["clock"], "loss": loss, "accuracy": acc,
+                  "staleness_mean": mean_staleness(st["staleness_hist"])}  # fmt: skip
+        if eval_train:
+            n = eval_train
+            record["train_loss"], record["train_accuracy"] = _evaluate(
+                model, layout, params, ds.x_train[:n], ds.y_train[:n]
+            )
+        history.evals.append(record)
+        if progress:
+            progress(record)
+
+    def save() -> None:
+        store.save(checkpoint, metadata={"layout": layout.to_json(), "fit": config,
+                                         "updates_done": store.stats()["clock"]})  # fmt: skip
+
+    return evaluate, save if checkpoint is not None else None
 
 
 def _supervise(out: Any, store: Any, learners: int, start: Any, stop: Any, history: History,
@@ -808,15 +823,8 @@ def fit(
     coord_thread = threading.Thread(target=coordinator.run, daemon=True) if coordinator else None
     t_start = time.perf_counter()
 
-    def evaluate() -> None:
-        record = _eval_record(model, layout, store, ds, t_start, eval_train)
-        history.evals.append(record)
-        if progress:
-            progress(record)
-
-    def save() -> None:
-        store.save(checkpoint, metadata={"layout": layout.to_json(), "fit": config,  # type: ignore[arg-type]
-                                         "updates_done": store.stats()["clock"]})  # fmt: skip
+    evaluate, save = _reporters(store, model, layout, ds, history, config, t_start=t_start,
+                                eval_train=eval_train, checkpoint=checkpoint, progress=progress)
 
     def alive(finished: dict[int, Any]) -> None:
         for r, w in enumerate(workers):
@@ -833,12 +841,11 @@ def fit(
             out, store, learners, start, stop, history, coordinator, t_start=t_start,
             timeout_s=timeout_s, time_budget_s=time_budget_s, updates=updates,
             done_before=done_before, eval_every=eval_every, checkpoint_every=checkpoint_every,
-            evaluate=evaluate, save=save if checkpoint is not None else None,
-            alive=alive if backend == "process" else lambda finished: None, progress=progress,
+            evaluate=evaluate, save=save, alive=alive if backend == "process" else lambda finished: None, progress=progress,
         )  # fmt: skip
         _collect(history, finished, learners, coordinator, coord_thread, t_start)
         evaluate()
-        if checkpoint is not None:
+        if save is not None:
             save()
         history.stats = {k: v for k, v in store.stats().items() if k != "versions"}
     finally:

@@ -33,11 +33,11 @@ from fastps.train.fit import (
     History,
     _collect,
     _Coordinator,
-    _eval_record,
     _learner,
     _Link,
     _load_data,
     _Plan,
+    _reporters,
     _supervise,
 )
 
@@ -312,15 +312,9 @@ def fit_ray(model_fn: Callable[[], torch.nn.Module], data: Any, *, learners: int
         ]  # fmt: skip
         t_start = time.perf_counter()
 
-        def evaluate() -> None:
-            record = _eval_record(model, layout, store, ds, t_start, eval_train)
-            history.evals.append(record)
-            if progress:
-                progress(record)
-
-        def save() -> None:
-            store.save(checkpoint, metadata={"layout": layout.to_json(), "fit": config,  # type: ignore[arg-type]
-                                             "updates_done": store.stats()["clock"]})  # fmt: skip
+        evaluate, save = _reporters(store, model, layout, ds, history, config, t_start=t_start,
+                                    eval_train=eval_train, checkpoint=checkpoint,
+                                    progress=progress)  # fmt: skip
 
         def alive(finished: dict[int, Any]) -> None:
             done_refs, _ = ray.wait(list(runs.values()), timeout=0, num_returns=len(runs))
@@ -340,12 +334,12 @@ def fit_ray(model_fn: Callable[[], torch.nn.Module], data: Any, *, learners: int
             out, store, learners, start, stop, history, coordinator, t_start=t_start,
             timeout_s=timeout_s, time_budget_s=time_budget_s, updates=updates,
             done_before=done_before, eval_every=eval_every, checkpoint_every=checkpoint_every,
-            evaluate=evaluate, save=save if checkpoint is not None else None, alive=alive,
+            evaluate=evaluate, save=save, alive=alive,
             progress=progress,
         )  # fmt: skip
         _collect(history, finished, learners, coordinator, coord_thread, t_start)
         evaluate()
-        if checkpoint is not None:
+        if save is not None:
             save()
         st = store.stats()
         history.stats = {k: v for k, v in st.items() if k not in ("versions", "servers")}
