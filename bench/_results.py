@@ -349,6 +349,20 @@ class Writer:
         self.file.close()
 
 
+def record_run(w: Writer, params: Mapping[str, Any], model: str,
+               **fit_kwargs: Any) -> dict[str, Any] | None:  # fmt: skip
+    """``run_fit(model, **fit_kwargs)`` recorded under ``params`` (one JSON line, the
+    per-learner splits left out); a run that fit refuses or that fails is recorded as an error,
+    and None is returned."""
+    try:
+        run = run_fit(model, **fit_kwargs)
+    except (RuntimeError, ValueError) as e:
+        error_record(w, params, e)
+        return None
+    run.pop("learners")
+    return w.emit(params, threads=fit_kwargs["learners"], **run)
+
+
 def error_record(w: Writer, params: Mapping[str, Any], e: BaseException) -> None:
     """A run that failed: logged and recorded (kind "error"), never silently dropped."""
     H.log(f"{w.name} {dict(params)}: failed: {e!r}")

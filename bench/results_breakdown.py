@@ -138,16 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 updates = max(1, batches // P) if variant == "sync" else batches
                 params = {"model": model, "learners": P, "variant": variant, "mode": mode,
                           "lr": a.lr, "batch_size": 64, "updates": updates, "seed": a.seed}  # fmt: skip
-                try:
-                    run = R.run_fit(model, seed=a.seed, eval_train=0, learners=P,
-                                    variant=variant, mode=mode, lr=a.lr, batch_size=64,
-                                    updates=updates, eval_every=updates,
-                                    timeout_s=a.timeout)  # fmt: skip
-                except (RuntimeError, ValueError) as e:
-                    R.error_record(w, params, e)
+                rec = R.record_run(w, params, model, seed=a.seed, eval_train=0, learners=P,
+                                   variant=variant, mode=mode, lr=a.lr, batch_size=64,
+                                   updates=updates, eval_every=updates,
+                                   timeout_s=a.timeout)  # fmt: skip
+                if rec is None:
                     continue
-                run.pop("learners")
-                rec = w.emit(params, threads=P, **run)
                 b = breakdown(rec)
                 H.log(f"{model} P={P} {variant}/{mode}: epoch {b['epoch']:.2f} s, compute "
                       f"{b['compute']:.2f}, push {b['push']:.3f}, pull {b['pull']:.3f}, "

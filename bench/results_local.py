@@ -128,15 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         params = {"model": "mlp", "learners": P, "config": config, **kw, "lr": a.lr,
                   "batch_size": 64, "comm_delay": a.delay, "budget_s": a.budget, "seed": a.seed,
                   "loss_target": a.loss_target, "eval_every": eval_every}  # fmt: skip
-        try:
-            run = R.run_fit("mlp", seed=a.seed, learners=P, lr=a.lr, batch_size=64,
-                            updates=10**7, time_budget_s=a.budget, comm_delay=a.delay,
-                            eval_every=eval_every, timeout_s=a.timeout, **kw)  # fmt: skip
-        except (RuntimeError, ValueError) as e:
-            R.error_record(w, params, e)
+        rec = R.record_run(w, params, "mlp", seed=a.seed, learners=P, lr=a.lr, batch_size=64,
+                           updates=10**7, time_budget_s=a.budget, comm_delay=a.delay,
+                           eval_every=eval_every, timeout_s=a.timeout, **kw)  # fmt: skip
+        if rec is None:
             continue
-        run.pop("learners")
-        rec = w.emit(params, threads=P, **run)
         H.log(f"{config}: {rec['updates']} exchanges, {rec['batches']} local steps, "
               f"{len(rec['evals'])} evaluations, final loss "
               f"{rec['evals'][-1]['train_loss']:.3f}, other cpus {rec['foreign_cpus']:.2f}")

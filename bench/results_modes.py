@@ -103,16 +103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 params = {"model": "mlp", "learners": P, "config": config, "mode": mode,
                           "persistence": persistence, "seed": seed, "lr": a.lr,
                           "batch_size": 64, "updates": a.updates}  # fmt: skip
-                try:
-                    run = R.run_fit("mlp", seed=seed, learners=P, mode=mode, lr=a.lr,
-                                    persistence=persistence, batch_size=64, updates=a.updates,
-                                    eval_every=max(1, a.updates // 25),
-                                    timeout_s=a.timeout)  # fmt: skip
-                except (RuntimeError, ValueError) as e:
-                    R.error_record(w, params, e)
+                rec = R.record_run(w, params, "mlp", seed=seed, learners=P, mode=mode, lr=a.lr,
+                                   persistence=persistence, batch_size=64, updates=a.updates,
+                                   eval_every=max(1, a.updates // 25),
+                                   timeout_s=a.timeout)  # fmt: skip
+                if rec is None:
                     continue
-                run.pop("learners")
-                rec = w.emit(params, threads=P, **run)
                 st = rec["stats"]
                 H.log(f"P={P} seed {seed} {config}: {rec['updates'] / rec['wall_s']:.0f} upd/s, "
                       f"cas failures {st.get('cas_failures')}, dropped {st.get('dropped')}, "

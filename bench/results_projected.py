@@ -145,16 +145,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 params = {"model": "mlp", "learners": P, "rate": rate, "lr": lr, "seed": seed,
                           "batch_size": 64, "updates": a.updates, "loss_target": a.loss_target}  # fmt: skip
                 step = est if rate == "projected" else fastps.Constant()
-                try:
-                    run = R.run_fit("mlp", seed=seed, learners=P, step_size=step, lr=lr,
-                                    batch_size=64, updates=a.updates,
-                                    eval_every=max(1, a.updates // 25),
-                                    timeout_s=a.timeout)  # fmt: skip
-                except (RuntimeError, ValueError) as e:
-                    R.error_record(w, params, e)
+                rec = R.record_run(w, params, "mlp", seed=seed, learners=P, step_size=step, lr=lr,
+                                   batch_size=64, updates=a.updates,
+                                   eval_every=max(1, a.updates // 25),
+                                   timeout_s=a.timeout)  # fmt: skip
+                if rec is None:
                     continue
-                run.pop("learners")
-                rec = w.emit(params, threads=P, **run)
                 hit = R.first_reach(R.curve(rec, "train_loss"), a.loss_target, below=True)
                 H.log(f"P={P} seed {seed} {rate} lr {lr:.4g}: t@loss "
                       f"{R.fmt(hit[0] if hit else None, '.2f')} s, final loss "

@@ -153,17 +153,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         params = {"model": "mlp", "learners": P, "variant": variant, "k": k, "lr": a.lr,
                   "batch_size": 64, "straggler_mean": a.straggler, "budget_s": a.budget,
                   "seed": a.seed, "eval_every": eval_every}  # fmt: skip
-        try:
-            run = R.run_fit("mlp", seed=a.seed, learners=P, variant=variant,
-                            k=None if variant in ("sync", "async") else k, lr=a.lr,
-                            batch_size=64, updates=10**7, time_budget_s=a.budget,
-                            straggler=Straggler("exp", mean=a.straggler),
-                            eval_every=eval_every, timeout_s=a.timeout)  # fmt: skip
-        except (RuntimeError, ValueError) as e:
-            R.error_record(w, params, e)
+        rec = R.record_run(w, params, "mlp", seed=a.seed, learners=P, variant=variant,
+                           k=None if variant in ("sync", "async") else k, lr=a.lr,
+                           batch_size=64, updates=10**7, time_budget_s=a.budget,
+                           straggler=Straggler("exp", mean=a.straggler),
+                           eval_every=eval_every, timeout_s=a.timeout)  # fmt: skip
+        if rec is None:
             continue
-        run.pop("learners")
-        rec = w.emit(params, threads=P, **run)
         if variant == "async":
             s, steps = rec["split"], max(1, rec["batches"])
             comm = s["push_s"] + s["pull_s"]

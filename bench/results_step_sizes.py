@@ -126,16 +126,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     params = {"model": model, "learners": P, "policy": pol, "seed": seed,
                               "lr": a.lr, "batch_size": 64, "updates": updates, "mode": "leashed",
                               "loss_target": a.loss_target or lt, "acc_target": a.acc_target or at}  # fmt: skip
-                    try:
-                        run = R.run_fit(model, seed=seed, learners=P, step_size=policy(pol),
-                                        lr=a.lr, batch_size=64, updates=updates,
-                                        eval_every=max(1, updates // 25),
-                                        timeout_s=a.timeout)  # fmt: skip
-                    except (RuntimeError, ValueError) as e:
-                        R.error_record(w, params, e)
+                    rec = R.record_run(w, params, model, seed=seed, learners=P,
+                                       step_size=policy(pol), lr=a.lr, batch_size=64,
+                                       updates=updates,
+                                       eval_every=max(1, updates // 25),
+                                       timeout_s=a.timeout)  # fmt: skip
+                    if rec is None:
                         continue
-                    run.pop("learners")
-                    rec = w.emit(params, threads=P, **run)
                     h = reach(rec)
                     H.log(f"{model} P={P} seed {seed} {pol}: t@loss "
                           f"{R.fmt(h['loss'][0] if h['loss'] else None, '.2f')} s, t@acc "
