@@ -11,6 +11,9 @@ built_with_cuda: bool
 kernel_isa: str
 
 def cuda_available() -> bool: ...
+def narrow(
+    dst: npt.NDArray[np.uint16], src: npt.NDArray[np.float32], dtype: DType
+) -> None: ...
 def probe_copy(dst: npt.NDArray[np.float32], src: npt.NDArray[np.float32]) -> None: ...
 def probe_triad(
     a: npt.NDArray[np.float32], b: npt.NDArray[np.float32], c: npt.NDArray[np.float32], s: float

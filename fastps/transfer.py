@@ -176,13 +176,10 @@ class TransferPath:
             import torch
 
             return _describe(api, "grad", b.owner.to(getattr(torch, td)), writeable=False)
-        if td == "float16":
-            return _describe(api, "grad", np.asarray(b.owner, np.float32).astype(np.float16),
-                             writeable=False)
-        bits = np.asarray(b.owner, np.float32).view(np.uint32)
-        rne = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-        rne[np.isnan(np.asarray(b.owner))] = 0x7FC0
-        return _Buffer(rne.ctypes.data, _DTYPES["bfloat16"], rne.size, rne, -1, "bfloat16")
+        src = np.asarray(b.owner, np.float32).reshape(-1)  # contiguous: a view
+        bits = np.empty(src.size, np.uint16)
+        _core.narrow(bits, src, _DTYPES[td])  # the conversion the pull path uses
+        return _Buffer(bits.ctypes.data, _DTYPES[td], bits.size, bits, -1, td)
 
     def _check_finite(self, b: _Buffer, nan_guard: str) -> int | None:
         """CUDA gradients are checked here (the native check reads host memory only)."""

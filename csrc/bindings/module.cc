@@ -149,6 +149,21 @@ PYBIND11_MODULE(_core, m) {
       py::arg("w").noconvert(), py::arg("g").noconvert(), py::arg("s"),
       "Bandwidth probe: w[:] += s * g (in place).");
 
+  m.def(
+      "narrow",
+      [](py::array_t<uint16_t, py::array::c_style> dst, py::array_t<float, py::array::c_style> src,
+         DType dtype) {
+        FASTPS_CHECK_ARG(dst.size() == src.size(), "narrow: dst has %zd elements, src %zd",
+                         dst.size(), src.size());
+        uint16_t* d = dst.mutable_data();
+        const float* s = src.data();
+        py::gil_scoped_release nogil;
+        fastps::detail::narrow(d, dtype, s, static_cast<size_t>(src.size()));
+      },
+      py::arg("dst").noconvert(), py::arg("src").noconvert(), py::arg("dtype"),
+      "dst[:] = the float16 or bfloat16 bits of src, rounded to nearest even (the pull path's "
+      "conversion).");
+
   py::enum_<Mode>(m, "Mode")
       .value("locked", Mode::kLocked)
       .value("hogwild", Mode::kHogwild)
