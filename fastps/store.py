@@ -130,13 +130,14 @@ class LearnerHandle:
         the call returns when they are complete, and the caller's current stream is ordered
         after them (no device-wide synchronisation).
         """
-        if self._xfer is not None or _transfer.is_cuda(out):
-            return self._path().pull(out)
-        if type(out) is np.ndarray:
-            self._h.pull(out)
-        else:
-            self._h.pull(_out_view("pull", out))
-        return out
+        if self._xfer is None:  # the plain path: host memory (a numpy array can't be CUDA)
+            if type(out) is np.ndarray:
+                self._h.pull(out)
+                return out
+            if not _transfer.is_cuda(out):
+                self._h.pull(_out_view("pull", out))
+                return out
+        return self._path().pull(out)
 
     def push(self, grad: Any) -> int:
         """Apply ``w -= eta(tau) * (grad + weight_decay * w)`` (with momentum when set).
@@ -149,12 +150,13 @@ class LearnerHandle:
         this handle's copy stream (after the work queued on the caller's current stream), and
         the store applies chunk i while chunk i+1 is in flight; push returns when applied.
         """
-        if self._xfer is not None or _transfer.is_cuda(grad):
-            return self._path().push(grad, self._store._s.config.nan_guard.name)
-        if type(grad) is np.ndarray:
-            return self._h.push(grad)
-        arr, dtype = _grad_view(grad)
-        return self._h.push(arr, dtype)
+        if self._xfer is None:  # the plain path: host memory (a numpy array can't be CUDA)
+            if type(grad) is np.ndarray:
+                return self._h.push(grad)
+            if not _transfer.is_cuda(grad):
+                arr, dtype = _grad_view(grad)
+                return self._h.push(arr, dtype)
+        return self._path().push(grad, self._store._s.config.nan_guard.name)
 
     def push_async(self, grad: Any) -> concurrent.futures.Future[int]:
         """``push`` on this handle's worker thread; returns a Future of its result.
