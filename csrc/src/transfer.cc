@@ -126,7 +126,7 @@ class RingSource final : public GradSource {
     close_apply();
     if (retry) {  // step 3: the ring has moved on; copy this chunk again, synchronously
       eng_.wait(eng_.copy(retry_.get(), grad_ + c.begin * esize_, c.len * esize_));
-      open_apply(index_of(c, 0), static_cast<uint32_t>(ring_.size()));
+      if (applies_) open_apply(index_of(c, 0), static_cast<uint32_t>(ring_.size()));
       return retry_.get();
     }
     const size_t j = index_of(c, next_);  // chunks next_..j-1 belonged to a dropped update

@@ -271,6 +271,7 @@ def _collect(history: History, finished: dict[int, dict[str, Any]], learners: in
     """Every learner has stopped: their records, the coordinator's summary and the update log
     go into the history."""
     history.learners = [finished[r] for r in range(learners)]
+    # Also takes the push logs out of the learner records (coordinated learners have none).
     pushed = _merge_pushes(history.learners, time.time() - (time.perf_counter() - t_start))
     if coordinator is not None and coord_thread is not None:
         coordinator.quit.set()  # nothing more can arrive
