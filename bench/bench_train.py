@@ -1,14 +1,17 @@
 """How many updates per second, and how soon a target test accuracy, does fit() reach with P
 learner processes, compared with PyTorch's Hogwild pattern on the same model and batches?
 
-Fashion-MNIST, the "mlp" model (784-128-128-128-10), plain SGD with lr 0.05, mini-batches of 64,
---updates updates in all, shared equally by the P learners, for every P in --learners:
+Fashion-MNIST, the "mlp" model (784-128-128-128-10), SGD with lr 0.05 and --momentum (default 0;
+PyTorch's mnist_hogwild example uses 0.5), mini-batches of 64, --updates updates in all, shared
+equally by the P learners, for every P in --learners:
 
-* fastps: ``fit(model_fn, load, learners=P, variant="async", mode=MODE, lr, batch_size,
-  updates, eval_every, backend="process")`` for every mode in --modes.
+* fastps: ``fit(model_fn, load, learners=P, variant="async", mode=MODE, lr, momentum,
+  batch_size, updates, eval_every, backend="process")`` for every mode in --modes. The momentum
+  buffer lives in the store, one for all learners.
 * torch-hogwild, written here after PyTorch's ``mnist_hogwild`` example: the same model,
   ``model.share_memory()``, P processes from ``torch.multiprocessing`` (spawn), each with
-  ``torch.set_num_threads(1)``, its own ``torch.optim.SGD(model.parameters(), lr)``, the data set
+  ``torch.set_num_threads(1)``, its own ``torch.optim.SGD(model.parameters(), lr, momentum)``
+  (so one momentum buffer per process, as in the example), the data set
   loaded from disk and the same shuffled mini-batches as fit()'s learner of the same rank (numpy
   generator seeded with (seed, rank)). Each process stores its step count in its own slot of a
   shared int64 array after every step (a plain store, well under a microsecond), so the parent
@@ -104,6 +107,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="rounds (default 3)")
     p.add_argument("--batch-size", type=int, default=64, help="mini-batch (default 64)")
     p.add_argument("--lr", type=float, default=0.05, help="SGD step size (default 0.05)")
+    p.add_argument(
+        "--momentum",
+        type=float,
+        default=0.0,
+        help="SGD momentum on both sides (default 0; PyTorch's mnist_hogwild uses 0.5)",
+    )
     p.add_argument("--seed", type=int, default=0, help="model and batch seed (default 0)")
     p.add_argument("--target", type=float, default=0.80, help="test accuracy (default 0.80)")
     p.add_argument(
@@ -137,8 +146,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("need --updates, --repeats, --batch-size, --eval-threads, --warmup-updates >= 1")
     if a.updates < max(a.learners):
         p.error("need --updates >= the largest P")
-    if not 0.0 < a.target <= 1.0 or a.eval_period <= 0 or a.lr <= 0:
-        p.error("need 0 < --target <= 1, --eval-period > 0, --lr > 0")
+    if not 0.0 < a.target <= 1.0 or a.eval_period <= 0 or a.lr <= 0 or not 0 <= a.momentum < 1:
+        p.error("need 0 < --target <= 1, --eval-period > 0, --lr > 0, 0 <= --momentum < 1")
     return a
 
 
@@ -203,7 +212,7 @@ def _hogwild_worker(
         torch.set_num_threads(1)
         ds = data.load(cfg["dataset"])
         torch.manual_seed(cfg["seed"] + rank)
-        opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"])
+        opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"])
         rng = np.random.default_rng([cfg["seed"], rank])  # fit()'s learner draws the same
         n, bs = len(ds.x_train), cfg["batch_size"]
         nb = max(1, n // bs)
@@ -263,7 +272,13 @@ def run_hogwild(a: argparse.Namespace, ds: Any, P: int, updates: int, eval_every
     snapshot = _model_fn(ds, a.seed)()  # the parent evaluates a copy, as fit() copies the store
     counts = ctx.Array("q", P, lock=False)  # slot r: written by worker r only
     out, start = ctx.Queue(), ctx.Event()
-    cfg = {"dataset": DATASET, "seed": a.seed, "lr": a.lr, "batch_size": a.batch_size}
+    cfg = {
+        "dataset": DATASET,
+        "seed": a.seed,
+        "lr": a.lr,
+        "momentum": a.momentum,
+        "batch_size": a.batch_size,
+    }
     procs = [
         ctx.Process(
             target=_hogwild_worker, daemon=True, args=(r, model, q, cfg, counts, out, start)
@@ -350,6 +365,7 @@ def run_fastps(
         variant="async",
         mode=mode,
         lr=a.lr,
+        momentum=a.momentum,
         batch_size=a.batch_size,
         updates=updates,
         eval_every=eval_every,
@@ -452,6 +468,7 @@ def make_record(
         "updates": a.updates,
         "batch_size": a.batch_size,
         "lr": a.lr,
+        "momentum": a.momentum,
         "seed": a.seed,
         "eval_every": eval_every,
         "eval_threads": a.eval_threads,
@@ -540,7 +557,7 @@ def print_table(records: Sequence[dict[str, Any]], a: argparse.Namespace) -> Non
         header,
         rows,
         title=(
-            f"{DATASET}, {MODEL}, batch {a.batch_size}, lr {a.lr:g}, {a.updates} updates per run, "
+            f"{DATASET}, {MODEL}, batch {a.batch_size}, lr {a.lr:g}, momentum {a.momentum:g}, {a.updates} updates per run, "
             f"median of {a.repeats} rounds: upd/s = updates / longest learner time in steps; "
             "wall_upd/s = updates / (start event .. last learner done); /torch = fastps over "
             f"{TORCH} at the same P; t@ = seconds from the start event to the first evaluation "
