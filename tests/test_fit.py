@@ -7,6 +7,7 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import time
 
 import pytest
@@ -317,3 +318,114 @@ def test_devices_are_checked_and_cpu_learners_run_there():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="fit: devices: 'cuda:0' needs a CUDA GPU"):
             fit(LOGREG, blobs(), learners=2, backend="thread", updates=4, devices=["cuda:0"])
+
+
+# -- how long a run trains: epochs are passes over the data, whatever the variant ----------------
+
+# blobs(): 1600 training examples, so one epoch in mini-batches of 32 is 50 of them.
+EPOCH = 50
+
+
+@pytest.mark.parametrize(
+    "variant, kw, per_update",
+    [
+        ("async", {}, 1),
+        ("sync", {}, P),  # every update averages P gradients
+        ("k-async", {"k": 2}, 2),
+        ("local-sgd", {"local_steps": 5}, 5 * P),  # a round: tau local steps on each learner
+        ("easgd", {"local_steps": 2}, 2),  # a learner's exchange after tau local steps
+        ("downpour", {"n_push": 5}, 5),  # one push carries n_push steps' gradients
+    ],
+)
+def test_epochs_count_passes_over_the_data_in_every_variant(variant, kw, per_update):
+    h = fit(LOGREG, blobs(), learners=P, variant=variant, backend="thread", lr=0.1,
+            batch_size=32, epochs=2, **kw)  # fmt: skip
+    updates = math.ceil(2 * EPOCH / per_update)
+    assert h.stats["clock"] == h.config["updates"] == updates
+    if variant in ("async", "easgd", "downpour"):  # mini-batches that went into pushes
+        assert sum(ln["steps"] for ln in h.learners) == updates * per_update
+    else:
+        assert h.coordinator["batches"] == updates * per_update
+
+
+def test_adacomm_counts_the_mini_batches_of_its_shrinking_rounds():
+    h = fit(LOGREG, blobs(), learners=P, variant="adacomm", local_steps=8, backend="thread",
+            lr=0.1, batch_size=32, epochs=4)  # fmt: skip
+    used = [len(u["learners"]) * u["tau"] for u in h.updates]
+    assert h.coordinator["batches"] == sum(used)
+    assert sum(used[:-1]) < 4 * EPOCH <= sum(used)  # the last round completes the epochs
+    assert h.config["batches"] == 4 * EPOCH and min(u["tau"] for u in h.updates) < 8
+
+
+def test_a_time_budget_alone_is_not_capped_at_an_epoch():
+    t0 = time.perf_counter()
+    h = fit(LOGREG, blobs(), learners=P, backend="thread", lr=0.1, batch_size=800,
+            time_budget_s=0.5)  # one epoch would be 2 updates  # fmt: skip
+    assert time.perf_counter() - t0 < 5
+    assert h.stats["clock"] > 2 and h.config["updates"] is None
+
+
+def test_run_length_and_variant_options_are_refused_where_they_do_not_apply():
+    with pytest.raises(ValueError, match=r"fit: give epochs or updates, not both"):
+        fit(LOGREG, blobs(), epochs=1, updates=10)
+    with pytest.raises(ValueError, match=r"fit: epochs must be a number > 0 \(got 0\)"):
+        fit(LOGREG, blobs(), epochs=0)
+    with pytest.raises(ValueError, match=r"fit: updates must be an integer >= 1 \(got 0\)"):
+        fit(LOGREG, blobs(), updates=0)
+    for variant, kw, name in [("async", {"alpha": 0.5}, "alpha"),
+                              ("sync", {"n_fetch": 2}, "n_fetch"),
+                              ("easgd", {"n_push": 2}, "n_push"),
+                              ("k-async", {"k": 2, "local_steps": 3}, "local_steps"),
+                              ("k-sync", {"k": 2, "interval_s": 0.5}, "interval_s")]:  # fmt: skip
+        with pytest.raises(ValueError, match=rf"fit: {name} is for variant .*'{variant}' does"):
+            fit(LOGREG, blobs(), variant=variant, **kw)
+
+
+# -- what a coordinated run reports ----------------------------------------------------------------
+
+
+def test_coordinated_updates_log_their_loss_and_staleness():
+    h = fit(LOGREG, blobs(), learners=P, variant="k-async", k=1, backend="thread", lr=0.1,
+            updates=80, batch_size=32)  # fmt: skip
+    for u in h.updates:  # K = 1: the one gradient's staleness, from the model it started on
+        assert u["staleness"] == u["update"] - 1 - u["versions"][0]
+        assert math.isfinite(u["loss"]) and u["loss"] > 0
+    taus = [u["staleness"] for u in h.updates]
+    assert max(taus) >= 1  # four learners on one model: some gradients are stale
+    # The evaluations report the coordinator's staleness (the store's own is always 0 here).
+    assert h.evals[-1]["staleness_mean"] == pytest.approx(sum(taus) / len(taus))
+    assert h.evals[-1]["staleness_mean"] == h.coordinator["staleness_mean"]
+    assert h.updates[0]["t_s"] > h.started_s  # on the evaluations' clock
+
+
+def _slow_model():
+    time.sleep(0.5)  # a learner's set-up (data, model) before the start
+    return LOGREG()
+
+
+def test_adasync_adapts_every_interval_from_the_learners_start():
+    h = fit(_slow_model, blobs(), learners=P, variant="adasync", k=1, interval_s=0.1,
+            backend="thread", lr=0.1, updates=150, batch_size=32,
+            straggler=Straggler("fixed", delay=0.002))  # fmt: skip
+    times = [t for t, _k in h.coordinator["adaptations"]]
+    assert len(times) >= 2
+    assert times[0] >= h.started_s + 0.1 - 1e-3  # not at the first gradients after set-up
+    assert all(b - a >= 0.1 - 1e-3 for a, b in zip(times, times[1:]))
+
+
+def _fail_in_learner_one():
+    if threading.current_thread().name.endswith("learner-1"):
+        raise ZeroDivisionError("learner 1's model exploded")
+    return LOGREG()
+
+
+@pytest.mark.parametrize("variant", ["async", "k-sync"])
+def test_a_failing_thread_learner_ends_the_run_at_once_and_leaves_no_thread(variant):
+    before = set(threading.enumerate())
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match=r"(?s)learner 1 failed:.*ZeroDivisionError"):
+        fit(_fail_in_learner_one, blobs(), learners=3, variant=variant,
+            k=2 if variant == "k-sync" else None, backend="thread", updates=100)  # fmt: skip
+    assert time.perf_counter() - t0 < 5
+    left = [t for t in set(threading.enumerate()) - before if t.is_alive()]
+    assert left == []

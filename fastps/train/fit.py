@@ -4,7 +4,8 @@ Each learner (a spawned process by default, or a thread) holds its own copy of t
 AsyncOptimizer, draws its own shuffled mini-batches, and loops: forward and backward, push the
 gradient, pull the parameters. The parent creates the store in shared memory, evaluates the
 store's parameters on the test set as training goes, writes checkpoints, and collects each
-learner's time split (pull / compute / push). Variants other than "async" come later.
+learner's time split (compute / push / pull / wait). The other variants hand their gradients
+or models to a coordinator thread in the parent (_Coordinator), which makes the store updates.
 """
 
 from __future__ import annotations
@@ -108,6 +109,73 @@ class History:
             f.write(json.dumps({"stats": self.stats}) + "\n")
 
 
+_UNBOUNDED = 2**62  # a learner's quota when only the time budget ends the run
+
+
+def _batches_per_update(variant: str, k: int, learners: int, local_steps: int,
+                        n_push: int) -> int:  # fmt: skip
+    """Mini-batches that go into one store update (adacomm at tau_0, adasync at K_0)."""
+    if variant in AVERAGING:
+        return learners * local_steps  # every learner's round of tau local steps
+    if variant == "easgd":
+        return local_steps
+    if variant == "downpour":
+        return n_push
+    return k  # async 1, sync P, the K-variants K
+
+
+@dataclass(frozen=True)
+class _Budget:
+    """How much a run trains: ``epochs`` passes over the training set, counted in mini-batches
+    that go into updates (a sync update with P learners uses P of them, a local-SGD round
+    P x tau), or ``updates`` store updates, or (neither) until the time budget is spent.
+
+    total: the run's store updates, absolute (resumed ones included); None when only the time
+    budget limits it. For adacomm and adasync, whose mini-batches per update change as tau
+    and K adapt, ``batches`` is the cap the coordinator counts, and ``total`` an estimate
+    (at tau_0 or K_0) for progress reports.
+    """
+
+    total: int | None
+    batches: int | None = None
+    per_update: int = 1
+
+    @staticmethod
+    def of(variant: str, *, k: int, learners: int, local_steps: int, n_push: int,
+           n_train: int, batch_size: int, epochs: float | None, updates: int | None,
+           time_budget_s: float | None) -> _Budget:  # fmt: skip
+        per = _batches_per_update(variant, k, learners, local_steps, n_push)
+        if updates is not None:
+            if isinstance(updates, bool) or not isinstance(updates, int) or updates < 1:
+                raise ValueError(f"fit: updates must be an integer >= 1 (got {updates!r})")
+            if epochs is not None:
+                raise ValueError(f"fit: give epochs or updates, not both (got epochs={epochs}, "
+                                 f"updates={updates})")  # fmt: skip
+            return _Budget(updates, None, per)
+        if epochs is None:
+            if time_budget_s:
+                return _Budget(None, None, per)
+            epochs = 1.0
+        if not 0.0 < epochs < math.inf:
+            raise ValueError(f"fit: epochs must be a number > 0 (got {epochs!r})")
+        batches = max(1, math.ceil(epochs * n_train / batch_size))
+        total = max(1, math.ceil(batches / per))
+        return _Budget(total, batches if variant in ("adacomm", "adasync") else None, per)
+
+    def quota(self, learners: int, done_before: int) -> list[int]:
+        """Pushes per uncoordinated learner (async, easgd, downpour) still to make."""
+        if self.total is None:
+            return [_UNBOUNDED] * learners
+        left = max(0, self.total - done_before)
+        return [left // learners + (r < left % learners) for r in range(learners)]
+
+    def targets(self, done_before: int) -> tuple[float, float]:
+        """The coordinator's caps: (absolute update count, mini-batches in this run)."""
+        if self.batches is not None:  # resumed updates counted at tau_0 or K_0
+            return math.inf, max(0, self.batches - done_before * self.per_update)
+        return (math.inf if self.total is None else self.total), math.inf
+
+
 @dataclass
 class _Plan:
     batch_size: int
@@ -183,19 +251,22 @@ def _reporters(store: Any, model: torch.nn.Module, layout: ParamLayout, ds: Any,
                history: History, config: dict[str, Any], *, t_start: float, eval_train: int,
                checkpoint: str | os.PathLike[str] | None,
                progress: Callable[[dict[str, Any]], None] | None,
+               staleness: Callable[[], float] | None = None,
                ) -> tuple[Callable[[], None], Callable[[], None] | None]:  # fmt: skip
     """(evaluate, save) of a run on ``store`` (a Store or a RayStore). evaluate() appends one
     evaluation of the store's parameters to the history and reports it; its t_s and updates
-    are taken when the parameters are read. save() checkpoints the store to ``checkpoint``
-    (None without one)."""
+    are taken when the parameters are read; its staleness_mean is ``staleness()`` when given
+    (a coordinator's), else the store histogram's. save() checkpoints the store to
+    ``checkpoint`` (None without one)."""
 
     def evaluate() -> None:
         params = store.read()
         st = store.stats()
         t_s = time.perf_counter() - t_start
         loss, acc = _evaluate(model, layout, params, ds.x_test, ds.y_test)
+        tau = staleness() if staleness is not None else mean_staleness(st["staleness_hist"])
         record = {"t_s": t_s, "updates": st["clock"], "loss": loss, "accuracy": acc,
-                  "staleness_mean": mean_staleness(st["staleness_hist"])}  # fmt: skip
+                  "staleness_mean": tau}  # fmt: skip
         if eval_train:
             n = eval_train
             record["train_loss"], record["train_accuracy"] = _evaluate(
@@ -214,7 +285,8 @@ def _reporters(store: Any, model: torch.nn.Module, layout: ParamLayout, ds: Any,
 
 def _supervise(out: Any, store: Any, learners: int, start: Any, stop: Any, history: History,
                coordinator: _Coordinator | None, *, t_start: float, timeout_s: float,
-               time_budget_s: float | None, updates: int, done_before: int, eval_every: int,
+               time_budget_s: float | None, updates: int | None, done_before: int,
+               eval_every: int,
                checkpoint_every: int | None, evaluate: Callable[[], None],
                save: Callable[[], None] | None, alive: Callable[[dict[int, Any]], None],
                progress: Callable[[dict[str, Any]], None] | None) -> dict[int, dict[str, Any]]:  # fmt: skip
@@ -249,8 +321,10 @@ def _supervise(out: Any, store: Any, learners: int, start: Any, stop: Any, histo
                 if len(ready) == learners and not start.is_set():  # restarted: ready again
                     t_begin = time.perf_counter()
                     history.started_s = t_begin - t_start
-                    if coordinator is not None and time_budget_s:
-                        coordinator.deadline = t_begin + time_budget_s
+                    if coordinator is not None:  # its clocks start with the learners
+                        coordinator.next_adapt = t_begin + coordinator.interval_s
+                        if time_budget_s:
+                            coordinator.deadline = t_begin + time_budget_s
                     start.set()
         alive(finished)
         clock = store.stats()["clock"]
@@ -494,22 +568,26 @@ class _Coordinator:
     """
 
     def __init__(self, variant: str, k: int, learners: int, store: Store, slots: np.ndarray,
-                 inbox: Any, replies: list[Any], target: int, version: Any, *,
-                 tau0: int = 1, interval_s: float = 1.0, deadline: float = math.inf) -> None:  # fmt: skip
+                 inbox: Any, replies: list[Any], target: float, version: Any, *,
+                 tau0: int = 1, interval_s: float = 1.0, deadline: float = math.inf,
+                 target_batches: float = math.inf) -> None:  # fmt: skip
         self.variant, self.k, self.P = variant, k, learners
         self.handle = store.learner()
         self.scratch = np.empty(store.size, np.float32)
         self.acc = np.zeros(store.size, np.float32)
         self.slots, self.inbox, self.replies = slots, inbox, replies
-        self.target = target
+        self.target = target  # absolute update count (inf: no cap)
+        self.target_batches = target_batches  # mini-batches in updates of this run (inf: none)
+        self.batches = 0
         self.updates = store.stats()["clock"]  # the coordinator is the only writer
         self.version = version
         self.version.value = self.updates
-        self.batch: list[tuple[int, int]] = []  # (rank, version) of the gradients in acc
+        # (rank, version, loss, staleness) of the gradients in acc
+        self.batch: list[tuple[int, int, float, int]] = []
         self.waiting: list[int] = []
         self.dropped = 0
         self.after_end = 0
-        self.staleness: list[int] = []
+        self.tau_sum = self.tau_n = 0  # staleness of every gradient taken (read by evaluate)
         self.log: list[dict[str, Any]] = []
         self.stopped: set[int] = set()
         self.error: BaseException | None = None
@@ -522,10 +600,18 @@ class _Coordinator:
         self.f0: float | None = None
         self.round_losses: list[float] = []
         self.interval_s = interval_s
-        self.next_adapt = self.t0 + interval_s
+        self.next_adapt = self.t0 + interval_s  # re-armed when the learners start
+        self.adaptations: list[tuple[float, int]] = []  # adasync: (t_s, K after it)
 
     def done(self) -> bool:
-        return self.updates >= self.target or time.perf_counter() >= self.deadline
+        return (self.updates >= self.target or self.batches >= self.target_batches
+                or time.perf_counter() >= self.deadline)  # fmt: skip
+
+    def staleness_mean(self) -> float:
+        """Mean staleness of the gradients taken so far (the store's own stays 0: the
+        coordinator is its only writer)."""
+        n = self.tau_n
+        return self.tau_sum / n if n else 0.0
 
     def reply(self, rank: int, what: str) -> None:
         if self.done():
@@ -559,12 +645,16 @@ class _Coordinator:
         self.handle.push(self.acc / np.float32(len(self.batch)))
         self.updates += 1
         self.version.value = self.updates  # learners of the cancelling variants watch it
-        contributors = {r for r, _ in self.batch}
+        # adacomm: every contribution is a round of tau local steps (tau adapts after it)
+        self.batches += len(self.batch) * (self.tau if self.variant in AVERAGING else 1)
+        contributors = {b[0] for b in self.batch}
         # The work in progress of every other learner is cancelled (k-sync, k-batch-sync) or
         # kept (k-async, k-batch-async); sync has none.
         self.log.append({"update": self.updates, "t_s": time.perf_counter() - self.t0,
-                         "k": len(self.batch), "learners": [r for r, _ in self.batch],
-                         "versions": [v for _, v in self.batch],
+                         "k": len(self.batch), "learners": [b[0] for b in self.batch],
+                         "versions": [b[1] for b in self.batch],
+                         "loss": float(np.mean([b[2] for b in self.batch])),
+                         "staleness": float(np.mean([b[3] for b in self.batch])),
                          "in_progress": self.P - len(contributors), "tau": self.tau})  # fmt: skip
         if self.variant == "adacomm":
             self.adapt()
@@ -574,15 +664,17 @@ class _Coordinator:
         for r in waiting:
             self.reply(r, "pull")
 
-    def on_gradient(self, rank: int, version: int) -> None:
+    def on_gradient(self, rank: int, version: int, loss: float = math.nan) -> None:
         v = self.variant
         if v in ("sync", *CANCELLING, *AVERAGING) and version < self.updates:
             self.dropped += 1  # overtaken after the learner last looked: a late gradient
             self.reply(rank, "pull")
             return
-        self.staleness.append(self.updates - version)
+        tau = self.updates - version
+        self.tau_sum += tau
+        self.tau_n += 1
         self.acc += self.slots[rank]
-        self.batch.append((rank, version))
+        self.batch.append((rank, version, loss, tau))
         full = len(self.batch) >= self.k  # >=: AdaSync may have lowered K meanwhile
         # The sender that completes a batch is answered after the update (apply() replies
         # to the waiting), so its pull sees the new model; the others are answered now.
@@ -604,9 +696,12 @@ class _Coordinator:
                     continue
                 if self.variant in ("adacomm", "adasync"):
                     self.round_losses.append(loss)
-                    if self.variant == "adasync" and time.perf_counter() >= self.next_adapt:
+                    now = time.perf_counter()
+                    if self.variant == "adasync" and now >= self.next_adapt:
                         self.adapt()
-                        self.next_adapt += self.interval_s
+                        self.adaptations.append((now - self.t0, self.k))
+                        while self.next_adapt <= now:  # intervals without a gradient are skipped
+                            self.next_adapt += self.interval_s
                 if self.done():
                     if self.variant in CANCELLING and version < self.updates:
                         self.dropped += 1  # a late gradient of the last update
@@ -617,7 +712,7 @@ class _Coordinator:
                         self.reply(r, "stop")
                     self.waiting = []
                 else:
-                    self.on_gradient(rank, version)
+                    self.on_gradient(rank, version, loss)
         except BaseException as e:
             self.error = e
         finally:
@@ -625,8 +720,9 @@ class _Coordinator:
 
     def summary(self) -> dict[str, Any]:
         return {"updates": self.updates, "dropped_late": self.dropped, "after_end": self.after_end,
-                "staleness_mean": float(np.mean(self.staleness)) if self.staleness else 0.0,
-                "gradients": len(self.staleness)}  # fmt: skip
+                "staleness_mean": self.staleness_mean(), "gradients": self.tau_n,
+                "batches": self.batches,
+                **({"adaptations": self.adaptations} if self.variant == "adasync" else {})}  # fmt: skip
 
 
 def fit(
@@ -639,9 +735,9 @@ def fit(
     straggler: Straggler | None = None,
     local_steps: int | None = None,
     alpha: float | None = None,
-    n_fetch: int = 1,
-    n_push: int = 1,
-    interval_s: float = 1.0,
+    n_fetch: int | None = None,
+    n_push: int | None = None,
+    interval_s: float | None = None,
     time_budget_s: float | None = None,
     comm_delay: float = 0.0,
     eval_train: int = 0,
@@ -650,7 +746,7 @@ def fit(
     lr: float = 0.05,
     momentum: float = 0.0,
     batch_size: int = 64,
-    epochs: float | None = 1.0,
+    epochs: float | None = None,
     updates: int | None = None,
     seed: int = 0,
     backend: str = "process",
@@ -668,9 +764,15 @@ def fit(
 
     ``data``: a Dataset (fastps.train.data) or the name of one (each learner process loads it).
     ``model_fn``: builds the model (picklable: a module-level function or a functools.partial).
-    The run makes ``updates`` pushes in all (default: ``epochs`` passes of the training set in
-    mini-batches of ``batch_size``), shared equally by the learners. ``eval_every`` updates the
-    parent evaluates the store's parameters on the test set (default: 10 times a run).
+    How long it trains: ``epochs`` passes over the training set in mini-batches of
+    ``batch_size``, counted in the mini-batches that go into updates (a sync update with P
+    learners uses P, a local-SGD round P x local_steps; dropped and cancelled gradients do not
+    count), or ``updates`` store updates, or, with neither, one epoch; with only
+    ``time_budget_s``, until that many seconds have passed. The uncoordinated learners (async,
+    easgd, downpour) share the updates equally; a time budget also ends a run given in epochs
+    or updates when it is spent first. ``eval_every`` updates the parent evaluates the store's
+    parameters on the test set (default: 10 times a run; every 200 updates with only a time
+    budget).
     ``checkpoint_every`` updates it saves the store to ``checkpoint`` (atomically);
     ``resume_from`` starts from such a file and makes only the updates still missing.
     ``backend``: "process" (spawned learners; the store in shared memory), "thread", or
@@ -678,8 +780,9 @@ def fit(
     starts a local one; ``checkpoint`` and ``resume_from`` are then folders; docs/ray.md).
     Store arguments (mode, step_size, lr, momentum, ...) pass through. A learner that raises
     stops the run with RuntimeError carrying its traceback; fit() never waits forever.
-    ``progress`` is called about 20 times a second with {"updates", "total"}, and with each
-    evaluation record (which has "accuracy").
+    ``progress`` is called about 20 times a second with {"updates", "total"} ("total": the
+    run's store updates, estimated at tau_0 or K_0 for adacomm and adasync, None with only a
+    time budget), and with each evaluation record (which has "accuracy").
     ``variant`` (see VARIANTS) and ``k``: async pushes every gradient itself; the others send
     gradients to a coordinator that averages K of them into one update (sync: K = learners).
     ``straggler``: an injected delay before each mini-batch (a Straggler). ``comm_delay``: an
@@ -693,6 +796,19 @@ def fit(
     """
     if variant not in VARIANTS:
         raise ValueError(f"fit: variant must be one of {', '.join(VARIANTS)} (got {variant!r})")
+    # An option the variant would ignore is refused, not dropped silently.
+    for name_, val, users in (("local_steps", local_steps, ("local-sgd", "adacomm", "easgd")),
+                              ("alpha", alpha, ("easgd",)), ("n_fetch", n_fetch, ("downpour",)),
+                              ("n_push", n_push, ("downpour",)),
+                              ("interval_s", interval_s, ("adasync",))):  # fmt: skip
+        if val is not None and variant not in users:
+            raise ValueError(f"fit: {name_} is for variant {' and '.join(users)}; "
+                             f"{variant!r} does not use it (got {name_}={val!r})")  # fmt: skip
+    n_fetch = 1 if n_fetch is None else n_fetch
+    n_push = 1 if n_push is None else n_push
+    interval_s = 1.0 if interval_s is None else interval_s
+    if not 0.0 < interval_s < math.inf:
+        raise ValueError(f"fit: interval_s must be seconds > 0 (got {interval_s})")
     if local_steps is None:
         local_steps = 4 if variant in AVERAGING else 1
     if alpha is None:
@@ -743,10 +859,10 @@ def fit(
                        progress=progress, address=address, comm_delay=comm_delay,
                        eval_train=eval_train, **store_kwargs)  # fmt: skip
     ds = _load_data(data)
-    if updates is None:
-        if epochs is None:
-            raise ValueError("fit: give epochs or updates")
-        updates = max(1, math.ceil(epochs * len(ds.x_train) / batch_size))
+    budget = _Budget.of(variant, k=k, learners=learners, local_steps=local_steps, n_push=n_push,
+                        n_train=len(ds.x_train), batch_size=batch_size, epochs=epochs,
+                        updates=updates, time_budget_s=time_budget_s)  # fmt: skip
+    updates = budget.total
     name = f"fit-{os.getpid()}-{uuid.uuid4().hex[:8]}" if backend == "process" else None
     model = model_fn()
     layout = ParamLayout.from_module(model)
@@ -763,24 +879,25 @@ def fit(
                       momentum=momentum, step_size=step_size, shared=name,
                       max_learners=learners + 1, **store_kwargs)  # fmt: skip
     done_before = store.stats()["clock"]
-    remaining = max(0, updates - done_before)
-    quota = [remaining // learners + (r < remaining % learners) for r in range(learners)]
+    quota = budget.quota(learners, done_before)
     plan = _Plan(batch_size, seed + done_before, quota, variant, straggler, float(np.float32(lr)),
                  local_steps, alpha, n_fetch, n_push, device_names, comm_delay)  # fmt: skip
     config = {"learners": learners, "variant": variant, "k": k, "local_steps": local_steps,
               "alpha": alpha, "n_fetch": n_fetch, "n_push": n_push, "mode": store.mode, "lr": lr,
               "momentum": momentum, "batch_size": batch_size, "updates": updates,
+              "epochs": epochs, "batches": budget.batches, "time_budget_s": time_budget_s,
               "resumed_at": done_before, "seed": seed, "backend": backend,
               "step_size": repr(store.step_size), "devices": device_names,
               "comm_delay": comm_delay, "eval_train": eval_train}  # fmt: skip
     history = History(config=config)
-    eval_every = eval_every or max(1, updates // 10)
+    eval_every = eval_every or (max(1, updates // 10) if updates else 200)
     # Processes load a named or callable data set themselves instead of unpickling a copy.
     payload = data if (backend == "process" and (isinstance(data, str) or callable(data))) else ds
 
     coordinated = variant not in ("async", "easgd", "downpour")
     shm = None
     links: list[_Link | None] = [None] * learners
+    replies: list[Any] = []
     coordinator = None
     workers: list[Any]
     if backend == "process":
@@ -807,8 +924,10 @@ def fit(
         )
         cancels = variant in CANCELLING
         links = [_Link(spec, inbox, replies[r], version, cancels) for r in range(learners)]
-        coordinator = _Coordinator(variant, k, learners, store, slots, inbox, replies, updates,
-                                   version, tau0=local_steps, interval_s=interval_s)  # fmt: skip
+        target, target_batches = budget.targets(done_before)
+        coordinator = _Coordinator(variant, k, learners, store, slots, inbox, replies, target,
+                                   version, tau0=local_steps, interval_s=interval_s,
+                                   target_batches=target_batches)  # fmt: skip
     # Every learner sets up (data, model, handle) before any starts: spawn skew would
     # otherwise let the first ones make the whole run alone.
     start = ctx.Event() if backend == "process" else threading.Event()
@@ -818,14 +937,17 @@ def fit(
                                args=(r, store, model_fn, payload, plan, out, start, stop, links[r]))
                    for r in range(learners)]  # fmt: skip
     else:
-        workers = [threading.Thread(target=_learner, daemon=True,
+        workers = [threading.Thread(target=_learner, daemon=True, name=f"fastps-learner-{r}",
                                     args=(r, store, model_fn, ds, plan, out, start, stop, links[r]))
                    for r in range(learners)]  # fmt: skip
     coord_thread = threading.Thread(target=coordinator.run, daemon=True) if coordinator else None
     t_start = time.perf_counter()
+    if coordinator is not None:
+        coordinator.t0 = t_start  # its log's t_s on the evaluations' clock
 
     evaluate, save = _reporters(store, model, layout, ds, history, config, t_start=t_start,
-                                eval_train=eval_train, checkpoint=checkpoint, progress=progress)
+                                eval_train=eval_train, checkpoint=checkpoint, progress=progress,
+                                staleness=coordinator.staleness_mean if coordinator else None)
 
     def alive(finished: dict[int, Any]) -> None:
         for r, w in enumerate(workers):
@@ -849,6 +971,14 @@ def fit(
         if save is not None:
             save()
         history.stats = {k: v for k, v in store.stats().items() if k != "versions"}
+    except BaseException:
+        # Learner threads cannot be killed: release the ones waiting to start or for the
+        # coordinator, and stop the others after their step, so the joins below are short.
+        stop.set()
+        start.set()
+        for q in replies if backend == "thread" else []:  # processes are killed below
+            q.put("stop")
+        raise
     finally:
         if coordinator is not None:
             coordinator.quit.set()

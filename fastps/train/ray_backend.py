@@ -31,6 +31,7 @@ from fastps.layout import ParamLayout
 from fastps.train.fit import (
     CANCELLING,
     History,
+    _Budget,
     _collect,
     _Coordinator,
     _learner,
@@ -241,10 +242,10 @@ def fit_ray(model_fn: Callable[[], torch.nn.Module], data: Any, *, learners: int
                        math.ceil(learners + servers * store_kwargs.get("server_cpus", 1.0)))  # fmt: skip
         started = fray.init(address, num_cpus=cpus)
     ds = _load_data(data)
-    if updates is None:
-        if epochs is None:
-            raise ValueError("fit: give epochs or updates")
-        updates = max(1, math.ceil(epochs * len(ds.x_train) / batch_size))
+    budget = _Budget.of(variant, k=k, learners=learners, local_steps=local_steps, n_push=n_push,
+                        n_train=len(ds.x_train), batch_size=batch_size, epochs=epochs,
+                        updates=updates, time_budget_s=time_budget_s)  # fmt: skip
+    updates = budget.total
     model = model_fn()
     layout = ParamLayout.from_module(model)
     hub = learner_actors = None
@@ -272,18 +273,18 @@ def fit_ray(model_fn: Callable[[], torch.nn.Module], data: Any, *, learners: int
                                   lr=lr, momentum=momentum, step_size=step_size,
                                   max_learners=learners + 1, **store_kwargs)  # fmt: skip
         done_before = store.stats()["clock"]
-        remaining = max(0, updates - done_before)
-        quota = [remaining // learners + (r < remaining % learners) for r in range(learners)]
+        quota = budget.quota(learners, done_before)
         plan = _Plan(batch_size, seed + done_before, quota, variant, straggler,
                      float(np.float32(lr)), local_steps, alpha, n_fetch, n_push, None,
                      comm_delay)  # fmt: skip
         config = {"learners": learners, "variant": variant, "k": k, "local_steps": local_steps,
                   "alpha": alpha, "n_fetch": n_fetch, "n_push": n_push, "mode": store.mode,
                   "lr": lr, "momentum": momentum, "batch_size": batch_size, "updates": updates,
+                  "epochs": epochs, "batches": budget.batches, "time_budget_s": time_budget_s,
                   "resumed_at": done_before, "seed": seed, "backend": "ray",
                   "servers": store.servers, "step_size": repr(store.step_size)}  # fmt: skip
         history = History(config=config)
-        eval_every = eval_every or max(1, updates // 10)
+        eval_every = eval_every or (max(1, updates // 10) if updates else 200)
         payload = data if (isinstance(data, str) or callable(data)) else ds
 
         # The data reach each learner as a nested ref kept alive here, so a restarted learner
@@ -296,9 +297,11 @@ def fit_ray(model_fn: Callable[[], torch.nn.Module], data: Any, *, learners: int
             slots = np.zeros((learners, store.size), np.float32)
             version = _Value(hub, "version")
             replies = [_Queue(hub, f"reply{r}") for r in range(learners)]
+            target, target_batches = budget.targets(done_before)
             coordinator = _Coordinator(variant, k, learners, store, slots,  # type: ignore[arg-type]
-                                       _CoordinatorInbox(hub, slots), replies, updates, version,
-                                       tau0=local_steps, interval_s=interval_s)  # fmt: skip
+                                       _CoordinatorInbox(hub, slots), replies, target, version,
+                                       tau0=local_steps, interval_s=interval_s,
+                                       target_batches=target_batches)  # fmt: skip
             coord_thread = threading.Thread(target=coordinator.run, daemon=True)
         res = {"num_gpus": 1, "num_cpus": 1} if have.get("GPU", 0) >= learners else {"num_cpus": 1}
         if "num_gpus" in res:
@@ -311,10 +314,13 @@ def fit_ray(model_fn: Callable[[], torch.nn.Module], data: Any, *, learners: int
             for r in range(learners)
         ]  # fmt: skip
         t_start = time.perf_counter()
+        if coordinator is not None:
+            coordinator.t0 = t_start  # its log's t_s on the evaluations' clock
 
         evaluate, save = _reporters(store, model, layout, ds, history, config, t_start=t_start,
                                     eval_train=eval_train, checkpoint=checkpoint,
-                                    progress=progress)  # fmt: skip
+                                    progress=progress,
+                                    staleness=coordinator.staleness_mean if coordinator else None)
 
         def alive(finished: dict[int, Any]) -> None:
             done_refs, _ = ray.wait(list(runs.values()), timeout=0, num_returns=len(runs))
