@@ -41,6 +41,8 @@ class AsyncOptimizer:
     The optimizer rule itself (lr, momentum, weight decay, staleness-dependent step size) runs
     in the store. Create one per learner (thread or process), after the module is on its
     device (CPU or one GPU); it pulls the store's parameters into the module at once.
+    Only parameters travel: buffers (BatchNorm's running statistics) stay with each module
+    (fastps.train.fit shares the latest learner's with its evaluations).
     """
 
     def __init__(self, model: torch.nn.Module, store: Store) -> None:

@@ -190,6 +190,9 @@ class _Plan:
     n_push: int = 1
     devices: list[str] | None = None  # learner r computes on devices[r % len(devices)]
     comm_delay: float = 0.0  # seconds slept before every push, pull and hand-over
+    # Where learners write their floating-point buffers after every step (last writer wins;
+    # a _attach_array spec), or None when the model has none.
+    buffers: Any = None
 
 
 @dataclass
@@ -203,13 +206,25 @@ class _Link:
     cancels: bool  # k-sync, k-batch-sync: an update cancels the work in progress
 
     def slot_array(self) -> tuple[np.ndarray, Any]:
-        if isinstance(self.slots, np.ndarray):
-            return self.slots, None
-        from multiprocessing import shared_memory
+        return _attach_array(self.slots)
 
-        name, shape = self.slots
-        shm = shared_memory.SharedMemory(name=name)
-        return np.ndarray(shape, np.float32, buffer=shm.buf), shm
+
+def _attach_array(spec: Any) -> tuple[np.ndarray, Any]:
+    """A float32 array shared with the parent: ``spec`` is the array itself (threads) or
+    (shared-memory name, shape) (processes; the SharedMemory is returned for closing)."""
+    if isinstance(spec, np.ndarray):
+        return spec, None
+    from multiprocessing import shared_memory
+
+    name, shape = spec
+    shm = shared_memory.SharedMemory(name=name)
+    return np.ndarray(shape, np.float32, buffer=shm.buf), shm
+
+
+def _float_buffers(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The module's floating-point buffers (BatchNorm's running statistics), in a fixed order:
+    state that training changes but the store does not hold."""
+    return [b for _name, b in model.named_buffers() if b.is_floating_point()]
 
 
 def _load_data(data: Any) -> Any:
@@ -252,17 +267,21 @@ def _reporters(store: Any, model: torch.nn.Module, layout: ParamLayout, ds: Any,
                checkpoint: str | os.PathLike[str] | None,
                progress: Callable[[dict[str, Any]], None] | None,
                staleness: Callable[[], float] | None = None,
+               buffers: np.ndarray | None = None,
                ) -> tuple[Callable[[], None], Callable[[], None] | None]:  # fmt: skip
     """(evaluate, save) of a run on ``store`` (a Store or a RayStore). evaluate() appends one
     evaluation of the store's parameters to the history and reports it; its t_s and updates
     are taken when the parameters are read; its staleness_mean is ``staleness()`` when given
-    (a coordinator's), else the store histogram's. save() checkpoints the store to
+    (a coordinator's), else the store histogram's; ``buffers`` (the learners' latest
+    floating-point buffers, flat) go into the model first. save() checkpoints the store to
     ``checkpoint`` (None without one)."""
 
     def evaluate() -> None:
         params = store.read()
         st = store.stats()
         t_s = time.perf_counter() - t_start
+        if buffers is not None:
+            _load_buffers(model, buffers.copy())
         loss, acc = _evaluate(model, layout, params, ds.x_test, ds.y_test)
         tau = staleness() if staleness is not None else mean_staleness(st["staleness_hist"])
         record = {"t_s": t_s, "updates": st["clock"], "loss": loss, "accuracy": acc,
@@ -373,6 +392,15 @@ def mean_staleness(hist: list[int]) -> float:
     return sum(t * c for t, c in enumerate(hist)) / total if total else 0.0
 
 
+def _load_buffers(model: torch.nn.Module, flat: np.ndarray) -> None:
+    src = torch.from_numpy(flat)
+    offset = 0
+    with torch.no_grad():
+        for b in _float_buffers(model):
+            b.copy_(src[offset : offset + b.numel()].view_as(b))
+            offset += b.numel()
+
+
 def _evaluate(model: torch.nn.Module, layout: ParamLayout, params: np.ndarray, xs: np.ndarray,
               ys: np.ndarray, batch: int = 2048) -> tuple[float, float]:  # fmt: skip
     views = layout.unflatten(torch.from_numpy(params))
@@ -393,7 +421,7 @@ def _evaluate(model: torch.nn.Module, layout: ParamLayout, params: np.ndarray, x
 
 def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], data: Any,
              plan: _Plan, out: Any, start: Any, stop: Any, link: _Link | None = None) -> None:  # fmt: skip
-    shm = None
+    shm = buf_shm = None
     try:
         torch.set_num_threads(1)  # P learners must not oversubscribe the cores
         ds = _load_data(data)
@@ -401,6 +429,10 @@ def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], d
         device = torch.device(plan.devices[rank % len(plan.devices)] if plan.devices else "cpu")
         model = model_fn().to(device)
         opt = AsyncOptimizer(model, store)  # on a GPU: pipelined CUDA pushes and pulls
+        bufs = _float_buffers(model) if plan.buffers is not None else []
+        if bufs:
+            shared_bufs, buf_shm = _attach_array(plan.buffers)
+            flat_bufs = torch.from_numpy(shared_bufs)
         rng = np.random.default_rng([plan.seed, rank])
         n = len(ds.x_train)
         nb = max(1, n // plan.batch_size)
@@ -485,6 +517,9 @@ def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], d
             opt.zero_grad()
             loss = torch.nn.functional.cross_entropy(model(x), y)
             loss.backward()
+            if bufs:  # the forward pass moved them; the parent evaluates the latest
+                with torch.no_grad():
+                    flat_bufs.copy_(torch.cat([b.reshape(-1) for b in bufs]))
             t["compute_s"] += time.perf_counter() - t0
             if overtaken():  # cancelled by an update: start again on the new model
                 cancelled += 1
@@ -550,8 +585,9 @@ def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], d
     except BaseException:
         out.put(("error", rank, traceback.format_exc()))
     finally:
-        if shm is not None:
-            shm.close()
+        for s in (shm, buf_shm):
+            if s is not None:
+                s.close()
 
 
 class _Coordinator:
@@ -895,7 +931,20 @@ def fit(
     payload = data if (backend == "process" and (isinstance(data, str) or callable(data))) else ds
 
     coordinated = variant not in ("async", "easgd", "downpour")
-    shm = None
+    shm = buf_shm = None
+    # BatchNorm-like state: each learner writes its buffers here after every step.
+    n_buf = sum(b.numel() for b in _float_buffers(model))
+    shared_bufs: np.ndarray | None = None
+    if n_buf and backend == "process":
+        from multiprocessing import shared_memory
+
+        buf_shm = shared_memory.SharedMemory(create=True, size=4 * n_buf)
+        shared_bufs = np.ndarray((n_buf,), np.float32, buffer=buf_shm.buf)
+        shared_bufs[:] = torch.cat([b.reshape(-1) for b in _float_buffers(model)]).numpy()
+        plan.buffers = (buf_shm.name, (n_buf,))
+    elif n_buf:
+        shared_bufs = torch.cat([b.reshape(-1) for b in _float_buffers(model)]).numpy().copy()
+        plan.buffers = shared_bufs
     links: list[_Link | None] = [None] * learners
     replies: list[Any] = []
     coordinator = None
@@ -947,7 +996,8 @@ def fit(
 
     evaluate, save = _reporters(store, model, layout, ds, history, config, t_start=t_start,
                                 eval_train=eval_train, checkpoint=checkpoint, progress=progress,
-                                staleness=coordinator.staleness_mean if coordinator else None)
+                                staleness=coordinator.staleness_mean if coordinator else None,
+                                buffers=shared_bufs)
 
     def alive(finished: dict[int, Any]) -> None:
         for r, w in enumerate(workers):
@@ -990,9 +1040,10 @@ def fit(
         if coord_thread is not None and coord_thread.ident is not None:
             coord_thread.join(timeout=10)
         store.close()
-        if shm is not None:
-            shm.close()
-            shm.unlink()
+        for s in (shm, buf_shm):
+            if s is not None:
+                s.close()
+                s.unlink()
     return history
 
 

@@ -21,6 +21,7 @@ import os
 import queue as queue_mod
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,7 @@ from fastps.train.fit import (
     _Budget,
     _collect,
     _Coordinator,
+    _float_buffers,
     _learner,
     _Link,
     _load_data,
@@ -248,6 +250,10 @@ def fit_ray(model_fn: Callable[[], torch.nn.Module], data: Any, *, learners: int
     updates = budget.total
     model = model_fn()
     layout = ParamLayout.from_module(model)
+    if _float_buffers(model):
+        warnings.warn("fit: with backend='ray' the model's floating-point buffers (BatchNorm "
+                      "statistics) stay with each learner actor; evaluations use model_fn()'s",
+                      stacklevel=3)  # fmt: skip
     hub = learner_actors = None
     store = None
     coordinator = coord_thread = None
