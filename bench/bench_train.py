@@ -29,16 +29,15 @@ Measured per run:
   leave out picking the mini-batch (numpy indexing), which is the same code on both sides.
 * ``wall_updates_per_s``: all updates / wall time from the start event to the last learner's
   end. torch-hogwild: the workers' clock (CLOCK_MONOTONIC, shared by the processes). fastps:
-  fit() does not report its start, so it is read from its ``progress`` callback: the last call
-  that still saw 0 updates (fit calls it right after setting the start event) to the last call
-  of its wait loop (right after the last learner reported); good to a few ms, 50 ms at worst.
+  the longest ``run_s`` of ``History.learners`` (each learner's time from the start event to
+  its end).
 * time to --target test accuracy: the parent evaluates the shared parameters on the whole test
   set every ``eval_every`` updates (both sides: fit() does it itself; here the parent polls the
   step counts every 50 ms, as fit() polls its store). ``eval_every`` is the same for every
   implementation at a given P: --eval-period seconds' worth of updates at the warmup's rate
-  times min(P, cores). ``time_to_target_s`` is the time from the start event to the end of the
-  first evaluation that reached the target (fit() stamps evaluations when they end); so it is
-  quantised by the evaluation interval. ``updates_to_target``: the update count of that
+  times min(P, cores). ``time_to_target_s`` is the time from the start event to the first
+  evaluation that reached the target, stamped when it read the parameters (as fit() stamps
+  its evaluations); so it is quantised by the evaluation interval. ``updates_to_target``: the update count of that
   evaluation. ``final_accuracy``: after all learners finished. The evaluations run in the parent
   with --eval-threads torch threads (default 1, so they do not oversubscribe a small machine).
 
@@ -288,12 +287,12 @@ def run_hogwild(a: argparse.Namespace, ds: Any, P: int, updates: int, eval_every
     evals: list[tuple[float, int, float, float]] = []
 
     def evaluate() -> None:
-        done = sum(counts)
+        t, done = time.perf_counter(), sum(counts)  # stamped when read, as fit() does
         with torch.no_grad():
             for p, q in zip(snapshot.parameters(), model.parameters()):
                 p.copy_(q)
         loss, acc = _evaluate(snapshot, ds)
-        evals.append((time.perf_counter(), done, loss, acc))
+        evals.append((t, done, loss, acc))
 
     t_limit = time.perf_counter() + a.timeout
     finished: dict[int, dict[str, Any]] = {}
@@ -353,11 +352,6 @@ def run_hogwild(a: argparse.Namespace, ds: Any, P: int, updates: int, eval_every
 def run_fastps(
     a: argparse.Namespace, ds: Any, P: int, updates: int, eval_every: int, mode: str
 ) -> Run:
-    calls: list[tuple[float, dict[str, Any]]] = []
-
-    def progress(rec: dict[str, Any]) -> None:
-        calls.append((time.perf_counter(), dict(rec)))
-
     h = fit(
         _model_fn(ds, a.seed),
         functools.partial(data.load, DATASET),
@@ -372,20 +366,12 @@ def run_fastps(
         seed=a.seed,
         backend="process",
         timeout_s=a.timeout,
-        progress=progress,
     )
-    polls = [(t, r["updates"]) for t, r in calls if "accuracy" not in r and "updates" in r]
-    first = next((i for i, (_t, u) in enumerate(polls) if u > 0), None)
-    if first is None or first == 0:
-        H.log(f"fastps P={P} {mode}: no progress call before the first update; wall = learner")
-        t_go = t_end = None
-    else:
-        t_go, t_end = polls[first - 1][0], polls[-1][0]
-    # fit() stamps an evaluation with t_s from its own start; the callback runs right after.
+    # fit() stamps an evaluation when it reads the store, in seconds from its own start; the learners
+    # began h.started_s after that.
     evals = [
-        (t, int(r["updates"]), float(r["loss"]), float(r["accuracy"]))
-        for t, r in calls
-        if "accuracy" in r
+        (float(e["t_s"]) - h.started_s, int(e["updates"]), float(e["loss"]), float(e["accuracy"]))
+        for e in h.evals
     ]
     learner_s = [
         sum(float(ln.get(k, 0.0)) for k in ("compute_s", "push_s", "pull_s", "wait_s", "delay_s"))
@@ -395,13 +381,12 @@ def run_fastps(
         k: sum(float(ln.get(k, 0.0)) for ln in h.learners)
         for k in ("compute_s", "push_s", "pull_s", "wait_s")
     }
-    base = t_go if t_go is not None else evals[0][0]
     busy = sum(learner_s)
     return Run(
         updates=sum(int(ln["updates"]) for ln in h.learners),
         learner_s=max(learner_s),
-        wall_s=None if t_go is None or t_end is None else t_end - t_go,
-        evals=[(t - base, u, loss, acc) for t, u, loss, acc in evals],
+        wall_s=max(float(ln["run_s"]) for ln in h.learners),
+        evals=evals,
         split=split,
         extra={
             "push_pull_share": (split["push_s"] + split["pull_s"]) / busy if busy else math.nan,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastps.train.fit import fit
+from fastps.train.fit import Straggler, fit
 
 LOGREG = functools.partial(torch.nn.Linear, 8, 3)
 
@@ -71,3 +71,14 @@ def test_run_s_holds_every_part_of_a_learners_time():
         parts = ln["compute_s"] + ln["push_s"] + ln["pull_s"] + ln["wait_s"] + ln["delay_s"]
         assert 20 * 2 * 0.002 <= parts <= ln["run_s"]
     assert h.evals[-1]["t_s"] >= h.started_s + max(ln["run_s"] for ln in h.learners)
+
+
+def test_a_straggler_delay_cut_short_by_an_update_counts_only_the_time_slept():
+    # k-sync, K = 1: every update of learner 0 cancels learner 1's 0.5 s delay.
+    h = fit(LOGREG, blobs(), learners=2, backend="thread", variant="k-sync", k=1, lr=0.1,
+            updates=30, batch_size=16, straggler=Straggler("slow", learner=1, delay=0.5))  # fmt: skip
+    slow = h.learners[1]
+    assert slow["delay_s"] <= slow["run_s"] < 0.5 * max(1, slow["steps"] + slow["cancelled"])
+    for ln in h.learners:
+        parts = ln["compute_s"] + ln["push_s"] + ln["pull_s"] + ln["wait_s"] + ln["delay_s"]
+        assert parts <= ln["run_s"]

@@ -509,10 +509,11 @@ def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], d
             y = torch.from_numpy(ds.y_train[idx]).to(device)
             if plan.straggler is not None:
                 d = plan.straggler.sample(rank, rng)
-                end = time.perf_counter() + d
+                t_in = time.perf_counter()
+                end = t_in + d
                 while time.perf_counter() < end and not overtaken():
                     time.sleep(min(0.001, max(0.0, end - time.perf_counter())))
-                t["delay_s"] += d
+                t["delay_s"] += time.perf_counter() - t_in  # an update may cut it short
             t0 = time.perf_counter()
             opt.zero_grad()
             loss = torch.nn.functional.cross_entropy(model(x), y)
