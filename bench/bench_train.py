@@ -10,7 +10,8 @@ equally by the P learners, for every P in --learners:
   buffer lives in the store, one for all learners.
 * torch-hogwild, written here after PyTorch's ``mnist_hogwild`` example: the same model,
   ``model.share_memory()``, P processes from ``torch.multiprocessing`` (spawn), each with
-  ``torch.set_num_threads(1)``, its own ``torch.optim.SGD(model.parameters(), lr, momentum)``
+  ``torch.set_num_threads(learner_threads(P))`` (fit()'s default: the cores shared out, at
+  least 1), its own ``torch.optim.SGD(model.parameters(), lr, momentum)``
   (so one momentum buffer per process, as in the example), the data set
   loaded from disk and the same shuffled mini-batches as fit()'s learner of the same rank (numpy
   generator seeded with (seed, rank)). Each process stores its step count in its own slot of a
@@ -82,7 +83,7 @@ import torch.multiprocessing as mp
 
 import fastps
 from fastps.train import data, models
-from fastps.train.fit import fit
+from fastps.train.fit import fit, learner_threads
 
 BENCH = "train"
 DATASET = "fashion-mnist"
@@ -208,7 +209,7 @@ def _hogwild_worker(
 ) -> None:
     """One Hogwild process (PyTorch's mnist_hogwild ``train``): SGD on the shared model."""
     try:
-        torch.set_num_threads(1)
+        torch.set_num_threads(cfg["threads"])
         ds = data.load(cfg["dataset"])
         torch.manual_seed(cfg["seed"] + rank)
         opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"])
@@ -277,6 +278,7 @@ def run_hogwild(a: argparse.Namespace, ds: Any, P: int, updates: int, eval_every
         "lr": a.lr,
         "momentum": a.momentum,
         "batch_size": a.batch_size,
+        "threads": learner_threads(P),  # as fit() sets its learners'
     }
     procs = [
         ctx.Process(
@@ -456,6 +458,7 @@ def make_record(
         "momentum": a.momentum,
         "seed": a.seed,
         "eval_every": eval_every,
+        "threads": learner_threads(P),
         "eval_threads": a.eval_threads,
         "target": a.target,
     }

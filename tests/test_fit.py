@@ -469,3 +469,14 @@ def test_evaluations_use_the_learners_batchnorm_statistics(backend, tmp_path):
                                                  torch.from_numpy(ds.y_test))  # fmt: skip
     assert h.evals[-1]["loss"] == pytest.approx(float(loss), rel=1e-5)
     assert h.evals[-1]["loss"] != pytest.approx(h.evals[0]["loss"], rel=1e-2)
+
+
+def test_learners_share_the_cores_out_in_torch_threads(monkeypatch):
+    from fastps.train import fit as fit_module
+
+    monkeypatch.setattr(fit_module.os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert [fit_module.learner_threads(p) for p in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+    h = fit(LOGREG, blobs(), learners=2, lr=0.1, updates=20, batch_size=32, threads=1)
+    assert [ln["threads"] for ln in h.learners] == [1, 1] and h.config["threads"] == 1
+    with pytest.raises(ValueError, match=r"fit: threads must be an integer >= 1 \(got 0\)"):
+        fit(LOGREG, blobs(), threads=0)

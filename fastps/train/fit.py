@@ -193,6 +193,7 @@ class _Plan:
     # Where learners write their floating-point buffers after every step (last writer wins;
     # a _attach_array spec), or None when the model has none.
     buffers: Any = None
+    threads: int = 1  # torch threads of each learner
 
 
 @dataclass
@@ -386,6 +387,16 @@ def _merge_pushes(learners: list[dict[str, Any]], t0: float) -> list[dict[str, A
              "staleness": tau} for i, (t, r, loss, tau) in enumerate(rows)]  # fmt: skip
 
 
+def learner_threads(learners: int) -> int:
+    """Torch threads per learner so that ``learners`` of them share this process's cores
+    (PyTorch's advice for P processes on N cores: floor(N / P), at least 1)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // learners)
+
+
 def mean_staleness(hist: list[int]) -> float:
     """Mean tau of a staleness histogram (the overflow bin counted at its lower edge)."""
     total = sum(hist)
@@ -423,7 +434,7 @@ def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], d
              plan: _Plan, out: Any, start: Any, stop: Any, link: _Link | None = None) -> None:  # fmt: skip
     shm = buf_shm = None
     try:
-        torch.set_num_threads(1)  # P learners must not oversubscribe the cores
+        torch.set_num_threads(plan.threads)  # P learners must not oversubscribe the cores
         ds = _load_data(data)
         torch.manual_seed(plan.seed + rank)
         device = torch.device(plan.devices[rank % len(plan.devices)] if plan.devices else "cpu")
@@ -582,7 +593,8 @@ def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], d
         out.put(("done", rank, {"id": rank, "updates": sent, "steps": step, "cancelled": cancelled, **t,
                                 "loss_first": losses[0] if losses else None,
                                 "loss_last": losses[-1] if losses else None,
-                                "device": str(device), "pushes": pushes}))  # fmt: skip
+                                "device": str(device), "threads": torch.get_num_threads(),
+                                "pushes": pushes}))  # fmt: skip
     except BaseException:
         out.put(("error", rank, traceback.format_exc()))
     finally:
@@ -795,6 +807,7 @@ def fit(
     timeout_s: float = 3600.0,
     progress: Callable[[dict[str, Any]], None] | None = None,
     devices: Sequence[str] | None = None,
+    threads: int | None = None,
     **store_kwargs: Any,
 ) -> History:
     """Train ``model_fn()`` on ``data`` with ``learners`` asynchronous learners; return History.
@@ -830,6 +843,9 @@ def fit(
     ``devices``: where the learners compute, e.g. ``["cuda:0", "cuda:1"]`` (learner r on
     ``devices[r % len(devices)]``); default the CPU. On a GPU a learner's pushes and pulls
     take the pipelined CUDA path of fastps.transfer.
+    ``threads``: torch threads per learner (default ``learner_threads(learners)``: the cores
+    this process may use, shared out so that the learners do not oversubscribe them; the
+    Ray backend gives each learner actor one CPU and one thread).
     """
     if variant not in VARIANTS:
         raise ValueError(f"fit: variant must be one of {', '.join(VARIANTS)} (got {variant!r})")
@@ -876,10 +892,16 @@ def fit(
         raise ValueError(f"fit: backend must be 'process', 'thread' or 'ray' (got {backend!r})")
     if not isinstance(learners, int) or learners < 1:
         raise ValueError(f"fit: learners must be an integer >= 1 (got {learners!r})")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):  # fmt: skip
+        raise ValueError(f"fit: threads must be an integer >= 1 (got {threads!r})")
     if checkpoint_every is not None and checkpoint is None:
         raise ValueError("fit: checkpoint_every needs checkpoint=PATH")
     device_names = _check_devices(devices)
     if backend == "ray":
+        if threads is not None:
+            raise ValueError("fit: threads is for the process and thread backends; with "
+                             "backend='ray' each learner actor has one CPU and one thread")
         if devices is not None:
             raise ValueError("fit: devices is for the process and thread backends; with "
                              "backend='ray' each learner actor gets a GPU when the cluster has "
@@ -918,14 +940,16 @@ def fit(
     done_before = store.stats()["clock"]
     quota = budget.quota(learners, done_before)
     plan = _Plan(batch_size, seed + done_before, quota, variant, straggler, float(np.float32(lr)),
-                 local_steps, alpha, n_fetch, n_push, device_names, comm_delay)  # fmt: skip
+                 local_steps, alpha, n_fetch, n_push, device_names, comm_delay,
+                 threads=threads if threads is not None else learner_threads(learners))  # fmt: skip
     config = {"learners": learners, "variant": variant, "k": k, "local_steps": local_steps,
               "alpha": alpha, "n_fetch": n_fetch, "n_push": n_push, "mode": store.mode, "lr": lr,
               "momentum": momentum, "batch_size": batch_size, "updates": updates,
               "epochs": epochs, "batches": budget.batches, "time_budget_s": time_budget_s,
               "resumed_at": done_before, "seed": seed, "backend": backend,
               "step_size": repr(store.step_size), "devices": device_names,
-              "comm_delay": comm_delay, "eval_train": eval_train}  # fmt: skip
+              "comm_delay": comm_delay, "eval_train": eval_train,
+              "threads": plan.threads}  # fmt: skip
     history = History(config=config)
     eval_every = eval_every or (max(1, updates // 10) if updates else 200)
     # Processes load a named or callable data set themselves instead of unpickling a copy.
@@ -1048,4 +1072,4 @@ def fit(
     return history
 
 
-__all__ = ["VARIANTS", "History", "Straggler", "fit"]
+__all__ = ["VARIANTS", "History", "Straggler", "fit", "learner_threads"]
