@@ -268,6 +268,30 @@ def test_fashion_mnist_default_dir_and_an_emptied_install(tmp_path, monkeypatch)
         load("fashion-mnist")
 
 
+IDX_LIST = ("train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+            "t10k-labels-idx1-ubyte, each optionally .gz")
+
+
+def test_fashion_mnist_in_a_root_of_ones_own_names_the_files_not_the_package(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        load("fashion-mnist", root=tmp_path / "nowhere")
+    assert str(e.value) == (f"fashion-mnist: {tmp_path / 'nowhere'} not found; point root at a "
+                            f"directory holding {IDX_LIST}")  # fmt: skip
+    rng = np.random.default_rng(0)
+    write_idx_dir(tmp_path, rng.integers(0, 256, (3, 2, 2)), [0, 1, 2], np.zeros((1, 2, 2)), [0])
+    (tmp_path / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(FileNotFoundError) as e:
+        load("fashion-mnist", root=tmp_path)
+    assert str(e.value) == (f"fashion-mnist: {tmp_path} lacks t10k-labels-idx1-ubyte "
+                            f"(expected {IDX_LIST})")  # fmt: skip
+
+
+def test_fashion_mnist_root_at_the_package_directory_keeps_the_install_hint(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "FASHION_MNIST_DIR", tmp_path / "pkg")
+    with pytest.raises(FileNotFoundError, match="install it with: sudo apt-get install"):
+        load("fashion-mnist", root=str(tmp_path / "pkg"))
+
+
 def test_missing_idx_files_are_listed(tmp_path):
     with pytest.raises(
         FileNotFoundError,

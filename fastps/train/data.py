@@ -16,7 +16,8 @@ idx             a directory ``root`` of standard MNIST-format IDX files (full MN
 cifar10         a directory ``root`` of the CIFAR-10 python batches; 50,000 / 10,000, 3x32x32
 ==============  ==========================================================================
 
-A missing data set raises ``FileNotFoundError`` saying how to get it.
+A missing data set raises ``FileNotFoundError`` saying how to get it (for a directory given as
+``root``: which files it should hold).
 """
 
 from __future__ import annotations
@@ -83,7 +84,9 @@ def load(
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"load: limit must be a positive int or None (got {limit!r})")
     if name == "fashion-mnist":
-        ds = _load_idx_dir(name, Path(root) if root is not None else FASHION_MNIST_DIR)
+        where = Path(root) if root is not None else FASHION_MNIST_DIR
+        # The Debian package is the fix only for its own directory, not for a root of the user's.
+        ds = _load_idx_dir(name, where, from_debian=where == FASHION_MNIST_DIR)
     elif name == "idx":
         if root is None:
             raise ValueError("load: 'idx' needs root, the directory holding "
@@ -191,9 +194,9 @@ def _find(root: Path, stem: str) -> Path | None:
     return None
 
 
-def _load_idx_dir(name: str, root: Path) -> Dataset:
+def _load_idx_dir(name: str, root: Path, *, from_debian: bool = False) -> Dataset:
     files = f"{', '.join(IDX_FILES)}, each optionally .gz"
-    how = ("install it with: sudo apt-get install dataset-fashion-mnist" if name == "fashion-mnist"
+    how = ("install it with: sudo apt-get install dataset-fashion-mnist" if from_debian
            else f"point root at a directory holding {files}")  # fmt: skip
     if not root.is_dir():
         raise FileNotFoundError(f"{name}: {root} not found; {how}")
@@ -203,7 +206,7 @@ def _load_idx_dir(name: str, root: Path) -> Dataset:
         raise FileNotFoundError(
             f"{name}: {root} lacks {', '.join(missing)} (expected {files})"
             + ("; reinstall it with: sudo apt-get install --reinstall dataset-fashion-mnist"
-               if name == "fashion-mnist" else "")
+               if from_debian else "")
         )  # fmt: skip
     xtr, ytr, xte, yte = (read_idx(p) for p in paths if p is not None)
     for images, labels, split in ((xtr, ytr, "train"), (xte, yte, "t10k")):
