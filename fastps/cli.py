@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -25,40 +26,131 @@ def _policy(name: str, lr: float) -> Any:
             "exponential": fastps.Exponential, "tail": fastps.TailTau}[name]()  # fmt: skip
 
 
+# The options that only some variants use (fit() refuses them for the others, and so does the
+# command line, before anything is loaded); None in argparse tells "given" from "default".
+USED_BY = {
+    "k": ("k-sync", "k-batch-sync", "k-async", "k-batch-async", "adasync"),
+    "local_steps": ("local-sgd", "adacomm", "easgd"),
+    "alpha": ("easgd",),
+    "n_fetch": ("downpour",),
+    "n_push": ("downpour",),
+    "interval_s": ("adasync",),
+}
+RAY_ONLY = ("address", "servers")
+STRAGGLER_FORMS = ("exp:MEAN", "shifted-exp:SHIFT:MEAN", "slow:LEARNER:DELAY", "fixed:DELAY")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" only where the default is a value: an option whose default is None
+    says in its help what it falls back to."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or isinstance(action, argparse._StoreTrueAction):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not 0.0 <= v < math.inf:
+        raise argparse.ArgumentTypeError(f"expected finite seconds >= 0 (got {text!r})")
+    return v
+
+
+def _straggler(text: str) -> Any:
+    """``exp:MEAN``, ``shifted-exp:SHIFT:MEAN``, ``slow:LEARNER:DELAY`` or ``fixed:DELAY``
+    (seconds) as a fastps.train.fit.Straggler."""
+    from fastps.train.fit import Straggler
+
+    kind, _, rest = text.partition(":")
+    fields = {"exp": ("mean",), "shifted-exp": ("shift", "mean"), "slow": ("learner", "delay"),
+              "fixed": ("delay",)}.get(kind)  # fmt: skip
+    values = rest.split(":") if rest else []
+    if fields is None or len(values) != len(fields):
+        raise argparse.ArgumentTypeError(
+            f"expected one of {', '.join(STRAGGLER_FORMS)} (got {text!r})"
+        )
+    kw: dict[str, Any] = {}
+    for name, value in zip(fields, values):
+        if name == "learner":
+            if not value.isdigit():
+                raise argparse.ArgumentTypeError(
+                    f"slow:LEARNER:DELAY: LEARNER must be a learner index >= 0 (got {value!r})"
+                )
+            kw[name] = int(value)
+        else:
+            try:
+                kw[name] = _seconds(value)
+            except argparse.ArgumentTypeError:
+                raise argparse.ArgumentTypeError(
+                    f"{kind}: {name.upper()} must be finite seconds >= 0 (got {value!r})"
+                ) from None
+    return Straggler(kind, **kw)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastps", description="fastps: asynchronous SGD")
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser(
+    _train_parser(sub)
+    _simulate_parser(sub)
+    return p
+
+
+def _train_parser(sub: Any) -> argparse.ArgumentParser:
+    t: argparse.ArgumentParser = sub.add_parser(
         "train",
         help="train a model with asynchronous learners through a fastps store",
         description="Train a model on an offline data set with P asynchronous learners (spawned "
         "processes) that push gradients to and pull parameters from one fastps store. Without "
         "options: an MLP on Fashion-MNIST, 4 learners, leashed mode, 5 epochs (well under a "
-        "minute on 2 cores).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "minute on 2 cores). An option that the chosen --variant does not use is refused.",
+        formatter_class=_HelpFormatter,
     )
-    from fastps.train.data import NAMES
+    from fastps.train.data import FASHION_MNIST_DIR, NAMES
     from fastps.train.models import MODELS
 
     t.add_argument("--dataset", default="fashion-mnist", choices=NAMES, help="data set")
-    t.add_argument("--root", default=None, help="directory of the files (idx, cifar10)")
-    t.add_argument("--limit", type=int, default=None, help="use this many training examples")
+    t.add_argument("--root", default=None, metavar="DIR",
+                   help="directory of the files: idx (MNIST-format IDX files) and cifar10 "
+                   f"(python batches) need it; fashion-mnist reads {FASHION_MNIST_DIR} "
+                   "without it")  # fmt: skip
+    t.add_argument("--limit", type=int, default=None,
+                   help="use this many training examples (default: all)")  # fmt: skip
     t.add_argument("--model", default="mlp", choices=MODELS, help="model")
     t.add_argument("--learners", type=int, default=4, help="asynchronous learners (P)")
     from fastps.train.fit import VARIANTS
 
     t.add_argument("--variant", default="async", choices=VARIANTS, help="who waits for whom")
     t.add_argument("--k", type=int, default=None,
-                   help="gradients per update (k-sync, k-batch-sync, k-async, k-batch-async)")  # fmt: skip
+                   help="gradients per update: k-sync, k-async: 1..P; k-batch-sync, "
+                   "k-batch-async: any K >= 1; adasync: K_0, the initial K, 1..P (required by "
+                   "these; the other variants fix K: async 1, sync P)")  # fmt: skip
     t.add_argument("--local-steps", type=int, default=None,
-                   help="local steps between exchanges (local-sgd: 4, easgd: 1)")  # fmt: skip
-    t.add_argument("--alpha", type=float, default=None, help="EASGD's elastic rate (2/(P+2))")
-    t.add_argument("--n-fetch", type=int, default=1, help="downpour: steps between fetches")
-    t.add_argument("--n-push", type=int, default=1, help="downpour: steps between pushes")
-    t.add_argument(
-        "--interval-s", type=float, default=1.0, help="adasync: seconds between K changes"
-    )
-    t.add_argument("--time-budget-s", type=float, default=None, help="stop after this many seconds")
+                   help="local SGD steps: local-sgd: steps per averaging round (default: 4); "
+                   "adacomm: tau_0, the first round's steps and the most a round takes "
+                   "(default: 4); easgd: steps between elastic exchanges (default: 1)")  # fmt: skip
+    t.add_argument("--alpha", type=float, default=None,
+                   help="easgd: the elastic rate, in [0, 1] (default: 2/(P+2))")  # fmt: skip
+    t.add_argument("--n-fetch", type=int, default=None,
+                   help="downpour: steps between fetches of the parameters (default: 1)")  # fmt: skip
+    t.add_argument("--n-push", type=int, default=None,
+                   help="downpour: steps between pushes of the accrued gradient (default: 1)")  # fmt: skip
+    t.add_argument("--interval-s", type=float, default=None,
+                   help="adasync: seconds between changes of K (default: 1)")  # fmt: skip
+    t.add_argument("--straggler", type=_straggler, default=None, metavar="KIND:ARGS",
+                   help="an injected delay in seconds before each mini-batch: exp:MEAN (X ~ "
+                   "Exp(MEAN) for every learner), shifted-exp:SHIFT:MEAN (SHIFT + Exp(MEAN)), "
+                   "slow:LEARNER:DELAY (learner LEARNER only), fixed:DELAY (every learner) "
+                   "(default: none)")  # fmt: skip
+    t.add_argument("--comm-delay", type=_seconds, default=0.0, metavar="SECONDS",
+                   help="an emulated network latency, slept before every push, pull and "
+                   "hand-over to the coordinator")  # fmt: skip
+    t.add_argument("--time-budget-s", type=float, default=None,
+                   help="stop after this many seconds of training (alone, without --epochs or "
+                   "--updates: the budget is the only limit)")  # fmt: skip
     t.add_argument("--mode", default="leashed", choices=("leashed", "locked", "hogwild"),
                    help="the store's consistency mode")  # fmt: skip
     t.add_argument("--step-size", default="constant", choices=STEP_SIZES,
@@ -66,25 +158,69 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=0.05, help="base step size eta0")
     t.add_argument("--momentum", type=float, default=0.0, help="server-side momentum")
     t.add_argument("--batch-size", type=int, default=64, help="mini-batch size")
-    t.add_argument("--epochs", type=float, default=5.0, help="passes over the training set")
-    t.add_argument("--updates", type=int, default=None, help="total pushes (overrides --epochs)")
+    t.add_argument("--epochs", type=float, default=None,
+                   help="passes over the training set, counted in the mini-batches that go "
+                   "into updates (a sync update with P learners uses P of them) (default: 5; "
+                   "none with only --time-budget-s)")  # fmt: skip
+    t.add_argument("--updates", type=int, default=None,
+                   help="store updates in all, instead of --epochs")  # fmt: skip
     t.add_argument("--seed", type=int, default=0, help="seed of the model and the batches")
     t.add_argument("--backend", default="process", choices=("process", "thread", "ray"),
                    help="learners as spawned processes, threads, or Ray actors (docs/ray.md)")  # fmt: skip
     t.add_argument("--address", default=None,
                    help="ray: the cluster to join (default: a local instance on 127.0.0.1)")  # fmt: skip
-    t.add_argument("--servers", type=int, default=2, help="ray: ShardServer actors")
-    t.add_argument("--evals", type=int, default=10, help="test-set evaluations during the run")
+    t.add_argument("--servers", type=int, default=None,
+                   help="ray: ShardServer actors (default: 2)")  # fmt: skip
+    t.add_argument("--evals", type=int, default=None,
+                   help="test-set evaluations during the run (default: 10; every 200 updates "
+                   "with only --time-budget-s)")  # fmt: skip
     t.add_argument("--json", metavar="PATH", default=None, help="write the history here")
     t.add_argument("--checkpoint", metavar="PATH", default=None, help="checkpoint file")
-    t.add_argument("--checkpoint-every", type=int, default=None, help="updates between saves")
+    t.add_argument("--checkpoint-every", type=int, default=None,
+                   help="updates between saves (needs --checkpoint; default: only at the "
+                   "end)")  # fmt: skip
     t.add_argument("--resume", metavar="PATH", default=None, help="resume from a checkpoint")
     t.add_argument("--devices", default=None, metavar="DEV[,DEV...]",
                    help="where learners compute, e.g. cuda:0,cuda:1 (learner r on the r-th, "
-                   "cycling); default the CPU")  # fmt: skip
+                   "cycling; default: the CPU)")  # fmt: skip
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _simulate_parser(sub)
-    return p
+    return t
+
+
+def _check_train_args(t: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse (t.error: usage, message, exit 2) what the chosen variant or backend would not use
+    and what a variant needs but was not given; then fill in the defaults. Ranges that depend on
+    the run (K against P, ...) are fit()'s to check."""
+    v = args.variant
+    for dest, users in USED_BY.items():
+        if getattr(args, dest) is not None and v not in users:
+            opt = "--" + dest.replace("_", "-")
+            why = ""
+            if dest == "k":
+                why = f" (it fixes K = {'P' if v in ('sync', 'local-sgd', 'adacomm') else 1})"
+            t.error(f"{opt} is for --variant {', '.join(users)}; {v} does not use it{why}")
+    if v in USED_BY["k"] and args.k is None:
+        rng = "K >= 1" if "batch" in v else "1..P"
+        t.error(f"--variant {v} needs --k ({'K_0, ' if v == 'adasync' else ''}{rng})")
+    for dest in RAY_ONLY:
+        if getattr(args, dest) is not None and args.backend != "ray":
+            t.error(f"--{dest} is for --backend ray (got --backend {args.backend})")
+    if args.servers is None:
+        args.servers = 2
+    if args.epochs is not None and args.updates is not None:
+        t.error("give --epochs or --updates, not both")
+    if args.epochs is None and args.updates is None and args.time_budget_s is None:
+        args.epochs = 5.0
+    if args.evals is not None:
+        if args.evals < 1:
+            t.error(f"--evals must be >= 1 (got {args.evals})")
+        if args.epochs is None and args.updates is None:
+            t.error("--evals needs a run of known length (--epochs or --updates); with only "
+                    "--time-budget-s the run evaluates every 200 updates")  # fmt: skip
+    s = args.straggler
+    if s is not None and s.kind == "slow" and s.learner >= args.learners:
+        t.error(f"--straggler slow:{s.learner}:...: learner {s.learner} does not exist "
+                f"(learners 0..{args.learners - 1})")  # fmt: skip
 
 
 def _floats(text: str) -> list[float]:
@@ -170,6 +306,24 @@ def _summary(h: Any, wall_s: float) -> str:
     return "\n".join(lines)
 
 
+def _eval_every(args: argparse.Namespace, n_train: int) -> int | None:
+    """Updates between evaluations for --evals (None: fit's default, 10 a run). With --epochs
+    the run's length in updates is fit's to work out; this mirrors its count of mini-batches
+    per update (adacomm and adasync at tau_0 and K_0) for the spacing of the evaluations."""
+    if args.evals is None:
+        return None
+    total = args.updates
+    if total is None:
+        from fastps.train.fit import _batches_per_update
+
+        per = _batches_per_update(
+            args.variant, args.k or (args.learners if args.variant == "sync" else 1),
+            args.learners, args.local_steps or (4 if args.variant in ("local-sgd", "adacomm")
+                                                else 1), args.n_push or 1)  # fmt: skip
+        total = math.ceil(max(1, math.ceil(args.epochs * n_train / args.batch_size)) / per)
+    return max(1, total // args.evals)
+
+
 def train(args: argparse.Namespace) -> int:
     from fastps.train import data as datasets
     from fastps.train import models
@@ -180,37 +334,40 @@ def train(args: argparse.Namespace) -> int:
     ds = load()
     model_fn = functools.partial(models.build, args.model, ds.input_shape, ds.classes,
                                  seed=args.seed)  # fmt: skip
-    updates = args.updates
-    if updates is None:
-        updates = max(1, int(args.epochs * len(ds.x_train) / args.batch_size))
     bar = None
     if not args.no_progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=updates, unit="upd", dynamic_ncols=True, file=sys.stderr, mininterval=0.2)
-    last = {"accuracy": float("nan"), "loss": float("nan"), "staleness_mean": 0.0}
+        # The total comes with fit's progress records (None with only a time budget).
+        bar = tqdm(total=None, unit="upd", dynamic_ncols=True, file=sys.stderr, mininterval=0.2)
 
     def progress(rec: dict[str, Any]) -> None:
         if bar is None:
             return
         if "accuracy" in rec:
-            last.update(rec)
             bar.set_postfix(acc=f"{rec['accuracy']:.3f}", loss=f"{rec['loss']:.3f}",
                             tau=f"{rec['staleness_mean']:.2f}")  # fmt: skip
-        elif rec["updates"] != bar.n:
+            return
+        if rec.get("total") != bar.total:
+            bar.total = rec.get("total")
+            bar.refresh()
+        if rec["updates"] != bar.n:
             bar.update(rec["updates"] - bar.n)
 
+    # Only what was given goes to fit (None: the variant's default, filled in by fit).
+    given = {dest: getattr(args, dest) for dest in USED_BY if getattr(args, dest) is not None}
     t0 = time.perf_counter()
     try:
         h = fit(model_fn, load if args.backend == "process" else ds, learners=args.learners,
-                variant=args.variant, k=args.k, local_steps=args.local_steps, alpha=args.alpha,
-                n_fetch=args.n_fetch, n_push=args.n_push, interval_s=args.interval_s,
+                variant=args.variant, straggler=args.straggler, comm_delay=args.comm_delay,
                 time_budget_s=args.time_budget_s, mode=args.mode, step_size=_policy(args.step_size, args.lr),
-                lr=args.lr, momentum=args.momentum, batch_size=args.batch_size, updates=updates,
-                seed=args.seed, backend=args.backend, eval_every=max(1, updates // args.evals),
+                lr=args.lr, momentum=args.momentum, batch_size=args.batch_size,
+                epochs=args.epochs, updates=args.updates, seed=args.seed, backend=args.backend,
+                eval_every=_eval_every(args, len(ds.x_train)),
                 checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
                 resume_from=args.resume, progress=progress,
                 devices=args.devices.split(",") if args.devices else None,
+                **given,
                 **(dict(address=args.address, servers=args.servers) if args.backend == "ray"
                    else {}))  # fmt: skip
     finally:
@@ -291,8 +448,18 @@ def simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _subparser(p: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]  # type: ignore[no-any-return]
+    raise KeyError(name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    p = _parser()
+    args = p.parse_args(argv)
+    if args.command == "train":
+        _check_train_args(_subparser(p, "train"), args)
     try:
         return simulate(args) if args.command == "simulate" else train(args)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
