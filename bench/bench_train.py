@@ -1,9 +1,10 @@
 """How many updates per second, and how soon a target test accuracy, does fit() reach with P
 learner processes, compared with PyTorch's Hogwild pattern on the same model and batches?
 
-Fashion-MNIST, the "mlp" model (784-128-128-128-10), SGD with lr 0.05 and --momentum (default 0;
-PyTorch's mnist_hogwild example uses 0.5), mini-batches of 64, --updates updates in all, shared
-equally by the P learners, for every P in --learners:
+Fashion-MNIST, the "mlp" model (784-128-128-128-10), SGD with lr 0.05 and each --momentum
+(default 0; PyTorch's mnist_hogwild example uses 0.5; "0,0.5" measures both, one after the
+other), mini-batches of 64, --updates updates in all, shared equally by the P learners, for
+every P in --learners:
 
 * fastps: ``fit(model_fn, load, learners=P, variant="async", mode=MODE, lr, momentum,
   batch_size, updates, eval_every, backend="process")`` for every mode in --modes. The momentum
@@ -43,22 +44,27 @@ Measured per run:
   with --eval-threads torch threads (default 1, so they do not oversubscribe a small machine).
 
 Warmup: one untimed run of each implementation at P = 1 (page cache, imports; it also gives the
-rate that sets ``eval_every``). Then --repeats rounds, each running every (P, implementation)
-once, the order of implementations rotated by one per round; a record holds the median over
-rounds and p10/p90. ``ratio_torch`` = fastps's median ``updates_per_s`` over torch-hogwild's at
-the same P (``ratio_torch_wall`` for wall_updates_per_s); ``ratio_torch_p10``/``_p90`` come from
-the per-round ratios. The issue's target, reported and never asserted: ratio_torch >= 1.25 at
+rate that sets ``eval_every``, the same for every momentum). Then, for each momentum in turn,
+--repeats rounds, each running every (P, implementation) once, the order of implementations
+rotated by one per round; a record holds the median over rounds and p10/p90. ``ratio_torch`` =
+fastps's median ``updates_per_s`` over torch-hogwild's at the same P and momentum
+(``ratio_torch_wall`` for wall_updates_per_s); ``ratio_torch_p10``/``_p90`` come from the
+per-round ratios. The issue's target, reported and never asserted: ratio_torch >= 1.25 at
 P = 2.
 
 A run during which other processes kept --quiet-below CPUs or more busy (``foreign_cpus``, from
 /proc/stat, the run's own child processes counted as its own) is run again after waiting for a
 quiet machine, at most --retries times and within --wait-budget seconds for the whole run.
 
-Output: JSON lines on stdout (and --out), one per (implementation, mode, P) with bench "train",
-then a '#'-prefixed table and summary; progress on stderr. See bench/_harness.py. Run it as a
-script so the installed fastps is imported:
+Output: JSON lines (bench/_results.py's Writer: with the command and the machine), one per
+(momentum, implementation, mode, P), kind "cell", on stdout and in --out (default
+bench/results/bench_train.jsonl, --quick: /tmp/bench_train.quick.jsonl; written once all runs
+are done); then, per momentum, a '#'-prefixed table and summary (``tables``, which
+bench/make_results.py also puts in docs/results.md); progress on stderr. See bench/_harness.py.
+Run it as a script so the installed fastps is imported:
 
     python bench/bench_train.py --quick
+    python bench/bench_train.py --momentum 0,0.5    # the records of docs/results.md
     python bench/bench_train.py --out /tmp/bench_train.jsonl
 """
 
@@ -74,18 +80,20 @@ import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import _harness as H
+import _results as R
 import numpy as np
-import torch
-import torch.multiprocessing as mp
 
-import fastps
-from fastps.train import data, models
-from fastps.train.fit import fit, learner_threads
+if TYPE_CHECKING:
+    import torch
 
-BENCH = "train"
+# torch and fastps are imported where they are used: bench/make_results.py imports this module
+# for ``tables`` alone.
+
+NAME = "bench_train"
 DATASET = "fashion-mnist"
 MODEL = "mlp"
 TORCH = "torch-hogwild"
@@ -109,9 +117,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.05, help="SGD step size (default 0.05)")
     p.add_argument(
         "--momentum",
-        type=float,
-        default=0.0,
-        help="SGD momentum on both sides (default 0; PyTorch's mnist_hogwild uses 0.5)",
+        type=_float_list,
+        default=[0.0],
+        help="SGD momentum on both sides, one or more, e.g. 0,0.5 (default 0; PyTorch's "
+        "mnist_hogwild uses 0.5)",
     )
     p.add_argument("--seed", type=int, default=0, help="model and batch seed (default 0)")
     p.add_argument("--target", type=float, default=0.80, help="test accuracy (default 0.80)")
@@ -137,7 +146,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="P = 1,2, 1000 updates, 1 round")
     H.add_quiet_args(p, retries=1, max_wait=20.0, wait_budget=60.0)
     p.add_argument("--timeout", type=float, default=300.0, help="limit per run (default 300 s)")
-    p.add_argument("--out", type=argparse.FileType("w"), help="also write the JSON lines here")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"JSON lines (default bench/results/{NAME}.jsonl, --quick: /tmp/{NAME}.quick.jsonl)",
+    )
     a = p.parse_args(argv)
     a.learners = a.learners or ([1, 2] if a.quick else [1, 2, 4])
     a.updates = a.updates or (1000 if a.quick else 3000)
@@ -146,9 +160,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("need --updates, --repeats, --batch-size, --eval-threads, --warmup-updates >= 1")
     if a.updates < max(a.learners):
         p.error("need --updates >= the largest P")
-    if not 0.0 < a.target <= 1.0 or a.eval_period <= 0 or a.lr <= 0 or not 0 <= a.momentum < 1:
+    bad_momentum = any(not 0 <= m < 1 for m in a.momentum)
+    if not 0.0 < a.target <= 1.0 or a.eval_period <= 0 or a.lr <= 0 or bad_momentum:
         p.error("need 0 < --target <= 1, --eval-period > 0, --lr > 0, 0 <= --momentum < 1")
+    if len(set(a.momentum)) < len(a.momentum):
+        p.error(f"--momentum names a value twice: {a.momentum}")
+    if a.out is None:  # as bench/_results.py's resolve_paths
+        a.out = Path(f"/tmp/{NAME}.quick.jsonl") if a.quick else R.RESULTS_DIR / f"{NAME}.jsonl"
     return a
+
+
+def _float_list(text: str) -> list[float]:
+    """argparse type: "0,0.5" -> [0.0, 0.5]."""
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers (got {text!r})"
+        ) from None
+    if not vals:
+        raise argparse.ArgumentTypeError(f"expected one number or more (got {text!r})")
+    return vals
 
 
 # -- shared by both implementations --------------------------------------------------------------
@@ -188,6 +220,8 @@ class Run:
 
 
 def _model_fn(ds: Any, seed: int) -> functools.partial[torch.nn.Module]:
+    from fastps.train import models
+
     return functools.partial(models.build, MODEL, ds.input_shape, ds.classes, seed=seed)
 
 
@@ -209,6 +243,10 @@ def _hogwild_worker(
 ) -> None:
     """One Hogwild process (PyTorch's mnist_hogwild ``train``): SGD on the shared model."""
     try:
+        import torch
+
+        from fastps.train import data
+
         torch.set_num_threads(cfg["threads"])
         ds = data.load(cfg["dataset"])
         torch.manual_seed(cfg["seed"] + rank)
@@ -254,6 +292,8 @@ def _hogwild_worker(
 
 def _evaluate(model: torch.nn.Module, ds: Any) -> tuple[float, float]:
     """(mean loss, accuracy) on the test set, as fit() evaluates."""
+    import torch
+
     loss, correct = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(ds.x_test), EVAL_BATCH):
@@ -265,7 +305,14 @@ def _evaluate(model: torch.nn.Module, ds: Any) -> tuple[float, float]:
     return loss / len(ds.x_test), correct / len(ds.x_test)
 
 
-def run_hogwild(a: argparse.Namespace, ds: Any, P: int, updates: int, eval_every: int) -> Run:
+def run_hogwild(
+    a: argparse.Namespace, ds: Any, P: int, updates: int, eval_every: int, momentum: float = 0.0
+) -> Run:
+    import torch
+    import torch.multiprocessing as mp
+
+    from fastps.train.fit import learner_threads
+
     ctx = mp.get_context("spawn")
     model = _model_fn(ds, a.seed)()
     model.share_memory()
@@ -276,7 +323,7 @@ def run_hogwild(a: argparse.Namespace, ds: Any, P: int, updates: int, eval_every
         "dataset": DATASET,
         "seed": a.seed,
         "lr": a.lr,
-        "momentum": a.momentum,
+        "momentum": momentum,
         "batch_size": a.batch_size,
         "threads": learner_threads(P),  # as fit() sets its learners'
     }
@@ -352,8 +399,12 @@ def run_hogwild(a: argparse.Namespace, ds: Any, P: int, updates: int, eval_every
 
 
 def run_fastps(
-    a: argparse.Namespace, ds: Any, P: int, updates: int, eval_every: int, mode: str
+    a: argparse.Namespace, ds: Any, P: int, updates: int, eval_every: int, mode: str,
+    momentum: float = 0.0,
 ) -> Run:
+    from fastps.train import data
+    from fastps.train.fit import fit
+
     h = fit(
         _model_fn(ds, a.seed),
         functools.partial(data.load, DATASET),
@@ -361,7 +412,7 @@ def run_fastps(
         variant="async",
         mode=mode,
         lr=a.lr,
-        momentum=a.momentum,
+        momentum=momentum,
         batch_size=a.batch_size,
         updates=updates,
         eval_every=eval_every,
@@ -408,19 +459,23 @@ class Runner:
         self.a, self.ds = a, ds
         self.waited_s = 0.0
 
-    def once(self, impl: str, mode: str | None, P: int, updates: int, eval_every: int) -> Run:
+    def once(
+        self, impl: str, mode: str | None, P: int, updates: int, eval_every: int, momentum: float
+    ) -> Run:
         if impl == TORCH:
-            return run_hogwild(self.a, self.ds, P, updates, eval_every)
-        return run_fastps(self.a, self.ds, P, updates, eval_every, mode or "leashed")
+            return run_hogwild(self.a, self.ds, P, updates, eval_every, momentum)
+        return run_fastps(self.a, self.ds, P, updates, eval_every, mode or "leashed", momentum)
 
-    def run(self, impl: str, mode: str | None, P: int, updates: int, eval_every: int) -> Run:
+    def run(
+        self, impl: str, mode: str | None, P: int, updates: int, eval_every: int, momentum: float
+    ) -> Run:
         """A run, again after a quiet wait when other processes kept the machine busy."""
         a = self.a
         attempt = 1
         while True:
             load = H.ForeignLoad(children=True)
             with load:
-                r = self.once(impl, mode, P, updates, eval_every)
+                r = self.once(impl, mode, P, updates, eval_every, momentum)
             r.foreign_cpus, r.attempts = load.cores, attempt
             left = a.wait_budget - self.waited_s
             if not load.cores >= a.quiet_below or attempt > a.retries or left <= 0:
@@ -442,8 +497,18 @@ def _median_or_none(xs: Sequence[float | None]) -> float | None:
 
 
 def make_record(
-    a: argparse.Namespace, impl: str, mode: str | None, P: int, eval_every: int, runs: list[Run]
+    a: argparse.Namespace,
+    impl: str,
+    mode: str | None,
+    P: int,
+    momentum: float,
+    eval_every: int,
+    runs: list[Run],
 ) -> dict[str, Any]:
+    """A cell's record: its ``params`` and measurements (the Writer adds bench, kind, command,
+    env and time)."""
+    from fastps.train.fit import learner_threads
+
     ups = [r.updates_per_s for r in runs]
     timing = H.Timing(tuple(1.0 / u for u in ups), batch=a.updates)
     params = {
@@ -455,14 +520,15 @@ def make_record(
         "updates": a.updates,
         "batch_size": a.batch_size,
         "lr": a.lr,
-        "momentum": a.momentum,
+        "momentum": momentum,
         "seed": a.seed,
         "eval_every": eval_every,
         "threads": learner_threads(P),
         "eval_threads": a.eval_threads,
         "target": a.target,
     }
-    rec = H.record(BENCH, params, timing, items_per_call=1, threads=P)
+    rec = H.record(NAME, params, timing, items_per_call=1, threads=P)
+    del rec["bench"], rec["env"]  # R.Writer.emit adds both
     p10, med, p90 = H.quantiles(ups)
     walls = [w for r in runs if (w := r.wall_updates_per_s) is not None]
     hits = [r.reached(a.target) for r in runs]
@@ -476,6 +542,7 @@ def make_record(
         reached=sum(h is not None for h in hits),
         final_accuracy=statistics.median(r.final_accuracy for r in runs),
         foreign_cpus=max(r.foreign_cpus for r in runs),
+        quiet_below=a.quiet_below,
         runs=[
             {
                 "updates": r.updates,
@@ -503,6 +570,7 @@ def make_record(
 
 
 def add_ratios(records: list[dict[str, Any]], runs: dict[tuple, list[Run]]) -> None:
+    """fastps over torch-hogwild at the same P, for the records of one momentum."""
     base = {r["params"]["learners"]: r for r in records if r["params"]["impl"] == TORCH}
     for rec in records:
         P = rec["params"]["learners"]
@@ -518,90 +586,121 @@ def add_ratios(records: list[dict[str, Any]], runs: dict[tuple, list[Run]]) -> N
         rec["ratio_torch_p10"], _, rec["ratio_torch_p90"] = H.quantiles(paired)
 
 
-def _f(x: Any, spec: str) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return format(x, spec)
+# -- tables (printed by main, and put in docs/results.md by bench/make_results.py) ---------------
+
+CELL_PARAMS = ("impl", "mode", "learners", "eval_every", "threads")  # vary within one table
 
 
-def print_table(records: Sequence[dict[str, Any]], a: argparse.Namespace) -> None:
+def tables(records: Sequence[dict[str, Any]]) -> list[R.Table]:
+    """A table and a summary per configuration (the params other than CELL_PARAMS, so one per
+    --momentum), in the order of the records; a later record of the same cell replaces an
+    earlier one."""
+    configs: dict[tuple, dict[tuple, dict[str, Any]]] = {}
+    for r in records:
+        p = r.get("params", {})
+        if r.get("kind", "cell") != "cell" or "impl" not in p:
+            continue
+        key = tuple(sorted((k, v) for k, v in p.items() if k not in CELL_PARAMS))
+        configs.setdefault(key, {})[(p["impl"], p["mode"], p["learners"])] = r
+    out: list[R.Table] = []
+    for cells in configs.values():
+        recs = list(cells.values())
+        out += [cell_table(recs), summary_table(recs)]
+    return out
+
+
+def _config(p: dict[str, Any]) -> str:
+    return (f"{p['dataset']}, {p['model']}, batch {p['batch_size']}, lr {p['lr']:g}, "
+            f"momentum {p['momentum']:g}, {p['updates']} updates per run")  # fmt: skip
+
+
+def cell_table(recs: Sequence[dict[str, Any]]) -> R.Table:
+    """Every (implementation, mode, P) of one configuration."""
+    p0 = recs[0]["params"]
+    target = p0["target"]
     rows = []
-    for rec in records:
+    for rec in recs:
         p = rec["params"]
         share = rec.get("step_share", rec.get("push_pull_share"))
         rows.append(
-            [p["impl"], p["mode"] or "-", p["learners"], _f(rec["updates_per_s"], ".0f"),
-             f"{_f(rec['updates_per_s_p10'], '.0f')}..{_f(rec['updates_per_s_p90'], '.0f')}",
-             _f(rec["wall_updates_per_s"], ".0f"), _f(rec.get("ratio_torch"), ".2f"),
-             _f(rec.get("ratio_torch_wall"), ".2f"), _f(rec["time_to_target_s"], ".2f"),
-             _f(rec["updates_to_target"], ".0f"), f"{rec['reached']}/{len(rec['runs'])}",
-             _f(rec["final_accuracy"], ".4f"), _f(100 * share, ".0f") + "%", p["eval_every"],
-             _f(rec["foreign_cpus"], ".2f")]
+            [p["impl"], p["mode"] or "-", str(p["learners"]), R.fmt(rec["updates_per_s"], ".0f"),
+             f"{R.fmt(rec['updates_per_s_p10'], '.0f')}..{R.fmt(rec['updates_per_s_p90'], '.0f')}",
+             R.fmt(rec["wall_updates_per_s"], ".0f"), R.fmt(rec.get("ratio_torch"), ".2f"),
+             R.fmt(rec.get("ratio_torch_wall"), ".2f"), R.fmt(rec["time_to_target_s"], ".2f"),
+             R.fmt(rec["updates_to_target"], ".0f"), f"{rec['reached']}/{len(rec['runs'])}",
+             R.fmt(rec["final_accuracy"], ".4f"),
+             "-" if share is None else R.fmt(100 * share, ".0f") + "%", str(p["eval_every"]),
+             R.fmt(rec["foreign_cpus"], ".2f")]
         )  # fmt: skip
-    header = ("impl", "mode", "P", "upd/s", "p10..p90", "wall_upd/s", "/torch", "/torch_wall",
-              f"t@{a.target:g}_s", f"upd@{a.target:g}", "reached", "final_acc", "sync%",
-              "eval_every", "other_cpus")  # fmt: skip
-    H.print_table(
+    header = ["impl", "mode", "P", "upd/s", "p10..p90", "wall_upd/s", "/torch", "/torch_wall",
+              f"t@{target:g}_s", f"upd@{target:g}", "reached", "final_acc", "sync%",
+              "eval_every", "other_cpus"]  # fmt: skip
+    rounds = max(len(r["runs"]) for r in recs)
+    return R.Table(
+        f"{_config(p0)}, median of {rounds} round{'s' if rounds != 1 else ''}",
         header,
         rows,
-        title=(
-            f"{DATASET}, {MODEL}, batch {a.batch_size}, lr {a.lr:g}, momentum {a.momentum:g}, {a.updates} updates per run, "
-            f"median of {a.repeats} rounds: upd/s = updates / longest learner time in steps; "
-            "wall_upd/s = updates / (start event .. last learner done); /torch = fastps over "
+        [
+            "upd/s = updates / longest learner time in steps (p10..p90 over rounds); wall_upd/s = "
+            "updates / (start event .. last learner done); /torch = fastps over "
             f"{TORCH} at the same P; t@ = seconds from the start event to the first evaluation "
-            "at the target accuracy (- = not reached in most rounds); sync% = share of learner "
-            "time in opt.step() (torch) or push+pull (fastps); other_cpus = foreign load, worst "
-            "round"
-        ),
-    )
+            "at the target test accuracy, upd@ its update count (- = not reached in most "
+            "rounds); reached = rounds that reached it; sync% = share of learner time in "
+            "opt.step() (torch) or push+pull (fastps); other_cpus = CPUs other processes kept "
+            "busy, worst round."
+        ],
+    )  # fmt: skip
 
 
-def print_summary(records: Sequence[dict[str, Any]], a: argparse.Namespace) -> None:
+def summary_table(recs: Sequence[dict[str, Any]]) -> R.Table:
+    """fastps's ratios to torch-hogwild per mode and P, and the issue's target, for one
+    configuration."""
+    ps = sorted({r["params"]["learners"] for r in recs})
+    modes = list(dict.fromkeys(r["params"]["mode"] for r in recs
+                               if r["params"]["impl"] == "fastps"))  # fmt: skip
     rows = []
-    ps = sorted({r["params"]["learners"] for r in records})
-    for mode in a.modes:
-        cells = {
-            r["params"]["learners"]: r
-            for r in records
-            if r["params"]["impl"] == "fastps" and r["params"]["mode"] == mode
-        }
+    for mode in modes:
+        cells = {r["params"]["learners"]: r for r in recs
+                 if r["params"]["impl"] == "fastps" and r["params"]["mode"] == mode}  # fmt: skip
         at = cells.get(TARGET_AT, {}).get("ratio_torch")
         verdict = "n/a" if at is None else "met" if at >= TARGET_RATIO else "MISSED"
-        rows.append(
-            [
-                mode,
-                *(_f(cells.get(P, {}).get("ratio_torch"), ".2f") for P in ps),
-                _f(cells.get(TARGET_AT, {}).get("ratio_torch_wall"), ".2f"),
-                verdict,
-            ]
-        )
-    H.print_table(
-        [
-            "mode",
-            *(f"/torch@P{P}" for P in ps),
-            f"/torch_wall@P{TARGET_AT}",
-            f">={TARGET_RATIO}x@P{TARGET_AT}",
-        ],
-        rows,
-        title=(
-            f"summary: fastps updates/s over {TORCH}'s at the same P (learner time); target "
-            f">= {TARGET_RATIO}x at P = {TARGET_AT}, reported, not asserted"
-        ),
-    )
-    hog = next((r for r in records if r["params"]["impl"] == TORCH
+        rows.append([mode, *(R.fmt(cells.get(P, {}).get("ratio_torch"), ".2f") for P in ps),
+                     R.fmt(cells.get(TARGET_AT, {}).get("ratio_torch_wall"), ".2f"),
+                     verdict])  # fmt: skip
+    notes = []
+    hog = next((r for r in recs if r["params"]["impl"] == TORCH
                 and r["params"]["learners"] == TARGET_AT), None)  # fmt: skip
     if hog is not None and hog["step_share"] < 1:
         share = hog["step_share"]
-        print(
-            f"# {TORCH}'s opt.step() took {100 * share:.0f}% of its learner time at "
+        notes.append(
+            f"{TORCH}'s opt.step() took {100 * share:.0f}% of its learner time at "
             f"P = {TARGET_AT}: a step that cost nothing would by itself make it at most "
             f"{1 / (1 - share):.2f}x faster (a ratio above that comes from faster compute: "
-            "fastps learners read private parameters, Hogwild's read memory others write)"
+            "fastps learners read private parameters, Hogwild's read memory others write)."
         )
-    H.report_noisy(records, a.quiet_below, "cells (worst round)")
+    threshold = recs[0].get("quiet_below", 0.25)
+    noisy = [r for r in recs if r["foreign_cpus"] >= threshold]
+    if noisy:
+        notes.append(f"{len(noisy)} of {len(recs)} cells (worst round) ran while other "
+                     f"processes kept >= {threshold:g} CPUs busy (after retries): see "
+                     "other_cpus.")  # fmt: skip
+    return R.Table(
+        f"Summary, momentum {recs[0]['params']['momentum']:g}: fastps updates/s over {TORCH}'s "
+        f"at the same P (learner time); target >= {TARGET_RATIO}x at P = {TARGET_AT}, "
+        "reported, not asserted",
+        ["mode", *(f"/torch@P{P}" for P in ps), f"/torch_wall@P{TARGET_AT}",
+         f">={TARGET_RATIO}x@P{TARGET_AT}"],
+        rows,
+        notes,
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import torch
+
+    import fastps
+    from fastps.train import data
+
     a = parse_args(argv)
     threads = torch.get_num_threads()
     torch.set_num_threads(a.eval_threads)  # fit() evaluates in this process too
@@ -609,58 +708,63 @@ def main(argv: Sequence[str] | None = None) -> int:
     cores = H.env(1)["cores"] or 1
     impls: list[tuple[str, str | None]] = [] if a.no_torch else [(TORCH, None)]
     impls += [("fastps", m) for m in a.modes]
-    files: list[IO[str]] = [a.out] if a.out else []
     H.log(
-        f"fastps {fastps.__version__}: P {a.learners}, modes {a.modes}, {a.updates} updates, "
-        f"{a.repeats} rounds, target {a.target}, {cores} cores"
+        f"fastps {fastps.__version__}: P {a.learners}, modes {a.modes}, momentum {a.momentum}, "
+        f"{a.updates} updates, {a.repeats} rounds, target {a.target}, {cores} cores"
     )
     r = Runner(a, ds)
     t_all = time.perf_counter()
-    rates = []
-    for impl, mode in impls[:2]:  # torch-hogwild and the first fastps mode
-        w = r.once(impl, mode, 1, a.warmup_updates, a.warmup_updates)
-        rates.append(w.wall_updates_per_s or w.updates_per_s)
-        H.log(f"warmup {impl} {mode or ''}: {w.updates_per_s:.0f} updates/s")
-    rate1 = statistics.median(rates)
-    eval_every = {P: max(1, round(a.eval_period * rate1 * min(P, cores))) for P in a.learners}
-    runs: dict[tuple, list[Run]] = {}
+    records: list[dict[str, Any]] = []
     try:
-        for k in range(a.repeats):
-            for P in a.learners:
-                shift = k % len(impls)
-                for impl, mode in impls[shift:] + impls[:shift]:
-                    t0 = time.perf_counter()
-                    try:
-                        run = r.run(impl, mode, P, a.updates, eval_every[P])
-                    except (RuntimeError, ValueError, TypeError) as e:
-                        H.log(f"round {k} {impl} {mode or ''} P={P}: failed: {e}")
-                        continue
-                    runs.setdefault((impl, mode, P), []).append(run)
-                    hit = run.reached(a.target)
-                    H.log(
-                        f"round {k} {impl} {mode or ''} P={P}: {run.updates_per_s:.0f} upd/s "
-                        f"(wall {_f(run.wall_updates_per_s, '.0f')}), "
-                        f"t@{a.target:g} {_f(hit[0] if hit else None, '.2f')} s, final "
-                        f"{run.final_accuracy:.4f}, other cpus {run.foreign_cpus:.2f}, "
-                        f"{time.perf_counter() - t0:.1f} s"
-                    )
-        records = [
-            make_record(a, impl, mode, P, eval_every[P], runs[(impl, mode, P)])
-            for P in a.learners
-            for impl, mode in impls
-            if (impl, mode, P) in runs
-        ]
-        add_ratios(records, runs)
-        for rec in records:
-            H.emit(rec, files)
+        rates = []
+        for impl, mode in impls[:2]:  # torch-hogwild and the first fastps mode
+            w = r.once(impl, mode, 1, a.warmup_updates, a.warmup_updates, a.momentum[0])
+            rates.append(w.wall_updates_per_s or w.updates_per_s)
+            H.log(f"warmup {impl} {mode or ''}: {w.updates_per_s:.0f} updates/s")
+        rate1 = statistics.median(rates)
+        eval_every = {P: max(1, round(a.eval_period * rate1 * min(P, cores))) for P in a.learners}
+        for momentum in a.momentum:
+            runs: dict[tuple, list[Run]] = {}
+            for k in range(a.repeats):
+                for P in a.learners:
+                    shift = k % len(impls)
+                    for impl, mode in impls[shift:] + impls[:shift]:
+                        t0 = time.perf_counter()
+                        what = f"momentum {momentum:g} round {k} {impl} {mode or ''} P={P}"
+                        try:
+                            run = r.run(impl, mode, P, a.updates, eval_every[P], momentum)
+                        except (RuntimeError, ValueError, TypeError) as e:
+                            H.log(f"{what}: failed: {e}")
+                            continue
+                        runs.setdefault((impl, mode, P), []).append(run)
+                        hit = run.reached(a.target)
+                        H.log(
+                            f"{what}: {run.updates_per_s:.0f} upd/s "
+                            f"(wall {R.fmt(run.wall_updates_per_s, '.0f')}), "
+                            f"t@{a.target:g} {R.fmt(hit[0] if hit else None, '.2f')} s, final "
+                            f"{run.final_accuracy:.4f}, other cpus {run.foreign_cpus:.2f}, "
+                            f"{time.perf_counter() - t0:.1f} s"
+                        )
+            block = [
+                make_record(a, impl, mode, P, momentum, eval_every[P], runs[(impl, mode, P)])
+                for P in a.learners
+                for impl, mode in impls
+                if (impl, mode, P) in runs
+            ]
+            add_ratios(block, runs)
+            records += block
     finally:
         torch.set_num_threads(threads)
-        if a.out:
-            a.out.close()
     H.log(f"all runs in {time.perf_counter() - t_all:.0f} s, {r.waited_s:.0f} s of it waiting")
-    if records:
-        print_table(records, a)
-        print_summary(records, a)
+    if not records:
+        H.log(f"no run succeeded: {a.out} left as it was")
+        return 1
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    writer = R.Writer(NAME, a.out)  # opened now: a failed run leaves the last records in place
+    for rec in records:
+        p = rec.pop("params")
+        writer.emit(p, threads=p["learners"], kind="cell", **rec)
+    R.finish(writer, tables(writer.records), None)
     return 0
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import _results as R
 
 SCRIPTS = ("results_breakdown", "results_step_sizes", "results_modes", "results_projected",
-           "results_spectrum", "results_local", "bench_peers")  # fmt: skip
+           "results_spectrum", "results_local", "bench_peers", "bench_train")  # fmt: skip
 TITLES = {
     "results_breakdown": "1. Where an epoch goes",
     "results_step_sizes": "2. Staleness-adaptive step sizes",
@@ -35,6 +35,7 @@ TITLES = {
     "results_spectrum": "5. The sync-async spectrum against the simulator",
     "results_local": "6. Local updates with a slow network",
     "bench_peers": "7. fastps against its peers",
+    "bench_train": "8. Training against PyTorch's Hogwild",
 }
 
 

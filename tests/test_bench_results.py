@@ -103,3 +103,75 @@ def test_load_note_says_quiet_only_below_the_disturbance_threshold():
     )
     assert make_results.load_note(busy).startswith("Other processes kept a median of 0.50 and at most 1.20")
     assert make_results.load_note([{"x": 1}]) is None
+
+
+def _train_cell(impl, mode, momentum, ups, **measured):
+    params = {"impl": impl, "mode": mode, "learners": 2, "dataset": "fashion-mnist",
+              "model": "mlp", "updates": 3000, "batch_size": 64, "lr": 0.05,
+              "momentum": momentum, "seed": 0, "eval_every": 150, "threads": 1,
+              "eval_threads": 1, "target": 0.8}  # fmt: skip
+    return _record("bench_train", "cell", params, updates_per_s=ups,
+                   updates_per_s_p10=ups - 100, updates_per_s_p90=ups + 100,
+                   reached=3, runs=[{}, {}, {}], quiet_below=0.25, **measured)  # fmt: skip
+
+
+def _train_records():
+    torch0 = _train_cell("torch-hogwild", None, 0.0, 1000.0, wall_updates_per_s=800.0,
+                         time_to_target_s=2.5, updates_to_target=2000, final_accuracy=0.8123,
+                         step_share=0.25, foreign_cpus=0.1)  # fmt: skip
+    fast0 = _train_cell("fastps", "leashed", 0.0, 1500.0, wall_updates_per_s=1000.0,
+                        ratio_torch=1.5, ratio_torch_wall=1.25, time_to_target_s=1.75,
+                        updates_to_target=2100, final_accuracy=0.8201, push_pull_share=0.1,
+                        foreign_cpus=0.3)  # fmt: skip
+    torch5 = {**torch0, "params": {**torch0["params"], "momentum": 0.5}, "foreign_cpus": 0.0}
+    stale5 = {**fast0, "params": {**fast0["params"], "momentum": 0.5}, "foreign_cpus": 0.0}
+    fast5 = {**stale5, "updates_per_s": 1100.0, "ratio_torch": 1.1, "time_to_target_s": None,
+             "updates_to_target": None, "reached": 1}  # fmt: skip
+    return [torch0, fast0, torch5, stale5, fast5]  # fast5 is stale5 measured again
+
+
+def test_bench_train_tables_one_table_and_summary_per_momentum(capsys):
+    import bench_train
+
+    ts = bench_train.tables(_train_records())
+    assert [t.title.split(":")[0] for t in ts] == [
+        "fashion-mnist, mlp, batch 64, lr 0.05, momentum 0, 3000 updates per run, median of 3 "
+        "rounds", "Summary, momentum 0", "fashion-mnist, mlp, batch 64, lr 0.05, momentum 0.5, "
+        "3000 updates per run, median of 3 rounds", "Summary, momentum 0.5"]  # fmt: skip
+    assert ts[0].rows == [
+        ["torch-hogwild", "-", "2", "1000", "900..1100", "800", "-", "-", "2.50", "2000", "3/3",
+         "0.8123", "25%", "150", "0.10"],
+        ["fastps", "leashed", "2", "1500", "1400..1600", "1000", "1.50", "1.25", "1.75", "2100",
+         "3/3", "0.8201", "10%", "150", "0.30"]]  # fmt: skip
+    assert ts[0].header[8:10] == ["t@0.8_s", "upd@0.8"]
+    assert ts[1].header == ["mode", "/torch@P2", "/torch_wall@P2", ">=1.25x@P2"]
+    assert ts[1].rows == [["leashed", "1.50", "1.25", "met"]]
+    # 25% of Hogwild's time in opt.step(): a free step is at most 1 / 0.75 = 1.33x faster
+    assert "at most 1.33x faster" in ts[1].notes[0]
+    assert ts[1].notes[1].startswith("1 of 2 cells (worst round) ran while other processes kept")
+    # the later record of a cell replaces the earlier one; no busy cell, no note
+    assert ts[2].rows[1][3] == "1100" and ts[2].rows[1][8:11] == ["-", "-", "1/3"]
+    assert ts[3].rows == [["leashed", "1.10", "1.25", "MISSED"]] and len(ts[3].notes) == 1
+    # what the script prints is the same table
+    ts[0].print()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "# " + ts[0].title
+    assert lines[4].split() == ["#", *ts[0].rows[1]]
+    assert lines[5] == "# " + ts[0].notes[0]
+
+
+def test_make_results_renders_bench_train_per_momentum(tmp_path):
+    with open(tmp_path / "bench_train.jsonl", "w") as f:
+        for r in _train_records():
+            f.write(json.dumps(r) + "\n")
+    out = tmp_path / "results.md"
+    assert make_results.main(["--results", str(tmp_path), "--out", str(out)]) == 0
+    text = out.read_text()
+    section = text[text.index("## 8. Training against PyTorch's Hogwild"):]
+    assert section.count("**fashion-mnist, mlp, batch 64") == 2
+    assert ("| fastps | leashed | 2 | 1500 | 1400..1600 | 1000 | 1.50 | 1.25 | 1.75 | 2100 | 3/3 "
+            "| 0.8201 | 10% | 150 | 0.30 |") in section  # fmt: skip
+    assert "| leashed | 1.10 | 1.25 | MISSED |" in section
+    assert "Command: `python bench/bench_train.py`" in section
+    assert "median of 0.00 and at most 0.30 of the CPUs" in section
+    assert "Not measured yet: run `python bench/results_spectrum.py`" in text
