@@ -25,9 +25,33 @@ def test_thread_learners_train_logistic_regression(mode):
             batch_size=32, eval_every=100)  # fmt: skip
     assert h.evals[0]["accuracy"] < 0.8 < h.final_accuracy
     assert sum(ln["updates"] for ln in h.learners) == 400
-    assert h.stats["clock"] == 400 and h.evals[-1]["updates"] == 400
+    assert h.stats["clock"] == 400
+    counts = [e["updates"] for e in h.evals]
+    assert counts == sorted(set(counts)) and counts[-1] == 400  # one evaluation per count
     assert h.evals[-1]["loss"] < h.evals[0]["loss"]
     assert all(ln["push_s"] > 0 and ln["pull_s"] > 0 and ln["compute_s"] > 0 for ln in h.learners)
+
+
+def test_the_final_evaluation_replaces_one_at_the_same_update_count():
+    import numpy as np
+
+    from fastps import Store
+    from fastps.torch import ParamLayout
+    from fastps.train.fit import History, _reporters
+
+    model = LOGREG()
+    layout = ParamLayout.from_module(model)
+    h = History()
+    with Store(init=np.zeros(layout.size, np.float32), lr=0.1) as store:
+        evaluate, _ = _reporters(store, model, layout, blobs(), h, {}, t_start=0.0, eval_train=0,
+                                 checkpoint=None, progress=None)  # fmt: skip
+        evaluate()  # at 0 during the run
+        evaluate(final=True)  # the run ended there: replaced, not repeated
+        assert [e["updates"] for e in h.evals] == [0]
+        store.learner().push(np.arange(layout.size, dtype=np.float32))
+        evaluate(final=True)  # a later count: appended
+        assert [e["updates"] for e in h.evals] == [0, 1]
+        assert h.evals[1]["loss"] != h.evals[0]["loss"]
 
 
 def test_process_learners_train_and_the_history_saves(tmp_path):

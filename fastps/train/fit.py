@@ -269,15 +269,16 @@ def _reporters(store: Any, model: torch.nn.Module, layout: ParamLayout, ds: Any,
                progress: Callable[[dict[str, Any]], None] | None,
                staleness: Callable[[], float] | None = None,
                buffers: np.ndarray | None = None,
-               ) -> tuple[Callable[[], None], Callable[[], None] | None]:  # fmt: skip
+               ) -> tuple[Callable[..., None], Callable[[], None] | None]:  # fmt: skip
     """(evaluate, save) of a run on ``store`` (a Store or a RayStore). evaluate() appends one
     evaluation of the store's parameters to the history and reports it; its t_s and updates
-    are taken when the parameters are read; its staleness_mean is ``staleness()`` when given
+    are taken when the parameters are read (``final=True``: the end of the run, which replaces
+    an evaluation at the same update count); its staleness_mean is ``staleness()`` when given
     (a coordinator's), else the store histogram's; ``buffers`` (the learners' latest
     floating-point buffers, flat) go into the model first. save() checkpoints the store to
     ``checkpoint`` (None without one)."""
 
-    def evaluate() -> None:
+    def evaluate(final: bool = False) -> None:
         params = store.read()
         st = store.stats()
         t_s = time.perf_counter() - t_start
@@ -292,7 +293,12 @@ def _reporters(store: Any, model: torch.nn.Module, layout: ParamLayout, ds: Any,
             record["train_loss"], record["train_accuracy"] = _evaluate(
                 model, layout, params, ds.x_train[:n], ds.y_train[:n]
             )
-        history.evals.append(record)
+        if final and history.evals and history.evals[-1]["updates"] == st["clock"]:
+            # The run ended on an evaluation's update count: one record per count, taken
+            # now that every learner has written its last buffers.
+            history.evals[-1] = record
+        else:
+            history.evals.append(record)
         if progress:
             progress(record)
 
@@ -355,7 +361,9 @@ def _supervise(out: Any, store: Any, learners: int, start: Any, stop: Any, histo
             next_ckpt = clock - clock % checkpoint_every + checkpoint_every  # type: ignore[operator]
         if clock >= next_eval:
             evaluate()
-            next_eval = clock - clock % eval_every + eval_every
+            # from the count the evaluation read (learners go on meanwhile): not twice at one
+            seen = history.evals[-1]["updates"]
+            next_eval = seen - seen % eval_every + eval_every
     return finished
 
 
@@ -1042,7 +1050,7 @@ def fit(
             evaluate=evaluate, save=save, alive=alive if backend == "process" else lambda finished: None, progress=progress,
         )  # fmt: skip
         _collect(history, finished, learners, coordinator, coord_thread, t_start)
-        evaluate()
+        evaluate(final=True)
         if save is not None:
             save()
         history.stats = {k: v for k, v in store.stats().items() if k != "versions"}

@@ -350,7 +350,7 @@ def fit_ray(model_fn: Callable[[], torch.nn.Module], data: Any, *, learners: int
             progress=progress,
         )  # fmt: skip
         _collect(history, finished, learners, coordinator, coord_thread, t_start)
-        evaluate()
+        evaluate(final=True)
         if save is not None:
             save()
         st = store.stats()
