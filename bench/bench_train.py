@@ -592,20 +592,23 @@ CELL_PARAMS = ("impl", "mode", "learners", "eval_every", "threads")  # vary with
 
 
 def tables(records: Sequence[dict[str, Any]]) -> list[R.Table]:
-    """A table and a summary per configuration (the params other than CELL_PARAMS, so one per
-    --momentum), in the order of the records; a later record of the same cell replaces an
-    earlier one."""
+    """A table and a summary per run (command) and configuration (the params other than
+    CELL_PARAMS, so one per --momentum), in the order of the records; a later record of the
+    same cell in the same command replaces an earlier one. Several commands in one file (runs
+    kept side by side to show how much they differ) name theirs in the titles."""
     configs: dict[tuple, dict[tuple, dict[str, Any]]] = {}
     for r in records:
         p = r.get("params", {})
         if r.get("kind", "cell") != "cell" or "impl" not in p:
             continue
-        key = tuple(sorted((k, v) for k, v in p.items() if k not in CELL_PARAMS))
+        key = (r.get("command"), *sorted((k, v) for k, v in p.items() if k not in CELL_PARAMS))
         configs.setdefault(key, {})[(p["impl"], p["mode"], p["learners"])] = r
+    several = len({key[0] for key in configs}) > 1
     out: list[R.Table] = []
-    for cells in configs.values():
+    for key, cells in configs.items():
         recs = list(cells.values())
-        out += [cell_table(recs), summary_table(recs)]
+        run = f" (`{key[0]}`)" if several else ""
+        out += [cell_table(recs, run), summary_table(recs, run)]
     return out
 
 
@@ -614,8 +617,8 @@ def _config(p: dict[str, Any]) -> str:
             f"momentum {p['momentum']:g}, {p['updates']} updates per run")  # fmt: skip
 
 
-def cell_table(recs: Sequence[dict[str, Any]]) -> R.Table:
-    """Every (implementation, mode, P) of one configuration."""
+def cell_table(recs: Sequence[dict[str, Any]], run: str = "") -> R.Table:
+    """Every (implementation, mode, P) of one configuration; ``run`` ends the title."""
     p0 = recs[0]["params"]
     target = p0["target"]
     rows = []
@@ -637,7 +640,7 @@ def cell_table(recs: Sequence[dict[str, Any]]) -> R.Table:
               "eval_every", "other_cpus"]  # fmt: skip
     rounds = max(len(r["runs"]) for r in recs)
     return R.Table(
-        f"{_config(p0)}, median of {rounds} round{'s' if rounds != 1 else ''}",
+        f"{_config(p0)}, median of {rounds} round{'s' if rounds != 1 else ''}{run}",
         header,
         rows,
         [
@@ -652,9 +655,9 @@ def cell_table(recs: Sequence[dict[str, Any]]) -> R.Table:
     )  # fmt: skip
 
 
-def summary_table(recs: Sequence[dict[str, Any]]) -> R.Table:
+def summary_table(recs: Sequence[dict[str, Any]], run: str = "") -> R.Table:
     """fastps's ratios to torch-hogwild per mode and P, and the issue's target, for one
-    configuration."""
+    configuration; ``run`` ends the title."""
     ps = sorted({r["params"]["learners"] for r in recs})
     modes = list(dict.fromkeys(r["params"]["mode"] for r in recs
                                if r["params"]["impl"] == "fastps"))  # fmt: skip
@@ -687,7 +690,7 @@ def summary_table(recs: Sequence[dict[str, Any]]) -> R.Table:
     return R.Table(
         f"Summary, momentum {recs[0]['params']['momentum']:g}: fastps updates/s over {TORCH}'s "
         f"at the same P (learner time); target >= {TARGET_RATIO}x at P = {TARGET_AT}, "
-        "reported, not asserted",
+        f"reported, not asserted{run}",
         ["mode", *(f"/torch@P{P}" for P in ps), f"/torch_wall@P{TARGET_AT}",
          f">={TARGET_RATIO}x@P{TARGET_AT}"],
         rows,

@@ -160,6 +160,20 @@ def test_bench_train_tables_one_table_and_summary_per_momentum(capsys):
     assert lines[5] == "# " + ts[0].notes[0]
 
 
+def test_bench_train_tables_keep_runs_of_different_commands_apart():
+    import bench_train
+
+    first = _train_records()[:2]
+    again = [{**r, "command": "python bench/bench_train.py --learners 2 --repeats 5",
+              "updates_per_s": r["updates_per_s"] + 7} for r in first]  # fmt: skip
+    ts = bench_train.tables(first + again)
+    assert len(ts) == 4  # the same cells, two runs: not merged, the later not hiding the earlier
+    assert [t.rows[0][3] for t in ts[0::2]] == ["1000", "1007"]
+    assert ts[0].title.endswith("median of 3 rounds (`python bench/bench_train.py`)")
+    assert ts[3].title.endswith("(`python bench/bench_train.py --learners 2 --repeats 5`)")
+    assert "(`" not in bench_train.tables(first)[0].title  # one command: no name in the title
+
+
 def test_make_results_renders_bench_train_per_momentum(tmp_path):
     with open(tmp_path / "bench_train.jsonl", "w") as f:
         for r in _train_records():
