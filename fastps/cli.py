@@ -183,6 +183,9 @@ def _train_parser(sub: Any) -> argparse.ArgumentParser:
     t.add_argument("--devices", default=None, metavar="DEV[,DEV...]",
                    help="where learners compute, e.g. cuda:0,cuda:1 (learner r on the r-th, "
                    "cycling; default: the CPU)")  # fmt: skip
+    t.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch threads per learner (default: the cores // --learners, at least "
+                   "1; not with --backend ray)")  # fmt: skip
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     return t
 
@@ -205,6 +208,9 @@ def _check_train_args(t: argparse.ArgumentParser, args: argparse.Namespace) -> N
     for dest in RAY_ONLY:
         if getattr(args, dest) is not None and args.backend != "ray":
             t.error(f"--{dest} is for --backend ray (got --backend {args.backend})")
+    if args.threads is not None and args.backend == "ray":
+        t.error("--threads is for --backend process or thread (Ray actors get their CPUs "
+                "from Ray)")  # fmt: skip
     if args.servers is None:
         args.servers = 2
     if args.epochs is not None and args.updates is not None:
@@ -367,7 +373,7 @@ def train(args: argparse.Namespace) -> int:
                 checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
                 resume_from=args.resume, progress=progress,
                 devices=args.devices.split(",") if args.devices else None,
-                **given,
+                **given, **({"threads": args.threads} if args.threads is not None else {}),
                 **(dict(address=args.address, servers=args.servers) if args.backend == "ray"
                    else {}))  # fmt: skip
     finally:

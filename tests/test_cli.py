@@ -81,6 +81,8 @@ K_USERS = "k-sync, k-batch-sync, k-async, k-batch-async, adasync"
     (["--servers", "3"], "--servers is for --backend ray (got --backend process)"),
     (["--address", "auto", "--backend", "thread"],
      "--address is for --backend ray (got --backend thread)"),
+    (["--threads", "1", "--backend", "ray"],
+     "--threads is for --backend process or thread (Ray actors get their CPUs from Ray)"),
     (["--epochs", "1", "--updates", "10"], "give --epochs or --updates, not both"),
     (["--time-budget-s", "5", "--evals", "3"], "--evals needs a run of known length"),
     (["--straggler", "slow:4:0.1"], "--straggler slow:4:...: learner 4 does not exist "
@@ -182,6 +184,9 @@ def test_fit_gets_epochs_and_only_the_options_given(fake_fit, capsys):
     assert main(["train", "--no-progress", "--time-budget-s", "2"]) == 0
     kw = fake_fit.calls[-1]
     assert (kw["epochs"], kw["updates"], kw["time_budget_s"]) == (None, None, 2.0)
+    assert "threads" not in kw  # fit's default: the cores shared out
+    assert main(["train", "--no-progress", "--threads", "3", "--backend", "thread"]) == 0
+    assert fake_fit.calls[-1]["threads"] == 3
 
 
 @pytest.mark.parametrize("argv, per_update", [
@@ -257,6 +262,7 @@ def test_the_readme_job_on_fashion_mnist(tmp_path, capsys):
 @pytest.mark.parametrize("argv,msg", [
     (["--variant", "k-sync", "--k", "9"], "fastps train: fit: variant 'k-sync' needs k in [1, 4]"),
     (["--dataset", "idx"], "fastps train: load: 'idx' needs root"),
+    (["--threads", "0"], "fastps train: fit: threads must be an integer >= 1 (got 0)"),
 ])  # fmt: skip
 def test_errors_are_one_line_and_exit_2(capsys, argv, msg):
     assert main(["train", "--no-progress", "--updates", "10", *argv]) == 2
