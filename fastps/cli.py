@@ -26,16 +26,6 @@ def _policy(name: str, lr: float) -> Any:
             "exponential": fastps.Exponential, "tail": fastps.TailTau}[name]()  # fmt: skip
 
 
-# The options that only some variants use (fit() refuses them for the others, and so does the
-# command line, before anything is loaded); None in argparse tells "given" from "default".
-USED_BY = {
-    "k": ("k-sync", "k-batch-sync", "k-async", "k-batch-async", "adasync"),
-    "local_steps": ("local-sgd", "adacomm", "easgd"),
-    "alpha": ("easgd",),
-    "n_fetch": ("downpour",),
-    "n_push": ("downpour",),
-    "interval_s": ("adasync",),
-}
 RAY_ONLY = ("address", "servers")
 STRAGGLER_FORMS = ("exp:MEAN", "shifted-exp:SHIFT:MEAN", "slow:LEARNER:DELAY", "fixed:DELAY")
 
@@ -194,6 +184,10 @@ def _check_train_args(t: argparse.ArgumentParser, args: argparse.Namespace) -> N
     """Refuse (t.error: usage, message, exit 2) what the chosen variant or backend would not use
     and what a variant needs but was not given; then fill in the defaults. Ranges that depend on
     the run (K against P, ...) are fit()'s to check."""
+    # The options only some variants use (fit.VARIANT_OPTIONS) are refused for the others
+    # before anything is loaded; None in argparse tells "given" from "default".
+    from fastps.train.fit import VARIANT_OPTIONS as USED_BY
+
     v = args.variant
     for dest, users in USED_BY.items():
         if getattr(args, dest) is not None and v not in users:
@@ -333,7 +327,7 @@ def _eval_every(args: argparse.Namespace, n_train: int) -> int | None:
 def train(args: argparse.Namespace) -> int:
     from fastps.train import data as datasets
     from fastps.train import models
-    from fastps.train.fit import fit
+    from fastps.train.fit import VARIANT_OPTIONS, fit
 
     load = functools.partial(datasets.load, args.dataset, root=args.root, limit=args.limit,
                              seed=args.seed)  # fmt: skip
@@ -361,7 +355,8 @@ def train(args: argparse.Namespace) -> int:
             bar.update(rec["updates"] - bar.n)
 
     # Only what was given goes to fit (None: the variant's default, filled in by fit).
-    given = {dest: getattr(args, dest) for dest in USED_BY if getattr(args, dest) is not None}
+    given = {dest: getattr(args, dest) for dest in VARIANT_OPTIONS
+             if getattr(args, dest) is not None}  # fmt: skip
     t0 = time.perf_counter()
     try:
         h = fit(model_fn, load if args.backend == "process" else ds, learners=args.learners,

@@ -36,6 +36,16 @@ VARIANTS = ("async", "sync", "k-sync", "k-batch-sync", "k-async", "k-batch-async
             "local-sgd", "adacomm", "easgd", "downpour")  # fmt: skip
 LOCAL = ("local-sgd", "adacomm", "easgd", "downpour")  # local SGD steps between exchanges
 AVERAGING = ("local-sgd", "adacomm")  # models averaged by the coordinator, all P each round
+# The options only some variants use: fit() refuses them for the others (k: the others fix it)
+# and so does `fastps train`, which takes this table.
+VARIANT_OPTIONS: dict[str, tuple[str, ...]] = {
+    "k": ("k-sync", "k-batch-sync", "k-async", "k-batch-async", "adasync"),
+    "local_steps": ("local-sgd", "adacomm", "easgd"),
+    "alpha": ("easgd",),
+    "n_fetch": ("downpour",),
+    "n_push": ("downpour",),
+    "interval_s": ("adasync",),
+}
 CANCELLING = ("k-sync", "k-batch-sync", "adasync")  # an update cancels the work in progress
 """Who waits for whom (DESIGN.md, "Coordination"); every variant but async averages K gradients
 into one update, w -= (lr / K) * sum(g), made by a coordinator thread in the parent."""
@@ -858,10 +868,10 @@ def fit(
     if variant not in VARIANTS:
         raise ValueError(f"fit: variant must be one of {', '.join(VARIANTS)} (got {variant!r})")
     # An option the variant would ignore is refused, not dropped silently.
-    for name_, val, users in (("local_steps", local_steps, ("local-sgd", "adacomm", "easgd")),
-                              ("alpha", alpha, ("easgd",)), ("n_fetch", n_fetch, ("downpour",)),
-                              ("n_push", n_push, ("downpour",)),
-                              ("interval_s", interval_s, ("adasync",))):  # fmt: skip
+    options = {"local_steps": local_steps, "alpha": alpha, "n_fetch": n_fetch, "n_push": n_push,
+               "interval_s": interval_s}  # fmt: skip
+    for name_, val in options.items():
+        users = VARIANT_OPTIONS[name_]
         if val is not None and variant not in users:
             raise ValueError(f"fit: {name_} is for variant {' and '.join(users)}; "
                              f"{variant!r} does not use it (got {name_}={val!r})")  # fmt: skip
@@ -1080,4 +1090,4 @@ def fit(
     return history
 
 
-__all__ = ["VARIANTS", "History", "Straggler", "fit", "learner_threads"]
+__all__ = ["VARIANTS", "VARIANT_OPTIONS", "History", "Straggler", "fit", "learner_threads"]
