@@ -306,24 +306,6 @@ def _summary(h: Any, wall_s: float) -> str:
     return "\n".join(lines)
 
 
-def _eval_every(args: argparse.Namespace, n_train: int) -> int | None:
-    """Updates between evaluations for --evals (None: fit's default, 10 a run). With --epochs
-    the run's length in updates is fit's to work out; this mirrors its count of mini-batches
-    per update (adacomm and adasync at tau_0 and K_0) for the spacing of the evaluations."""
-    if args.evals is None:
-        return None
-    total = args.updates
-    if total is None:
-        from fastps.train.fit import _batches_per_update
-
-        per = _batches_per_update(
-            args.variant, args.k or (args.learners if args.variant == "sync" else 1),
-            args.learners, args.local_steps or (4 if args.variant in ("local-sgd", "adacomm")
-                                                else 1), args.n_push or 1)  # fmt: skip
-        total = math.ceil(max(1, math.ceil(args.epochs * n_train / args.batch_size)) / per)
-    return max(1, total // args.evals)
-
-
 def train(args: argparse.Namespace) -> int:
     from fastps.train import data as datasets
     from fastps.train import models
@@ -364,7 +346,7 @@ def train(args: argparse.Namespace) -> int:
                 time_budget_s=args.time_budget_s, mode=args.mode, step_size=_policy(args.step_size, args.lr),
                 lr=args.lr, momentum=args.momentum, batch_size=args.batch_size,
                 epochs=args.epochs, updates=args.updates, seed=args.seed, backend=args.backend,
-                eval_every=_eval_every(args, len(ds.x_train)),
+                evals=args.evals,
                 checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
                 resume_from=args.resume, progress=progress,
                 devices=args.devices.split(",") if args.devices else None,

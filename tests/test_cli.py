@@ -163,7 +163,7 @@ def test_fit_gets_epochs_and_only_the_options_given(fake_fit, capsys):
     assert main(["train", "--no-progress"]) == 0
     kw = fake_fit.calls[-1]
     assert kw["epochs"] == 5.0 and kw["updates"] is None  # fit counts the updates
-    assert kw["eval_every"] is None  # fit's default: 10 evaluations a run
+    assert kw["evals"] is None  # fit's default: 10 evaluations a run
     for name in ("k", "local_steps", "alpha", "n_fetch", "n_push", "interval_s"):
         assert name not in kw  # fit fills in the variant's defaults
     assert kw["straggler"] is None and kw["comm_delay"] == 0.0
@@ -180,26 +180,13 @@ def test_fit_gets_epochs_and_only_the_options_given(fake_fit, capsys):
                  "--n-push", "2", "--updates", "40", "--evals", "4"]) == 0  # fmt: skip
     kw = fake_fit.calls[-1]
     assert (kw["n_fetch"], kw["n_push"], kw["updates"], kw["epochs"]) == (3, 2, 40, None)
-    assert kw["eval_every"] == 10
+    assert kw["evals"] == 4  # fit spreads them over the run's updates
     assert main(["train", "--no-progress", "--time-budget-s", "2"]) == 0
     kw = fake_fit.calls[-1]
     assert (kw["epochs"], kw["updates"], kw["time_budget_s"]) == (None, None, 2.0)
     assert "threads" not in kw  # fit's default: the cores shared out
     assert main(["train", "--no-progress", "--threads", "3", "--backend", "thread"]) == 0
     assert fake_fit.calls[-1]["threads"] == 3
-
-
-@pytest.mark.parametrize("argv, per_update", [
-    ([], 1), (["--variant", "sync"], 4), (["--variant", "k-async", "--k", "3"], 3),
-    (["--variant", "local-sgd"], 16), (["--variant", "local-sgd", "--local-steps", "2"], 8),
-    (["--variant", "easgd", "--local-steps", "5"], 5), (["--variant", "downpour", "--n-push", "2"], 2),
-])  # fmt: skip
-def test_evals_with_epochs_spaces_evaluations_over_fits_updates(fake_fit, argv, per_update):
-    # tiny has 4 training examples: 2 epochs in batches of 1 are 8 mini-batches
-    assert main(["train", "--no-progress", "--epochs", "2", "--batch-size", "1", "--evals", "2",
-                 *argv]) == 0  # fmt: skip
-    total = math.ceil(8 / per_update)
-    assert fake_fit.calls[-1]["eval_every"] == max(1, total // 2)
 
 
 def test_the_progress_bar_takes_its_total_from_fit(fake_fit, capsys):

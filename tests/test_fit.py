@@ -363,9 +363,10 @@ EPOCH = 50
 )
 def test_epochs_count_passes_over_the_data_in_every_variant(variant, kw, per_update):
     h = fit(LOGREG, blobs(), learners=P, variant=variant, backend="thread", lr=0.1,
-            batch_size=32, epochs=2, **kw)  # fmt: skip
+            batch_size=32, epochs=2, evals=3, **kw)  # fmt: skip
     updates = math.ceil(2 * EPOCH / per_update)
     assert h.stats["clock"] == h.config["updates"] == updates
+    assert h.config["eval_every"] == max(1, updates // 3)  # evals spread over the run's updates
     if variant in ("async", "easgd", "downpour"):  # mini-batches that went into pushes
         assert sum(ln["steps"] for ln in h.learners) == updates * per_update
     else:
@@ -396,6 +397,12 @@ def test_run_length_and_variant_options_are_refused_where_they_do_not_apply():
         fit(LOGREG, blobs(), epochs=0)
     with pytest.raises(ValueError, match=r"fit: updates must be an integer >= 1 \(got 0\)"):
         fit(LOGREG, blobs(), updates=0)
+    with pytest.raises(ValueError, match=r"fit: evals must be an integer >= 1 \(got 0\)"):
+        fit(LOGREG, blobs(), evals=0)
+    with pytest.raises(ValueError, match=r"fit: give eval_every or evals, not both"):
+        fit(LOGREG, blobs(), evals=2, eval_every=5)
+    with pytest.raises(ValueError, match=r"fit: evals needs a run of known length"):
+        fit(LOGREG, blobs(), evals=2, time_budget_s=1.0)
     for variant, kw, name in [("async", {"alpha": 0.5}, "alpha"),
                               ("sync", {"n_fetch": 2}, "n_fetch"),
                               ("easgd", {"n_push": 2}, "n_push"),

@@ -134,6 +134,14 @@ def _batches_per_update(variant: str, k: int, learners: int, local_steps: int,
     return k  # async 1, sync P, the K-variants K
 
 
+def _eval_spacing(eval_every: int | None, evals: int | None, total: int | None) -> int:
+    """Updates between evaluations: ``eval_every``, else ``evals`` (10) spread over a run of
+    ``total`` updates, else (only a time budget) 200."""
+    if eval_every:
+        return eval_every
+    return max(1, total // (evals or 10)) if total else 200
+
+
 @dataclass(frozen=True)
 class _Budget:
     """How much a run trains: ``epochs`` passes over the training set, counted in mini-batches
@@ -819,6 +827,7 @@ def fit(
     backend: str = "process",
     address: str | None = None,
     eval_every: int | None = None,
+    evals: int | None = None,
     checkpoint_every: int | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     resume_from: str | os.PathLike[str] | None = None,
@@ -839,8 +848,8 @@ def fit(
     ``time_budget_s``, until that many seconds have passed. The uncoordinated learners (async,
     easgd, downpour) share the updates equally; a time budget also ends a run given in epochs
     or updates when it is spent first. ``eval_every`` updates the parent evaluates the store's
-    parameters on the test set (default: 10 times a run; every 200 updates with only a time
-    budget).
+    parameters on the test set (default: ``evals`` times a run, 10 unless given; every 200
+    updates with only a time budget, where ``evals`` is refused).
     ``checkpoint_every`` updates it saves the store to ``checkpoint`` (atomically);
     ``resume_from`` starts from such a file and makes only the updates still missing.
     ``backend``: "process" (spawned learners; the store in shared memory), "thread", or
@@ -893,6 +902,15 @@ def fit(
         raise ValueError(f"fit: comm_delay must be finite seconds >= 0 (got {comm_delay})")
     if not isinstance(eval_train, int) or eval_train < 0:
         raise ValueError(f"fit: eval_train must be an integer >= 0 (got {eval_train!r})")
+    if evals is not None:
+        if isinstance(evals, bool) or not isinstance(evals, int) or evals < 1:
+            raise ValueError(f"fit: evals must be an integer >= 1 (got {evals!r})")
+        if eval_every is not None:
+            raise ValueError(f"fit: give eval_every or evals, not both (got eval_every="
+                             f"{eval_every}, evals={evals})")  # fmt: skip
+        if epochs is None and updates is None and time_budget_s:
+            raise ValueError("fit: evals needs a run of known length (epochs or updates); with "
+                             "only time_budget_s give eval_every")  # fmt: skip
     if variant in LOCAL and (momentum or step_size is not None or store_kwargs.get("weight_decay")):
         raise ValueError(
             f"fit: {variant} exchanges models through the store's plain step (no momentum, "
@@ -931,7 +949,8 @@ def fit(
                        n_fetch=n_fetch, n_push=n_push, interval_s=interval_s,
                        time_budget_s=time_budget_s, mode=mode, step_size=step_size, lr=lr,
                        momentum=momentum, batch_size=batch_size, epochs=epochs, updates=updates,
-                       seed=seed, eval_every=eval_every, checkpoint_every=checkpoint_every,
+                       seed=seed, eval_every=eval_every, evals=evals,
+                       checkpoint_every=checkpoint_every,
                        checkpoint=checkpoint, resume_from=resume_from, timeout_s=timeout_s,
                        progress=progress, address=address, comm_delay=comm_delay,
                        eval_train=eval_train, **store_kwargs)  # fmt: skip
@@ -968,8 +987,9 @@ def fit(
               "step_size": repr(store.step_size), "devices": device_names,
               "comm_delay": comm_delay, "eval_train": eval_train,
               "threads": plan.threads}  # fmt: skip
+    eval_every = _eval_spacing(eval_every, evals, updates)
+    config["eval_every"] = eval_every
     history = History(config=config)
-    eval_every = eval_every or (max(1, updates // 10) if updates else 200)
     # Processes load a named or callable data set themselves instead of unpickling a copy.
     payload = data if (backend == "process" and (isinstance(data, str) or callable(data))) else ds
 

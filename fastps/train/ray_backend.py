@@ -35,6 +35,7 @@ from fastps.train.fit import (
     _Budget,
     _collect,
     _Coordinator,
+    _eval_spacing,
     _float_buffers,
     _learner,
     _Link,
@@ -218,7 +219,7 @@ def fit_ray(model_fn: Callable[[], torch.nn.Module], data: Any, *, learners: int
             k: int, straggler: Any, local_steps: int, alpha: float, n_fetch: int, n_push: int,
             interval_s: float, time_budget_s: float | None, mode: str, step_size: Any,
             lr: float, momentum: float, batch_size: int, epochs: float | None,
-            updates: int | None, seed: int, eval_every: int | None,
+            updates: int | None, seed: int, eval_every: int | None, evals: int | None,
             checkpoint_every: int | None, checkpoint: str | os.PathLike[str] | None,
             resume_from: str | os.PathLike[str] | None, timeout_s: float,
             progress: Callable[[dict[str, Any]], None] | None, address: str | None,
@@ -289,8 +290,9 @@ def fit_ray(model_fn: Callable[[], torch.nn.Module], data: Any, *, learners: int
                   "epochs": epochs, "batches": budget.batches, "time_budget_s": time_budget_s,
                   "resumed_at": done_before, "seed": seed, "backend": "ray",
                   "servers": store.servers, "step_size": repr(store.step_size)}  # fmt: skip
+        eval_every = _eval_spacing(eval_every, evals, updates)
+        config["eval_every"] = eval_every
         history = History(config=config)
-        eval_every = eval_every or (max(1, updates // 10) if updates else 200)
         payload = data if (isinstance(data, str) or callable(data)) else ds
 
         # The data reach each learner as a nested ref kept alive here, so a restarted learner
