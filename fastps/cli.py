@@ -280,6 +280,18 @@ def _simulate_parser(sub: Any) -> None:
     s.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
 
+def _rate(h: Any, wall_s: float) -> str:
+    """Updates per second while the learners trained (the start event to the last learner's
+    end; a resumed run's earlier updates left out), and the whole command's time, which adds
+    spawning, loading the data and evaluating."""
+    made = h.stats["clock"] - h.config.get("resumed_at", 0)
+    train_s = max((ln.get("run_s", 0.0) for ln in h.learners), default=0.0)
+    if train_s <= 0:
+        return f"({made / wall_s:.0f}/s over {wall_s:.1f} s)"
+    return (f"({made / train_s:.0f}/s over {train_s:.1f} s of training; {wall_s:.1f} s in all, "
+            "with start-up and evaluations)")  # fmt: skip
+
+
 def _summary(h: Any, wall_s: float) -> str:
     ev = h.evals[-1]
     st = h.stats
@@ -287,7 +299,7 @@ def _summary(h: Any, wall_s: float) -> str:
         "",
         f"{'final test accuracy':<24}{ev['accuracy']:.4f}",
         f"{'final test loss':<24}{ev['loss']:.4f}",
-        f"{'updates':<24}{st['clock']}  ({st['clock'] / wall_s:.0f}/s over {wall_s:.1f} s)",
+        f"{'updates':<24}{st['clock']}  {_rate(h, wall_s)}",
         f"{'mean staleness':<24}{h.coordinator.get('staleness_mean', ev['staleness_mean']):.2f}",
         f"{'dropped / CAS failures':<24}{st['dropped']} / {st['cas_failures']}",
         "",

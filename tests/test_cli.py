@@ -242,7 +242,9 @@ def test_the_readme_job_on_fashion_mnist(tmp_path, capsys):
     learners = [x["learner"] for x in lines if "learner" in x]
     assert sum(ln["updates"] for ln in learners) == want
     assert f"final test accuracy     {evals[-1]['accuracy']:.4f}" in out
-    assert f"updates                 {want}  (" in out
+    train_s = max(ln["run_s"] for ln in learners)  # the start event to the last learner's end
+    assert f"updates                 {want}  ({want / train_s:.0f}/s over {train_s:.1f} s of " \
+           "training; " in out  # fmt: skip
     assert f"history written to {path}" in out
 
 
