@@ -126,6 +126,67 @@ def test_a_killed_training_resumes_from_its_checkpoint(tmp_path):
           f"vs uninterrupted {fresh.final_accuracy:.3f}", file=sys.stderr)  # fmt: skip
 
 
+def _descendants(pid):
+    """Every live process under ``pid`` (from /proc)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _touch_when_training(path, rec):
+    if rec.get("updates", 0) > 0 and not os.path.exists(path):
+        open(path, "w").close()
+
+
+def _train_long(variant, marker):
+    fit(LOGREG, blobs(), learners=2, variant=variant, lr=0.1, updates=10**7, batch_size=32,
+        progress=functools.partial(_touch_when_training, marker))  # fmt: skip
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("variant", ["sync", "async"])
+def test_learner_processes_of_a_killed_run_stop_and_remove_its_store(tmp_path, variant):
+    # sync learners wait for the coordinator's reply, async ones for nothing: both must notice
+    marker = str(tmp_path / "training")
+    p = mp.get_context("spawn").Process(target=_train_long, args=(variant, marker))
+    p.start()
+    deadline = time.time() + 120
+    while not os.path.exists(marker) and p.is_alive() and time.time() < deadline:
+        time.sleep(0.05)
+    assert os.path.exists(marker), "the run never started training"
+    learners = _descendants(p.pid)
+    segment = [e for e in os.listdir("/dev/shm") if e.startswith(f"fastps.fit-{p.pid}-")]
+    assert len(learners) >= 2 and len(segment) == 1
+    os.kill(p.pid, signal.SIGKILL)
+    p.join()
+    deadline = time.time() + 20
+    while time.time() < deadline and (any(map(_alive, learners))
+                                      or os.path.exists(f"/dev/shm/{segment[0]}")):  # fmt: skip
+        time.sleep(0.1)
+    assert not [q for q in learners if _alive(q)], "learners outlived the killed run"
+    assert not os.path.exists(f"/dev/shm/{segment[0]}"), "the store's name was left behind"
+
+
 # -- the sync-to-async spectrum ----------------------------------------------------------------
 
 P = 4

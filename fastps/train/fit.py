@@ -10,6 +10,7 @@ or models to a coordinator thread in the parent (_Coordinator), which makes the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import multiprocessing as mp
@@ -29,7 +30,7 @@ import torch
 
 from fastps.layout import ParamLayout
 from fastps.step_size import StepSize
-from fastps.store import Store
+from fastps.store import Store, cleanup
 from fastps.torch import AsyncOptimizer
 
 VARIANTS = ("async", "sync", "k-sync", "k-batch-sync", "k-async", "k-batch-async", "adasync",
@@ -226,6 +227,7 @@ class _Plan:
     # a _attach_array spec), or None when the model has none.
     buffers: Any = None
     threads: int = 1  # torch threads of each learner
+    watch_parent: bool = False  # processes: stop when the process that ran fit() is gone
 
 
 @dataclass
@@ -470,6 +472,30 @@ def _evaluate(model: torch.nn.Module, layout: ParamLayout, params: np.ndarray, x
     return loss / n, correct / n
 
 
+class _Orphaned(Exception):
+    """The process that ran fit() died (killed): its learner processes stop on their own."""
+
+
+def _orphan_check(plan: _Plan) -> Callable[[], None]:
+    """check(): raises _Orphaned when fit()'s process has died, looking at most every 0.25 s
+    (one poll of multiprocessing's sentinel pipe to the parent). Without it a learner waiting
+    for a reply, or making its quota, would outlive a killed run."""
+    parent = mp.parent_process() if plan.watch_parent else None
+    next_look = 0.0
+
+    def check() -> None:
+        nonlocal next_look
+        if parent is None:
+            return
+        now = time.perf_counter()
+        if now >= next_look:
+            next_look = now + 0.25
+            if not parent.is_alive():
+                raise _Orphaned
+
+    return check
+
+
 def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], data: Any,
              plan: _Plan, out: Any, start: Any, stop: Any, link: _Link | None = None) -> None:  # fmt: skip
     shm = buf_shm = None
@@ -503,8 +529,10 @@ def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], d
             # already see the new model while `version` still shows the old count.
             return max(0, int(link.version.value) - opt.handle.read_version(0))
 
+        orphaned = _orphan_check(plan)
         out.put(("ready", rank, None))
-        start.wait()
+        while not start.wait(0.25):
+            orphaned()
         t_go = time.perf_counter()
         opt.handle.pull(opt.flat_params)
         step = 0
@@ -540,7 +568,14 @@ def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], d
                 raise RuntimeError("fit: an uncoordinated learner asked the coordinator")
             msg = (rank, opt.handle.read_version(0), loss_value)
             timed("push_s", send, link.inbox.put, msg)  # the hand-over is this learner's push
-            return timed("wait_s", link.reply.get)
+            return timed("wait_s", await_reply)
+
+        def await_reply() -> Any:  # (not "reply": the loop below names the answer so)
+            while True:
+                try:
+                    return link.reply.get(timeout=0.25)  # type: ignore[union-attr]
+                except queue_mod.Empty:
+                    orphaned()
 
         def local_step() -> None:
             with torch.no_grad():
@@ -552,6 +587,7 @@ def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], d
         # A coordinated learner runs until the coordinator says stop; the others make their
         # quota, or stop early when the time budget is spent.
         while link is not None or (sent < plan.quota[rank] and not stop.is_set()):
+            orphaned()
             j = step % nb
             if j == 0 and step:
                 order = rng.permutation(n)
@@ -635,6 +671,13 @@ def _learner(rank: int, store: Store, model_fn: Callable[[], torch.nn.Module], d
                                 "loss_last": losses[-1] if losses else None,
                                 "device": str(device), "threads": torch.get_num_threads(),
                                 "pushes": pushes}))  # fmt: skip
+    except _Orphaned:
+        # Nobody is left to report to, and the killed creator cannot unlink the store's name:
+        # the first learner to notice removes it (cleanup() only removes a store whose creator
+        # is gone; the others find it removed).
+        if store.name is not None:
+            with contextlib.suppress(Exception):
+                cleanup(store.name)
     except BaseException:
         out.put(("error", rank, traceback.format_exc()))
     finally:
@@ -993,7 +1036,8 @@ def fit(
     quota = budget.quota(learners, done_before)
     plan = _Plan(batch_size, seed + done_before, quota, variant, straggler, float(np.float32(lr)),
                  local_steps, alpha, n_fetch, n_push, device_names, comm_delay,
-                 threads=threads if threads is not None else learner_threads(learners))  # fmt: skip
+                 threads=threads if threads is not None else learner_threads(learners),
+                 watch_parent=backend == "process")  # fmt: skip
     config = {"learners": learners, "variant": variant, "k": k, "local_steps": local_steps,
               "alpha": alpha, "n_fetch": n_fetch, "n_push": n_push, "mode": store.mode, "lr": lr,
               "momentum": momentum, "batch_size": batch_size, "updates": updates,
