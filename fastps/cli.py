@@ -7,6 +7,7 @@ import argparse
 import functools
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -365,6 +366,15 @@ def train(args: argparse.Namespace) -> int:
                 **given, **({"threads": args.threads} if args.threads is not None else {}),
                 **(dict(address=args.address, servers=args.servers) if args.backend == "ray"
                    else {}))  # fmt: skip
+    except KeyboardInterrupt:  # Ctrl-C: fit has stopped its learners; no traceback
+        if bar is not None:
+            bar.close()
+        msg = "fastps train: interrupted"
+        if args.checkpoint and os.path.exists(args.checkpoint):
+            msg += (f"; the last checkpoint is {args.checkpoint}: continue with --resume "
+                    f"{args.checkpoint}")  # fmt: skip
+        print(msg, file=sys.stderr)
+        return 130
     finally:
         if bar is not None:
             bar.close()

@@ -189,6 +189,21 @@ def test_fit_gets_epochs_and_only_the_options_given(fake_fit, capsys):
     assert fake_fit.calls[-1]["threads"] == 3
 
 
+def test_ctrl_c_ends_with_one_line_and_status_130(fake_fit, monkeypatch, capsys, tmp_path):
+    def interrupted(model_fn, data, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_module, "fit", interrupted)
+    assert main(["train", "--no-progress"]) == 130
+    assert capsys.readouterr().err == "fastps train: interrupted\n"
+    ckpt = tmp_path / "run.ckpt"
+    ckpt.write_bytes(b"")  # a checkpoint written before the interruption
+    assert main(["train", "--no-progress", "--checkpoint", str(ckpt), "--checkpoint-every",
+                 "100"]) == 130  # fmt: skip
+    assert capsys.readouterr().err == (f"fastps train: interrupted; the last checkpoint is "
+                                       f"{ckpt}: continue with --resume {ckpt}\n")  # fmt: skip
+
+
 def test_the_progress_bar_takes_its_total_from_fit(fake_fit, capsys):
     assert main(["train", "--epochs", "1"]) == 0
     err = capsys.readouterr().err
