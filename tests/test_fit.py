@@ -460,6 +460,10 @@ def test_run_length_and_variant_options_are_refused_where_they_do_not_apply():
         fit(LOGREG, blobs(), updates=0)
     with pytest.raises(ValueError, match=r"fit: evals must be an integer >= 1 \(got 0\)"):
         fit(LOGREG, blobs(), evals=0)
+    with pytest.raises(ValueError, match=r"fit: learners must be an integer >= 1 \(got True\)"):
+        fit(LOGREG, blobs(), learners=True)
+    with pytest.raises(ValueError, match=r"fit: eval_train must be an integer >= 0 \(got -1\)"):
+        fit(LOGREG, blobs(), eval_train=-1)
     with pytest.raises(ValueError, match=r"fit: give eval_every or evals, not both"):
         fit(LOGREG, blobs(), evals=2, eval_every=5)
     with pytest.raises(ValueError, match=r"fit: evals needs a run of known length"):

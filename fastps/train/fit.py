@@ -135,6 +135,12 @@ def _batches_per_update(variant: str, k: int, learners: int, local_steps: int,
     return k  # async 1, sync P, the K-variants K
 
 
+def _check_int(name: str, value: Any, low: int) -> None:
+    """ValueError unless ``value`` is an integer (not a bool) >= ``low``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"fit: {name} must be an integer >= {low} (got {value!r})")
+
+
 def _process_context() -> Any:
     """Where learner processes come from: a fork server that has imported torch and fastps
     once, so a learner does not import them again (4 MLP learners on Fashion-MNIST began
@@ -179,8 +185,7 @@ class _Budget:
            time_budget_s: float | None) -> _Budget:  # fmt: skip
         per = _batches_per_update(variant, k, learners, local_steps, n_push)
         if updates is not None:
-            if isinstance(updates, bool) or not isinstance(updates, int) or updates < 1:
-                raise ValueError(f"fit: updates must be an integer >= 1 (got {updates!r})")
+            _check_int("updates", updates, 1)
             if epochs is not None:
                 raise ValueError(f"fit: give epochs or updates, not both (got epochs={epochs}, "
                                  f"updates={updates})")  # fmt: skip
@@ -958,11 +963,9 @@ def fit(
         raise ValueError(f"fit: alpha must be in [0, 1] (got {alpha})")
     if not 0.0 <= comm_delay < math.inf:
         raise ValueError(f"fit: comm_delay must be finite seconds >= 0 (got {comm_delay})")
-    if not isinstance(eval_train, int) or eval_train < 0:
-        raise ValueError(f"fit: eval_train must be an integer >= 0 (got {eval_train!r})")
+    _check_int("eval_train", eval_train, 0)
     if evals is not None:
-        if isinstance(evals, bool) or not isinstance(evals, int) or evals < 1:
-            raise ValueError(f"fit: evals must be an integer >= 1 (got {evals!r})")
+        _check_int("evals", evals, 1)
         if eval_every is not None:
             raise ValueError(f"fit: give eval_every or evals, not both (got eval_every="
                              f"{eval_every}, evals={evals})")  # fmt: skip
@@ -984,11 +987,9 @@ def fit(
         raise ValueError(f"fit: variant {variant!r} needs k in [1, {bound}] (got k={k!r})")
     if backend not in ("process", "thread", "ray"):
         raise ValueError(f"fit: backend must be 'process', 'thread' or 'ray' (got {backend!r})")
-    if not isinstance(learners, int) or learners < 1:
-        raise ValueError(f"fit: learners must be an integer >= 1 (got {learners!r})")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
-                                or threads < 1):  # fmt: skip
-        raise ValueError(f"fit: threads must be an integer >= 1 (got {threads!r})")
+    _check_int("learners", learners, 1)
+    if threads is not None:
+        _check_int("threads", threads, 1)
     if checkpoint_every is not None and checkpoint is None:
         raise ValueError("fit: checkpoint_every needs checkpoint=PATH")
     device_names = _check_devices(devices)
