@@ -94,10 +94,10 @@ def _train_parser(sub: Any) -> argparse.ArgumentParser:
     t: argparse.ArgumentParser = sub.add_parser(
         "train",
         help="train a model with asynchronous learners through a fastps store",
-        description="Train a model on an offline data set with P asynchronous learners (spawned "
-        "processes) that push gradients to and pull parameters from one fastps store. Without "
-        "options: an MLP on Fashion-MNIST, 4 learners, leashed mode, 5 epochs (well under a "
-        "minute on 2 cores). An option that the chosen --variant does not use is refused.",
+        description="Train a model on an offline data set with P asynchronous learner processes "
+        "that push gradients to and pull parameters from one fastps store. Without options: an "
+        "MLP on Fashion-MNIST, 4 learners, leashed mode, 5 epochs (well under a minute on 2 "
+        "cores). An option that the chosen --variant does not use is refused.",
         formatter_class=_HelpFormatter,
     )
     from fastps.train.data import FASHION_MNIST_DIR, NAMES
@@ -157,7 +157,7 @@ def _train_parser(sub: Any) -> argparse.ArgumentParser:
                    help="store updates in all, instead of --epochs")  # fmt: skip
     t.add_argument("--seed", type=int, default=0, help="seed of the model and the batches")
     t.add_argument("--backend", default="process", choices=("process", "thread", "ray"),
-                   help="learners as spawned processes, threads, or Ray actors (docs/ray.md)")  # fmt: skip
+                   help="learners as processes, threads, or Ray actors (docs/ray.md)")  # fmt: skip
     t.add_argument("--address", default=None,
                    help="ray: the cluster to join (default: a local instance on 127.0.0.1)")  # fmt: skip
     t.add_argument("--servers", type=int, default=None,
@@ -187,6 +187,7 @@ def _check_train_args(t: argparse.ArgumentParser, args: argparse.Namespace) -> N
     the run (K against P, ...) are fit()'s to check."""
     # The options only some variants use (fit.VARIANT_OPTIONS) are refused for the others
     # before anything is loaded; None in argparse tells "given" from "default".
+    from fastps.train.fit import AVERAGING
     from fastps.train.fit import VARIANT_OPTIONS as USED_BY
 
     v = args.variant
@@ -195,7 +196,7 @@ def _check_train_args(t: argparse.ArgumentParser, args: argparse.Namespace) -> N
             opt = "--" + dest.replace("_", "-")
             why = ""
             if dest == "k":
-                why = f" (it fixes K = {'P' if v in ('sync', 'local-sgd', 'adacomm') else 1})"
+                why = f" (it fixes K = {'P' if v in ('sync', *AVERAGING) else 1})"
             t.error(f"{opt} is for --variant {', '.join(users)}; {v} does not use it{why}")
     if v in USED_BY["k"] and args.k is None:
         rng = "K >= 1" if "batch" in v else "1..P"
@@ -367,17 +368,17 @@ def train(args: argparse.Namespace) -> int:
                 **(dict(address=args.address, servers=args.servers) if args.backend == "ray"
                    else {}))  # fmt: skip
     except KeyboardInterrupt:  # Ctrl-C: fit has stopped its learners; no traceback
+        h = None
+    finally:
         if bar is not None:
             bar.close()
+    if h is None:
         msg = "fastps train: interrupted"
         if args.checkpoint and os.path.exists(args.checkpoint):
             msg += (f"; the last checkpoint is {args.checkpoint}: continue with --resume "
                     f"{args.checkpoint}")  # fmt: skip
         print(msg, file=sys.stderr)
         return 130
-    finally:
-        if bar is not None:
-            bar.close()
     wall = time.perf_counter() - t0
     k = f" (k={args.k})" if args.k else ""
     print(f"fastps train: {args.model} on {args.dataset}, {args.learners} learners, "

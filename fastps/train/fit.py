@@ -977,7 +977,7 @@ def fit(
             f"fit: {variant} exchanges models through the store's plain step (no momentum, "
             "weight decay or step-size policy); it takes its local steps with lr"
         )
-    if variant in ("async", "sync", *LOCAL):
+    if variant not in VARIANT_OPTIONS["k"]:
         fixed = learners if variant in ("sync", *AVERAGING) else 1
         if k not in (None, fixed):
             raise ValueError(f"fit: variant {variant!r} fixes k (got k={k})")
