@@ -21,44 +21,29 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from fastps import _core
-
-if TYPE_CHECKING:
-    from fastps.store import Store
+from fastps import config as _config
 
 MAGIC = b"FASTPSCK"
 FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<8sIIQ")  # magic, version, reserved, header length
 _CRC = struct.Struct("<I")
 
-_STEP_FIELDS = ("beta", "a", "warmup", "refresh", "c", "eta_max")
-
-
-def _config(store: Store) -> dict[str, Any]:
-    c = store._s.config
-    return {
-        "size": c.size, "shards": c.shards, "mode": c.mode.name, "lr": c.lr,
-        "momentum": c.momentum, "nesterov": c.nesterov, "weight_decay": c.weight_decay,
-        "persistence": c.persistence, "nan_guard": c.nan_guard.name.rstrip("_"),
-        "max_learners": c.max_learners, "staleness_bins": c.hist_bins,
-        "step": {"kind": c.step.kind.name, **{k: getattr(c.step, k) for k in _STEP_FIELDS}},
-    }  # fmt: skip
-
-
-def save(store: Store, path: str | os.PathLike[str], metadata: Any = None) -> None:
-    """Write ``store`` to ``path`` atomically (see the module docstring)."""
+def save(native: Any, path: str | os.PathLike[str], metadata: Any = None) -> None:
+    """Write the native store ``native`` (a ``_core.Store``) to ``path`` atomically (see the
+    module docstring)."""
     path = Path(path)
-    c = store._s.config
+    c = native.config
     params = np.empty(c.size, np.float32)
     momentum = np.empty(c.size, np.float32) if c.momentum else None
-    counters = store._s.snapshot(params, momentum)
+    counters = native.snapshot(params, momentum)
     header = {
-        "config": _config(store),
-        "shard_ranges": store.shard_ranges(),
+        "config": _config.to_header(c),
+        "shard_ranges": [list(native.shard_range(s)) for s in range(c.shards)],
         "counters": {
             "clock": counters.clock, "pushes": counters.pushes,
             "nonfinite_skipped": counters.nonfinite_skipped, "versions": counters.versions,
@@ -133,6 +118,7 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], np.ndarray, np.n
 
 
 def counters_from(header: dict[str, Any]) -> Any:
+    """The ``_core.Counters`` a checkpoint header holds (for ``_core.Store`` restore)."""
     c = _core.Counters()
     for k, v in header["counters"].items():
         setattr(c, k, v)

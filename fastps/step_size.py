@@ -71,8 +71,9 @@ class StepSize:
         """The step the store applies to a shard update of staleness ``tau``."""
         raise NotImplementedError
 
-    def _native(self, cfg: Any) -> None:
-        """Fill a _core.StepConfig."""
+    def fill_native(self, cfg: Any) -> None:
+        """Fill a _core.StepConfig with this policy (the form the native store and checkpoints
+        keep)."""
         raise NotImplementedError
 
 
@@ -83,7 +84,7 @@ class Constant(StepSize):
     def eta(self, tau: int, hist: Sequence[int] | None = None) -> float:
         return self._eta0()
 
-    def _native(self, cfg: Any) -> None:
+    def fill_native(self, cfg: Any) -> None:
         cfg.kind = _core.StepKind.constant
 
 
@@ -94,7 +95,7 @@ class Inverse(StepSize):
     def eta(self, tau: int, hist: Sequence[int] | None = None) -> float:
         return _f32(self._eta0() / (tau + 1))
 
-    def _native(self, cfg: Any) -> None:
+    def fill_native(self, cfg: Any) -> None:
         cfg.kind = _core.StepKind.inverse
 
 
@@ -130,7 +131,7 @@ class Exponential(StepSize):
             raise ValueError("Exponential.eta: beta is not resolved yet; use store.step_size")
         return _f32(self._eta0() * math.exp(-self.beta * float(tau)))
 
-    def _native(self, cfg: Any) -> None:
+    def fill_native(self, cfg: Any) -> None:
         cfg.kind = _core.StepKind.exponential
         cfg.beta = self.beta
 
@@ -180,7 +181,7 @@ class TailTau(StepSize):
     def eta(self, tau: int, hist: Sequence[int] | None = None) -> float:
         return _f32(self._eta0() * self.scale(tau, hist))
 
-    def _native(self, cfg: Any) -> None:
+    def fill_native(self, cfg: Any) -> None:
         cfg.kind = _core.StepKind.tail_tau
         cfg.a = self.a
         cfg.warmup = self.warmup or 1
@@ -208,7 +209,7 @@ class StalenessDistance(StepSize):
             raise ValueError("StalenessDistance.eta: pass dist2=||w_now - w_read||^2")
         return _f32(self.eta_max if dist2 == 0 else min(self.c / dist2, self.eta_max))
 
-    def _native(self, cfg: Any) -> None:
+    def fill_native(self, cfg: Any) -> None:
         cfg.kind = _core.StepKind.distance
         cfg.c = self.c
         cfg.eta_max = self.eta_max
@@ -229,7 +230,7 @@ class Hook(StepSize):
             raise ValueError("Hook.eta: no callable in this process")
         return _f32(self.fn(tau, stats or {}))
 
-    def _native(self, cfg: Any) -> None:
+    def fill_native(self, cfg: Any) -> None:
         cfg.kind = _core.StepKind.hook
 
 

@@ -8,100 +8,20 @@ checks arguments so that errors name what was wrong before anything changes.
 from __future__ import annotations
 
 import concurrent.futures
-import math
 import os
-import sys
 from typing import Any
 
 import numpy as np
 
 from fastps import _core
 from fastps import checkpoint as _ckpt
+from fastps import config as _config
 from fastps import step_size as _steps
 from fastps import transfer as _transfer
+from fastps.buffers import grad_view, is_cuda, is_torch, out_view, type_name
+from fastps.config import MODES, NAN_GUARDS, default_shards
 
-MODES = ("locked", "hogwild", "leashed")
-"""Consistency modes: lock per shard, no synchronisation (Hogwild!), Leashed-SGD."""
-
-NAN_GUARDS = {
-    "raise": _core.NanGuard.raise_,
-    "skip": _core.NanGuard.skip,
-    "off": _core.NanGuard.off,
-}
-"""What push does with a NaN or Inf in a gradient."""
-
-_DEFAULT_SHARD_BYTES = 1 << 20  # one shard per MiB of parameters by default...
-_DEFAULT_MAX_SHARDS = 16  # ...up to this many
-
-
-def default_shards(size: int) -> int:
-    """The shard count Store picks when none is given: one per MiB, between 1 and 16."""
-    return max(1, min(_DEFAULT_MAX_SHARDS, size * 4 // _DEFAULT_SHARD_BYTES))
-
-
-def _type_name(x: Any) -> str:
-    t = type(x)
-    return t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
-
-
-def _torch_tensor(x: Any) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(x, torch.Tensor)
-
-
-def _check_cpu_tensor(api: str, arg: str, t: Any) -> None:
-    if t.device.type != "cpu":
-        raise ValueError(f"{api}: {arg} is on device {t.device}, expected a CPU tensor")
-    if not t.is_contiguous():
-        raise ValueError(f"{api}: {arg} is not contiguous (pass {arg}.contiguous())")
-
-
-def _as_array(api: str, arg: str, x: Any) -> np.ndarray:
-    """A zero-copy numpy view of a buffer-protocol or DLPack object."""
-    if isinstance(x, np.ndarray):
-        return x
-    if hasattr(x, "__dlpack__"):
-        try:
-            return np.from_dlpack(x)
-        except (BufferError, TypeError, RuntimeError) as e:
-            raise TypeError(
-                f"{api}: cannot view {arg} ({_type_name(x)}) through DLPack: {e}"
-            ) from e
-    try:
-        return np.asarray(memoryview(x))
-    except TypeError:
-        raise TypeError(
-            f"{api}: {arg} must be a numpy array, a torch CPU tensor, or an object with the "
-            f"buffer protocol or __dlpack__ (got {_type_name(x)})"
-        ) from None
-
-
-def _grad_view(grad: Any) -> tuple[np.ndarray, Any]:
-    """(array, dtype override) for push: bfloat16 tensors travel as raw 16-bit views."""
-    if _torch_tensor(grad):
-        import torch
-
-        _check_cpu_tensor("push", "grad", grad)
-        t = grad.detach()
-        if t.dtype == torch.bfloat16:
-            return t.view(torch.int16).numpy(), _core.DType.bfloat16
-        if t.dtype not in (torch.float32, torch.float16):
-            raise TypeError(
-                f"push: grad has dtype {t.dtype}, expected float32, float16 or bfloat16"
-            )
-        return t.numpy(), None
-    return _as_array("push", "grad", grad), None
-
-
-def _out_view(api: str, out: Any) -> np.ndarray:
-    if _torch_tensor(out):
-        import torch
-
-        _check_cpu_tensor(api, "out", out)
-        if out.dtype != torch.float32:
-            raise TypeError(f"{api}: out has dtype {out.dtype}, expected float32")
-        return out.detach().numpy()
-    return _as_array(api, "out", out)
+__all__ = ["MODES", "NAN_GUARDS", "LearnerHandle", "Store", "cleanup", "default_shards"]
 
 
 class LearnerHandle:
@@ -134,12 +54,12 @@ class LearnerHandle:
             if type(out) is np.ndarray:
                 self._h.pull(out)
                 return out
-            if not _transfer.is_cuda(out):
-                self._h.pull(_out_view("pull", out))
+            if not is_cuda(out):
+                self._h.pull(out_view("pull", out))
                 return out
         return self._path().pull(out)
 
-    def push(self, grad: Any) -> int:
+    def push(self, grad: Any, *, dtype: str | None = None) -> int:
         """Apply ``w -= eta(tau) * (grad + weight_decay * w)`` (with momentum when set).
 
         ``grad``: ``store.size`` contiguous elements of float32, float16 or bfloat16 (half
@@ -149,14 +69,16 @@ class LearnerHandle:
         skipped the gradient. A CUDA gradient is copied D2H in chunks into pinned staging on
         this handle's copy stream (after the work queued on the caller's current stream), and
         the store applies chunk i while chunk i+1 is in flight; push returns when applied.
+        ``dtype="bfloat16"``: ``grad`` is a host array of 16-bit integers holding bfloat16 bits
+        (numpy has no bfloat16; a torch bfloat16 tensor needs no ``dtype``).
         """
-        if self._xfer is None:  # the plain path: host memory (a numpy array can't be CUDA)
-            if type(grad) is np.ndarray:
+        if self._xfer is None or dtype is not None:  # the plain path: host memory
+            if type(grad) is np.ndarray and dtype is None:
                 return self._h.push(grad)
-            if not _transfer.is_cuda(grad):
-                arr, dtype = _grad_view(grad)
-                return self._h.push(arr, dtype)
-        return self._path().push(grad, self._store._s.config.nan_guard.name)
+            if not is_cuda(grad):
+                arr, native = grad_view("push", grad, dtype)
+                return self._h.push(arr, native)
+        return self._path().push(grad, self._nan_guard())
 
     def push_async(self, grad: Any) -> concurrent.futures.Future[int]:
         """``push`` on this handle's worker thread; returns a Future of its result.
@@ -166,7 +88,7 @@ class LearnerHandle:
         the caller's current stream now. The next push, pull or close of this handle waits for
         it first. A refused gradient's error is raised by ``future.result()``.
         """
-        return self._path().push_async(grad, self._store._s.config.nan_guard.name)
+        return self._path().push_async(grad, self._nan_guard())
 
     def configure_transfer(
         self,
@@ -204,6 +126,9 @@ class LearnerHandle:
         (CPU engine) and per apply, when configured with ``record=True``."""
         return [] if self._xfer is None else self._xfer.timeline()
 
+    def _nan_guard(self) -> str:
+        return self._store.config["nan_guard"]
+
     def _path(self) -> _transfer.TransferPath:
         if self._xfer is None:
             self._xfer = _transfer.TransferPath(self._h, _transfer.TransferOptions())
@@ -234,21 +159,6 @@ class LearnerHandle:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _check_number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"Store: {name} must be a number (got {_type_name(value)})")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"Store: {name} must be finite (got {value})")
-    return value
-
-
-def _check_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"Store: {name} must be an integer (got {_type_name(value)})")
-    return int(value)
 
 
 class Store:
@@ -302,79 +212,37 @@ class Store:
         max_learners: int = 16,
         staleness_bins: int = 64,
     ) -> None:
+        if shared is not None and not isinstance(shared, str):
+            raise TypeError(
+                f"Store: shared must be a string name or None (got {type_name(shared)})"
+            )
+        if shared == "":  # the core reads "" as "private"
+            raise ValueError("Store: shared name must have 1 to 200 characters (got 0)")
         init_arr = self._init_array(init)
         if size is None:
             if init_arr is None:
                 raise ValueError("Store: give size or init (got neither)")
             size = init_arr.size
-        size = _check_int("size", size)
-        if size < 1:
-            raise ValueError(f"Store: size must be at least 1 (got {size})")
-        if init_arr is not None and init_arr.size != size:
+        cfg, self._policy = _config.native_config(
+            size, shards=shards, mode=mode, lr=lr, step_size=step_size, momentum=momentum,
+            nesterov=nesterov, weight_decay=weight_decay, persistence=persistence,
+            nan_guard=nan_guard, max_learners=max_learners, staleness_bins=staleness_bins,
+        )  # fmt: skip
+        if init_arr is not None and init_arr.size != cfg.size:
             raise ValueError(f"Store: init has {init_arr.size} elements, expected size={size}")
-        if not isinstance(mode, str):
-            raise TypeError(f"Store: mode must be a string (got {_type_name(mode)})")
-        if mode not in MODES:
-            raise ValueError(f"Store: mode must be one of {', '.join(MODES)} (got {mode!r})")
-        if not isinstance(nesterov, (bool, np.bool_)):
-            raise TypeError(f"Store: nesterov must be a bool (got {_type_name(nesterov)})")
-        if shared is not None and not isinstance(shared, str):
-            raise TypeError(
-                f"Store: shared must be a string name or None (got {_type_name(shared)})"
-            )
-        if shared == "":  # the core reads "" as "private"
-            raise ValueError("Store: shared name must have 1 to 200 characters (got 0)")
-        cfg = _core.StoreConfig()
-        cfg.size = size
-        cfg.shards = default_shards(size) if shards is None else self._nonneg("shards", shards)
-        cfg.mode = getattr(_core.Mode, mode)
-        policy = _steps.as_policy(step_size)
-        if lr is None:
-            lr = policy.lr if policy.lr is not None else 0.01
-        elif policy.lr is not None and float(np.float32(policy.lr)) != float(np.float32(lr)):
-            raise ValueError(f"Store: lr={lr} disagrees with the step_size's lr={policy.lr}")
-        cfg.lr = _check_number("lr", lr)
-        if cfg.lr < 0:
-            raise ValueError(f"Store: lr must be finite and >= 0 (got {lr})")
-        cfg.momentum = _check_number("momentum", momentum)
-        cfg.nesterov = bool(nesterov)
-        cfg.weight_decay = _check_number("weight_decay", weight_decay)
-        cfg.persistence = _check_int("persistence", persistence)
-        if cfg.persistence < -1:
-            raise ValueError(
-                f"Store: persistence must be -1 (never drop) or >= 0 (got {persistence})"
-            )
-        cfg.max_learners = self._nonneg("max_learners", max_learners)
-        cfg.hist_bins = self._nonneg("staleness_bins", staleness_bins)
-        if nan_guard not in NAN_GUARDS:
-            raise ValueError(
-                f"Store: nan_guard must be one of {', '.join(NAN_GUARDS)} (got {nan_guard!r})"
-            )
-        cfg.nan_guard = NAN_GUARDS[nan_guard]
-        if cfg.max_learners < 1:
-            raise ValueError(f"Store: max_learners must be in [1, 1024] (got {cfg.max_learners})")
         self.metadata: Any = None
         """What ``save(metadata=...)`` stored, for a store made by ``Store.load``."""
         self.layout: Any = None
         """The ParamLayout of the model in the store, when fastps.torch.store_from made it."""
-        self._policy = policy.bind(cfg.lr, cfg.max_learners)
-        self._policy._native(cfg.step)
         self._s = _core.Store.create(cfg, init_arr, "" if shared is None else shared)
         if isinstance(self._policy, _steps.Hook) and self._policy.fn is not None:
             self._s.set_step_hook(self._policy.fn)
 
     @staticmethod
-    def _nonneg(name: str, value: Any) -> int:
-        v = _check_int(name, value)
-        if v < 0 or v >= 2**32:
-            raise ValueError(f"Store: {name} must be a non-negative 32-bit integer (got {v})")
-        return v
-
-    @staticmethod
     def _init_array(init: Any) -> np.ndarray | None:
         if init is None:
             return None
-        if _torch_tensor(init):
+        if is_torch(init):
             init = init.detach().cpu().numpy()
         arr = np.asarray(init)
         if arr.ndim != 1:
@@ -391,7 +259,7 @@ class Store:
         one process: pass the same callable as ``step_size`` here.
         """
         if not isinstance(name, str):
-            raise TypeError(f"attach: name must be a string (got {_type_name(name)})")
+            raise TypeError(f"attach: name must be a string (got {type_name(name)})")
         self = cls.__new__(cls)
         self.metadata = None
         self.layout = None
@@ -418,7 +286,7 @@ class Store:
         place, so a crash mid-save leaves the previous checkpoint intact. ``metadata``: any
         JSON-serialisable value, returned as ``store.metadata`` by ``Store.load``.
         """
-        _ckpt.save(self, path, metadata)
+        _ckpt.save(self._s, path, metadata)
 
     @classmethod
     def load(
@@ -447,29 +315,11 @@ class Store:
                 raise ValueError(
                     f"load: {os.fspath(path)} has {name}={c[name]}, expected {want} (wrong layout)"
                 )
-        step = c["step"]
-        if step["kind"] == "hook":
-            if not callable(step_size):
-                raise ValueError(
-                    f"load: {os.fspath(path)} was saved with a Python step_size hook; pass it "
-                    "again as step_size="
-                )
-            policy = step_size
-        else:
-            if step_size is not None:
-                raise ValueError("load: step_size is only for checkpoints saved with a hook")
-            sc = _core.StepConfig()
-            sc.kind = getattr(_core.StepKind, step["kind"])
-            for k in _ckpt._STEP_FIELDS:
-                setattr(sc, k, step[k])
-            policy = _steps.from_native(sc, c["lr"])
-        store = cls(
-            c["size"], shards=c["shards"], mode=mode or c["mode"], lr=c["lr"],
-            step_size=policy, momentum=c["momentum"], nesterov=c["nesterov"],
-            weight_decay=c["weight_decay"], persistence=c["persistence"],
-            nan_guard=nan_guard or c["nan_guard"], shared=shared,
-            max_learners=max_learners or c["max_learners"], staleness_bins=c["staleness_bins"],
-        )  # fmt: skip
+        policy = _config.policy_from_header(c, step_size, "load", os.fspath(path))
+        kwargs = _config.store_kwargs(c)
+        kwargs.update(mode=mode or c["mode"], nan_guard=nan_guard or c["nan_guard"],
+                      max_learners=max_learners or c["max_learners"])  # fmt: skip
+        store = cls(c["size"], shards=c["shards"], step_size=policy, shared=shared, **kwargs)
         try:
             if [list(r) for r in store.shard_ranges()] != header["shard_ranges"]:
                 raise ValueError(
@@ -512,7 +362,7 @@ class Store:
         elif type(out) is np.ndarray:
             self._s.read(out)
         else:
-            self._s.read(_out_view("read", out))
+            self._s.read(out_view("read", out))
         return out
 
     def stats(self) -> dict[str, Any]:
@@ -549,14 +399,8 @@ class Store:
 
     @property
     def config(self) -> dict[str, Any]:
-        c = self._s.config
-        return {
-            "size": c.size, "shards": c.shards, "mode": c.mode.name, "lr": c.lr,
-            "momentum": c.momentum, "nesterov": c.nesterov, "weight_decay": c.weight_decay,
-            "persistence": c.persistence, "nan_guard": c.nan_guard.name.rstrip("_"),
-            "max_learners": c.max_learners,
-            "staleness_bins": c.hist_bins, "step_size": self._policy,
-        }  # fmt: skip
+        """Every argument of the store (``step_size`` as the bound policy)."""
+        return _config.to_dict(self._s.config, self._policy)
 
     def shard_ranges(self) -> list[tuple[int, int]]:
         """[begin, end) element range of every shard."""
@@ -621,7 +465,7 @@ def cleanup(name: str | None = None, *, force: bool = False) -> list[str]:
     """
     if name is not None:
         if not isinstance(name, str):
-            raise TypeError(f"cleanup: name must be a string (got {_type_name(name)})")
+            raise TypeError(f"cleanup: name must be a string (got {type_name(name)})")
         info = _core.Store.inspect(name)  # validates the name and the owner
         if not info.is_store and not force:
             raise RuntimeError(

@@ -18,19 +18,13 @@ from typing import Any
 import numpy as np
 
 from fastps import _core
+from fastps.buffers import DTYPES, Buffer, describe, is_cuda
 
 ENGINES = ("auto", "cuda", "cpu")
 """Copy engines: ``auto`` (CUDA for CUDA tensors, the plain path for host memory), ``cuda``,
 ``cpu`` (host memory through the pipeline on a copy thread: for tests and experiments)."""
 
 TRANSFER_DTYPES = (None, "float16", "bfloat16")
-
-_DTYPES = {
-    "float32": _core.DType.float32,
-    "float16": _core.DType.float16,
-    "bfloat16": _core.DType.bfloat16,
-}
-
 
 @dataclass(frozen=True)
 class TransferOptions:
@@ -72,52 +66,6 @@ class TransferOptions:
             raise ValueError("configure_transfer: copy_delay_us is for the 'cpu' engine only")
 
 
-def is_cuda(x: Any) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(x, torch.Tensor) and x.is_cuda
-
-
-@dataclass
-class _Buffer:
-    """A tensor or array seen as raw memory: address, element dtype, length, and the owner."""
-
-    ptr: int
-    dtype: Any  # _core.DType
-    n: int
-    owner: Any
-    device: int  # -1 for host memory
-    name: str  # "float32", "float16" or "bfloat16"
-
-
-def _describe(api: str, arg: str, x: Any, *, writeable: bool) -> _Buffer:
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(x, torch.Tensor):
-        if not x.is_contiguous():
-            raise ValueError(f"{api}: {arg} is not contiguous (pass {arg}.contiguous())")
-        name = str(x.dtype).removeprefix("torch.")
-        if name not in _DTYPES:
-            raise TypeError(
-                f"{api}: {arg} has dtype {x.dtype}, expected float32, float16 or bfloat16"
-            )
-        if x.device.type not in ("cpu", "cuda"):
-            raise ValueError(f"{api}: {arg} is on device {x.device}, expected cpu or cuda")
-        device = x.device.index if x.is_cuda else -1
-        if device is None:
-            device = torch.cuda.current_device()
-        return _Buffer(x.data_ptr(), _DTYPES[name], x.numel(), x, device, name)
-    from fastps.store import _as_array  # the host path's own normalisation
-
-    a = _as_array(api, arg, x)
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{api}: {arg} is not C-contiguous (pass np.ascontiguousarray({arg}))")
-    if writeable and not a.flags.writeable:
-        raise ValueError(f"{api}: {arg} is read-only, expected a writeable array")
-    name = "bfloat16" if a.dtype.name == "bfloat16" else a.dtype.name
-    if name not in _DTYPES or a.dtype.byteorder == ">":
-        raise TypeError(f"{api}: {arg} has dtype {a.dtype}, expected float32, float16 or bfloat16")
-    return _Buffer(a.ctypes.data, _DTYPES[name], a.size, a, -1, name)
-
-
 def _stream(device: int) -> int:
     import torch
 
@@ -140,7 +88,7 @@ class TransferPath:
         """True when ``x`` must travel through a pipeline rather than the plain host path."""
         return self.options.engine == "cpu" or is_cuda(x)
 
-    def _pipeline(self, b: _Buffer, api: str) -> Any:
+    def _pipeline(self, b: Buffer, api: str) -> Any:
         o = self.options
         if b.device >= 0:
             if o.engine == "cpu":
@@ -167,7 +115,7 @@ class TransferPath:
             concurrent.futures.wait([self._pending])
             self._pending = None
 
-    def _narrowed(self, b: _Buffer, api: str) -> _Buffer:
+    def _narrowed(self, b: Buffer, api: str) -> Buffer:
         """The gradient in transfer_dtype (one conversion on its own device), when asked."""
         td = self.options.transfer_dtype
         if td is None or b.name != "float32":
@@ -175,15 +123,15 @@ class TransferPath:
         if b.device >= 0:
             import torch
 
-            return _describe(api, "grad", b.owner.to(getattr(torch, td)), writeable=False)
+            return describe(api, "grad", b.owner.to(getattr(torch, td)), writeable=False)
         src = np.asarray(b.owner, np.float32).reshape(-1)  # contiguous: a view
         bits = np.empty(src.size, np.uint16)
-        _core.narrow(bits, src, _DTYPES[td])  # the conversion the pull path uses
-        return _Buffer(bits.ctypes.data, _DTYPES[td], bits.size, bits, -1, td)
+        _core.narrow(bits, src, DTYPES[td])  # the conversion the pull path uses
+        return Buffer(bits.ctypes.data, DTYPES[td], bits.size, bits, -1, td)
 
-    def _check_finite(self, b: _Buffer, nan_guard: str) -> int | None:
+    def _check_finite(self, b: Buffer, nan_guard: str) -> int | None:
         """CUDA gradients are checked here (the native check reads host memory only)."""
-        if nan_guard == "off" or b.device < 0:  # the native name: raise_, skip or off
+        if nan_guard == "off" or b.device < 0:
             return None
         import torch
 
@@ -195,7 +143,7 @@ class TransferPath:
 
     def push(self, grad: Any, nan_guard: str) -> int:
         self.wait_pending()
-        b = self._narrowed(_describe("push", "grad", grad, writeable=False), "push")
+        b = self._narrowed(describe("push", "grad", grad, writeable=False), "push")
         refused = self._check_finite(b, nan_guard)
         if refused is not None:
             return refused
@@ -208,7 +156,7 @@ class TransferPath:
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(1, "fastps-push")
         try:
-            b = self._narrowed(_describe("push", "grad", grad, writeable=False), "push")
+            b = self._narrowed(describe("push", "grad", grad, writeable=False), "push")
             refused = self._check_finite(b, nan_guard)
             t = self._pipeline(b, "push")
         except Exception as e:  # every refusal comes out of the future, as native ones do
@@ -236,7 +184,7 @@ class TransferPath:
 
     def pull(self, out: Any) -> Any:
         self.wait_pending()
-        b = _describe("pull", "out", out, writeable=True)
+        b = describe("pull", "out", out, writeable=True)
         td = self.options.transfer_dtype
         if td is not None and b.name == "float32":
             tmp = self._half_like(b, td)
@@ -248,7 +196,7 @@ class TransferPath:
         return out
 
     @staticmethod
-    def _half_like(b: _Buffer, td: str) -> Any:
+    def _half_like(b: Buffer, td: str) -> Any:
         if td == "float16" and b.device < 0:
             return np.empty(b.n, np.float16)
         if "torch" not in sys.modules:
@@ -259,7 +207,7 @@ class TransferPath:
         return torch.empty(b.n, dtype=getattr(torch, td), device=device)
 
     @staticmethod
-    def _widen_into(out: Any, tmp: Any, b: _Buffer) -> None:
+    def _widen_into(out: Any, tmp: Any, b: Buffer) -> None:
         if b.device >= 0:
             out.copy_(tmp.view(out.shape))  # on the caller's stream, ordered after the copies
             return

@@ -1,0 +1,177 @@
+"""A store's configuration: from keyword arguments to the native StoreConfig, and to and from
+the dicts that ``Store.config``, checkpoints and ``fastps.ray`` use.
+
+This module is the one place where a configuration is mapped: arguments are type-checked here
+(Python types are the facade's business) and range-checked by the native core
+(``StoreConfig.validate``), the rule that ``Store`` creation applies too.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from fastps import _core
+from fastps import step_size as _steps
+from fastps.buffers import type_name
+
+MODES = ("locked", "hogwild", "leashed")
+"""Consistency modes: lock per shard, no synchronisation (Hogwild!), Leashed-SGD."""
+
+NAN_GUARDS = {
+    "raise": _core.NanGuard.raise_,
+    "skip": _core.NanGuard.skip,
+    "off": _core.NanGuard.off,
+}
+"""What push does with a NaN or Inf in a gradient."""
+
+STEP_FIELDS = ("beta", "a", "warmup", "refresh", "c", "eta_max")
+"""The parameters of a native step-size policy (``_core.StepConfig``), as checkpoints keep them."""
+
+_DEFAULT_SHARD_BYTES = 1 << 20  # one shard per MiB of parameters by default...
+_DEFAULT_MAX_SHARDS = 16  # ...up to this many
+
+
+def default_shards(size: int) -> int:
+    """The shard count Store picks when none is given: one per MiB, between 1 and 16."""
+    return max(1, min(_DEFAULT_MAX_SHARDS, size * 4 // _DEFAULT_SHARD_BYTES))
+
+
+def check_number(api: str, name: str, value: Any) -> float:
+    """``value`` as a float; TypeError unless a real number, ValueError unless finite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{api}: {name} must be a number (got {type_name(value)})")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{api}: {name} must be finite (got {value})")
+    return value
+
+
+def check_int(api: str, name: str, value: Any) -> int:
+    """``value`` as an int; TypeError unless an integer (bool is not one)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{api}: {name} must be an integer (got {type_name(value)})")
+    return int(value)
+
+
+def _u32(api: str, name: str, value: Any) -> int:
+    v = check_int(api, name, value)
+    if v < 0 or v >= 2**32:
+        raise ValueError(f"{api}: {name} must be a non-negative 32-bit integer (got {v})")
+    return v
+
+
+def native_config(
+    size: Any,
+    *,
+    shards: Any = None,
+    mode: Any = "leashed",
+    lr: Any = None,
+    step_size: Any = None,
+    momentum: Any = 0.0,
+    nesterov: Any = False,
+    weight_decay: Any = 0.0,
+    persistence: Any = -1,
+    nan_guard: Any = "raise",
+    max_learners: Any = 16,
+    staleness_bins: Any = 64,
+    api: str = "Store",
+) -> tuple[Any, _steps.StepSize]:
+    """(``_core.StoreConfig``, bound step-size policy) from Store's keyword arguments, checked.
+
+    Raises TypeError or ValueError naming the argument; nothing is created.
+    """
+    size = check_int(api, "size", size)
+    if size < 1:
+        raise ValueError(f"{api}: size must be at least 1 (got {size})")
+    if not isinstance(mode, str):
+        raise TypeError(f"{api}: mode must be a string (got {type_name(mode)})")
+    if mode not in MODES:
+        raise ValueError(f"{api}: mode must be one of {', '.join(MODES)} (got {mode!r})")
+    if not isinstance(nesterov, (bool, np.bool_)):
+        raise TypeError(f"{api}: nesterov must be a bool (got {type_name(nesterov)})")
+    if not isinstance(nan_guard, str) or nan_guard not in NAN_GUARDS:
+        raise ValueError(
+            f"{api}: nan_guard must be one of {', '.join(NAN_GUARDS)} (got {nan_guard!r})"
+        )
+    cfg = _core.StoreConfig()
+    cfg.size = size
+    cfg.shards = default_shards(size) if shards is None else _u32(api, "shards", shards)
+    cfg.mode = getattr(_core.Mode, mode)
+    policy = _steps.as_policy(step_size)
+    if lr is None:
+        lr = policy.lr if policy.lr is not None else 0.01
+    elif policy.lr is not None and float(np.float32(policy.lr)) != float(np.float32(lr)):
+        raise ValueError(f"{api}: lr={lr} disagrees with the step_size's lr={policy.lr}")
+    cfg.lr = check_number(api, "lr", lr)
+    if cfg.lr < 0:
+        raise ValueError(f"{api}: lr must be finite and >= 0 (got {lr})")
+    cfg.momentum = check_number(api, "momentum", momentum)
+    cfg.nesterov = bool(nesterov)
+    cfg.weight_decay = check_number(api, "weight_decay", weight_decay)
+    cfg.persistence = check_int(api, "persistence", persistence)
+    if cfg.persistence < -1:
+        raise ValueError(f"{api}: persistence must be -1 (never drop) or >= 0 (got {persistence})")
+    cfg.max_learners = _u32(api, "max_learners", max_learners)
+    if not 1 <= cfg.max_learners <= 1024:
+        raise ValueError(f"{api}: max_learners must be in [1, 1024] (got {cfg.max_learners})")
+    cfg.hist_bins = _u32(api, "staleness_bins", staleness_bins)
+    cfg.nan_guard = NAN_GUARDS[nan_guard]
+    policy = policy.bind(cfg.lr, cfg.max_learners)
+    policy.fill_native(cfg.step)
+    return cfg, policy
+
+
+def nan_guard_name(cfg: Any) -> str:
+    """``"raise"``, ``"skip"`` or ``"off"`` for a ``_core.StoreConfig``."""
+    return next(k for k, v in NAN_GUARDS.items() if v == cfg.nan_guard)
+
+
+def _common(cfg: Any) -> dict[str, Any]:
+    return {
+        "size": cfg.size, "shards": cfg.shards, "mode": cfg.mode.name, "lr": cfg.lr,
+        "momentum": cfg.momentum, "nesterov": cfg.nesterov, "weight_decay": cfg.weight_decay,
+        "persistence": cfg.persistence, "nan_guard": nan_guard_name(cfg),
+        "max_learners": cfg.max_learners, "staleness_bins": cfg.hist_bins,
+    }  # fmt: skip
+
+
+def to_dict(cfg: Any, policy: _steps.StepSize) -> dict[str, Any]:
+    """``Store.config``: every argument of the store, the step size as its bound policy."""
+    return {**_common(cfg), "step_size": policy}
+
+
+def to_header(cfg: Any) -> dict[str, Any]:
+    """The JSON form checkpoints keep: the step size as its native kind and parameters."""
+    step = {"kind": cfg.step.kind.name, **{k: getattr(cfg.step, k) for k in STEP_FIELDS}}
+    return {**_common(cfg), "step": step}
+
+
+def policy_from_header(c: dict[str, Any], step_size: Any, api: str, where: str) -> Any:
+    """The step size of the configuration ``c`` (``to_header``'s form): the saved native
+    policy, or ``step_size`` (a callable) where the checkpoint was saved with a Python hook."""
+    step = c["step"]
+    if step["kind"] == "hook":
+        if not callable(step_size):
+            raise ValueError(
+                f"{api}: {where} was saved with a Python step_size hook; pass it again as "
+                "step_size="
+            )
+        return step_size
+    if step_size is not None:
+        raise ValueError(f"{api}: step_size is only for checkpoints saved with a hook")
+    sc = _core.StepConfig()
+    sc.kind = getattr(_core.StepKind, step["kind"])
+    for k in STEP_FIELDS:
+        setattr(sc, k, step[k])
+    return _steps.from_native(sc, c["lr"])
+
+
+def store_kwargs(c: dict[str, Any]) -> dict[str, Any]:
+    """Store's keyword arguments for the configuration ``c`` (``to_header``'s form), less
+    ``size``, ``shards`` and the step size."""
+    keys = ("mode", "lr", "momentum", "nesterov", "weight_decay", "persistence", "nan_guard",
+            "max_learners", "staleness_bins")  # fmt: skip
+    return {k: c[k] for k in keys}
