@@ -175,3 +175,20 @@ def store_kwargs(c: dict[str, Any]) -> dict[str, Any]:
     keys = ("mode", "lr", "momentum", "nesterov", "weight_decay", "persistence", "nan_guard",
             "max_learners", "staleness_bins")  # fmt: skip
     return {k: c[k] for k in keys}
+
+
+def shard_ranges(size: int, parts: int) -> list[tuple[int, int]]:
+    """[begin, end) of each of ``parts`` contiguous ranges of ``size`` elements: whole 64-byte
+    blocks (16 elements), as equal as blocks allow: the split a Store makes of its shards and
+    a RayStore of its servers. ValueError unless 1 <= parts <= the number of blocks."""
+    align = 16
+    blocks = -(-size // align)
+    if not 1 <= parts <= blocks:
+        raise ValueError(
+            f"shard_ranges: parts must be in [1, {blocks}] for size {size} (one 64-byte block "
+            f"at least per part), got {parts}"
+        )
+    return [
+        (blocks * j // parts * align, min(blocks * (j + 1) // parts * align, size))
+        for j in range(parts)
+    ]
