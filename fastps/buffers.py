@@ -31,9 +31,15 @@ def type_name(x: Any) -> str:
     return t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
 
 
+def loaded_torch() -> Any:
+    """The torch module where the caller has imported it, else None. The facade never imports
+    torch itself: it meets torch only in the tensors a caller passes (so torch is loaded)."""
+    return sys.modules.get("torch")
+
+
 def is_torch(x: Any) -> bool:
     """True for a torch.Tensor (without importing torch)."""
-    torch = sys.modules.get("torch")
+    torch = loaded_torch()
     return torch is not None and isinstance(x, torch.Tensor)
 
 
@@ -79,7 +85,7 @@ def grad_view(api: str, grad: Any, dtype: str | None = None) -> tuple[np.ndarray
     if dtype is not None and dtype != "bfloat16":
         raise ValueError(f"{api}: dtype must be None or 'bfloat16' (got {dtype!r})")
     if is_torch(grad):
-        import torch
+        torch = loaded_torch()
 
         _check_cpu_tensor(api, "grad", grad)
         t = grad.detach()
@@ -104,7 +110,7 @@ def grad_view(api: str, grad: Any, dtype: str | None = None) -> tuple[np.ndarray
 def out_view(api: str, out: Any) -> np.ndarray:
     """A writeable float32 host view of ``out`` (numpy array, torch CPU tensor, buffer)."""
     if is_torch(out):
-        import torch
+        torch = loaded_torch()
 
         _check_cpu_tensor(api, "out", out)
         if out.dtype != torch.float32:
@@ -118,7 +124,7 @@ def flat_out(api: str, out: Any, size: int) -> tuple[np.ndarray | None, Any]:
     checked for dtype, contiguity and ``size`` elements (for callers that fill ``out`` from
     several sources, as a Ray handle does)."""
     if is_torch(out):
-        import torch
+        torch = loaded_torch()
 
         if out.dtype != torch.float32:
             raise TypeError(f"{api}: out has dtype {out.dtype}, expected float32")
@@ -145,7 +151,7 @@ def flat_grad(api: str, grad: Any, size: int, nan_guard: str) -> tuple[np.ndarra
     The dtype name is "float32", "float16" or "bfloat16" (then the view holds the raw bits).
     ``all finite`` is True without looking when ``nan_guard`` is "off"."""
     if is_torch(grad):
-        import torch
+        torch = loaded_torch()
 
         t = grad.detach()
         if t.device.type != "cpu":
@@ -195,7 +201,7 @@ class Buffer:
 def describe(api: str, arg: str, x: Any, *, writeable: bool) -> Buffer:
     """``x`` (host or CUDA, float32/float16/bfloat16, contiguous) as a Buffer."""
     if is_torch(x):
-        import torch
+        torch = loaded_torch()
 
         if not x.is_contiguous():
             raise ValueError(f"{api}: {arg} is not contiguous (pass {arg}.contiguous())")

@@ -11,14 +11,13 @@ keeps them alive; chunking, ordering and the applies run in C++ without the GIL.
 from __future__ import annotations
 
 import concurrent.futures
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from fastps import _core
-from fastps.buffers import DTYPES, Buffer, describe, is_cuda
+from fastps.buffers import DTYPES, Buffer, describe, is_cuda, loaded_torch
 
 ENGINES = ("auto", "cuda", "cpu")
 """Copy engines: ``auto`` (CUDA for CUDA tensors, the plain path for host memory), ``cuda``,
@@ -67,9 +66,7 @@ class TransferOptions:
 
 
 def _stream(device: int) -> int:
-    import torch
-
-    return int(torch.cuda.current_stream(device).cuda_stream)
+    return int(loaded_torch().cuda.current_stream(device).cuda_stream)
 
 
 class TransferPath:
@@ -121,7 +118,7 @@ class TransferPath:
         if td is None or b.name != "float32":
             return b
         if b.device >= 0:
-            import torch
+            torch = loaded_torch()
 
             return describe(api, "grad", b.owner.to(getattr(torch, td)), writeable=False)
         src = np.asarray(b.owner, np.float32).reshape(-1)  # contiguous: a view
@@ -133,7 +130,7 @@ class TransferPath:
         """CUDA gradients are checked here (the native check reads host memory only)."""
         if nan_guard == "off" or b.device < 0:
             return None
-        import torch
+        torch = loaded_torch()
 
         finite = torch.isfinite(b.owner)
         if bool(finite.all()):
@@ -165,7 +162,7 @@ class TransferPath:
             return failed
         event = None
         if refused is None and b.device >= 0:
-            import torch
+            torch = loaded_torch()
 
             # Recorded now, on the caller's stream: the gradient as of this call. The worker
             # waits on this event only (not on later work the caller queues).
@@ -199,9 +196,9 @@ class TransferPath:
     def _half_like(b: Buffer, td: str) -> Any:
         if td == "float16" and b.device < 0:
             return np.empty(b.n, np.float16)
-        if "torch" not in sys.modules:
+        torch = loaded_torch()
+        if torch is None:
             raise TypeError("pull: transfer_dtype='bfloat16' into host memory needs torch")
-        import torch
 
         device = b.owner.device if b.device >= 0 else "cpu"
         return torch.empty(b.n, dtype=getattr(torch, td), device=device)
@@ -215,7 +212,7 @@ class TransferPath:
         if isinstance(b.owner, np.ndarray):
             b.owner.reshape(-1)[:] = src
         else:  # a torch CPU tensor
-            import torch
+            torch = loaded_torch()
 
             b.owner.view(-1).copy_(torch.from_numpy(src))
 
