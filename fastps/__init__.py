@@ -9,6 +9,7 @@ with fastps.Store(init=np.zeros(1024, np.float32), mode="leashed", lr=0.1) as st
 """
 
 from fastps import _core, step_size
+from fastps.segments import cleanup
 from fastps.step_size import (
     Constant,
     Exponential,
@@ -18,7 +19,7 @@ from fastps.step_size import (
     StepSize,
     TailTau,
 )
-from fastps.store import MODES, LearnerHandle, Store, cleanup
+from fastps.store import MODES, LearnerHandle, Store
 
 __version__: str = _core.__version__
 built_with_cuda: bool = _core.built_with_cuda

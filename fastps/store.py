@@ -20,6 +20,7 @@ from fastps import step_size as _steps
 from fastps import transfer as _transfer
 from fastps.buffers import grad_view, is_cuda, is_torch, out_view, type_name
 from fastps.config import MODES, NAN_GUARDS, default_shards
+from fastps.segments import cleanup
 
 __all__ = ["MODES", "NAN_GUARDS", "LearnerHandle", "Store", "cleanup", "default_shards"]
 
@@ -438,66 +439,3 @@ class Store:
         where = f", shared={self.name!r}" if self.name else ""
         state = ", closed" if self.closed else ""
         return f"fastps.Store(size={self.size}, shards={self.shards}, mode={self.mode!r}{where}{state})"
-
-
-SHM_DIR = "/dev/shm"
-_SHM_PREFIX = "fastps."
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, another user's
-        return True
-    return True
-
-
-def cleanup(name: str | None = None, *, force: bool = False) -> list[str]:
-    """Remove shared stores left behind by crashed runs; returns the names removed.
-
-    Without ``name``: every segment of this user named ``fastps.*`` whose creator process is
-    gone (other users' segments and non-store files are left alone). With ``name``: that store
-    only; it raises if the name is unsafe (ValueError), the segment belongs to another user
-    (ValueError) or its creator is still running (RuntimeError, unless ``force``). Processes
-    that still have a removed store attached keep using it; only the name goes.
-    """
-    if name is not None:
-        if not isinstance(name, str):
-            raise TypeError(f"cleanup: name must be a string (got {type_name(name)})")
-        info = _core.Store.inspect(name)  # validates the name and the owner
-        if not info.is_store and not force:
-            raise RuntimeError(
-                f"cleanup: '{name}' is not a fastps store; pass force=True to remove it"
-            )
-        if info.is_store and _pid_alive(info.creator_pid) and not force:
-            raise RuntimeError(
-                f"cleanup: store '{name}' is still open in its creator (pid {info.creator_pid}); "
-                "close it there, or pass force=True"
-            )
-        os.unlink(os.path.join(SHM_DIR, _SHM_PREFIX + name))
-        return [name]
-    removed: list[str] = []
-    uid = os.geteuid()
-    try:
-        entries = sorted(os.listdir(SHM_DIR))
-    except FileNotFoundError:
-        return removed
-    for entry in entries:
-        if not entry.startswith(_SHM_PREFIX):
-            continue
-        seg = entry[len(_SHM_PREFIX) :]
-        try:
-            if os.stat(os.path.join(SHM_DIR, entry)).st_uid != uid:
-                continue
-            info = _core.Store.inspect(seg)
-        except (ValueError, RuntimeError, OSError):  # unsafe name, vanished, unreadable
-            continue
-        if info.is_store and not _pid_alive(info.creator_pid):
-            try:
-                os.unlink(os.path.join(SHM_DIR, entry))
-                removed.append(seg)
-            except FileNotFoundError:  # another cleanup got there first
-                pass
-    return removed
