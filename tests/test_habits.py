@@ -191,3 +191,11 @@ def test_the_graph_checks_see_what_they_look_for():
     assert _cycles(_without_root(edges)) == ["fastps.a -> fastps.b -> fastps.a"]
     assert edges["fastps.d"] == set()
     assert borrowed == ["fastps.b imports fastps.a._helper", "fastps.c reads fastps.b._hidden"]
+
+
+def test_pre_commit_runs_the_same_checks():
+    r = _run(_tool("pre-commit"), "validate-config", ".pre-commit-config.yaml")
+    assert r.returncode == 0, r.stdout + r.stderr
+    config = (ROOT / ".pre-commit-config.yaml").read_text()
+    for hook in ("ruff check", "ruff format", "clang-format", "lint-imports", "test_habits.py"):
+        assert hook in config, f"pre-commit lacks {hook}"
