@@ -279,3 +279,19 @@ def test_a_root_without_fashion_mnist_names_the_files_not_the_debian_package(tmp
     assert err.startswith(f"fastps train: fashion-mnist: {tmp_path} lacks train-images-idx3-ubyte")
     assert "apt-get" not in err
 
+
+
+def test_python_m_fastps_runs_the_command(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "fastps", "--help"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage: fastps ") and "train" in r.stdout and "simulate" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "fastps", "train", "--variant", "sync", "--k", "2"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2
+    assert r.stderr.endswith("fastps train: error: --k is for --variant k-sync, k-batch-sync, "
+                             "k-async, k-batch-async, adasync; sync does not use it (it fixes "
+                             "K = P)\n")  # fmt: skip
