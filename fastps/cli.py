@@ -434,7 +434,7 @@ def _sim_table(r: Any) -> str:
     for tau, n in enumerate(shown):
         lines.append(f"{tau:>9} {n:>10} {100 * n / total:>6.2f}%")
     if len(hist) > len(shown):
-        rest = sum(hist[len(shown):])
+        rest = sum(hist[len(shown) :])
         lines.append(f"{f'>= {len(shown)}':>9} {rest:>10} {100 * rest / total:>6.2f}%")
     if r.error_curve:
         lines += ["", f"{'time':>12} {'error F(w)':>12}"]

@@ -103,5 +103,4 @@ class Cycles:
             self.base += self.block
 
 
-
 __all__ = ["COMM_KINDS", "DELAYS", "Cycles", "Delay", "harmonic"]

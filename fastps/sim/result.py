@@ -63,7 +63,12 @@ class SimResult:
 
 
 def predict(
-    variant: str, p: int, k: int, compute: Delay, comm: Delay | None, slowdown: np.ndarray,
+    variant: str,
+    p: int,
+    k: int,
+    compute: Delay,
+    comm: Delay | None,
+    slowdown: np.ndarray,
     scripted: bool,
 ) -> tuple[dict[str, float | None], dict[str, str]]:
     """Closed forms (research/sync-async-spectrum.md 2.2) where they hold exactly."""

@@ -80,24 +80,34 @@ def simulate(
     _check(math.isfinite(mu) and mu > 0, f"mu must be > 0 (got {mu})")
     if shift is None:
         shift = 1.0 if delay == "shifted-exp" else 0.0
-    _check(delay == "shifted-exp" or shift == 0.0,
-           f"shift applies to delay='shifted-exp' only (got delay={delay!r}, shift={shift})")
+    _check(
+        delay == "shifted-exp" or shift == 0.0,
+        f"shift applies to delay='shifted-exp' only (got delay={delay!r}, shift={shift})",
+    )
     _check(math.isfinite(shift) and shift >= 0, f"shift must be >= 0 (got {shift})")
-    _check(delay != "pareto" or alpha > 1,
-           f"pareto needs alpha > 1 for a finite mean (got {alpha})")
+    _check(
+        delay != "pareto" or alpha > 1, f"pareto needs alpha > 1 for a finite mean (got {alpha})"
+    )
     _check(comm_kind in COMM_KINDS, f"comm_kind must be fixed or exp (got {comm_kind!r})")
     _check(math.isfinite(comm_delay) and comm_delay >= 0,
            f"comm_delay must be >= 0 (got {comm_delay})")  # fmt: skip
-    _check(isinstance(updates, int) and updates >= 1,
-           f"updates must be an integer >= 1 (got {updates!r})")
-    _check(isinstance(warmup, int) and 0 <= warmup < updates,
-           f"warmup must be an integer in [0, updates) (got {warmup!r} with updates={updates})")
+    _check(
+        isinstance(updates, int) and updates >= 1,
+        f"updates must be an integer >= 1 (got {updates!r})",
+    )
+    _check(
+        isinstance(warmup, int) and 0 <= warmup < updates,
+        f"warmup must be an integer in [0, updates) (got {warmup!r} with updates={updates})",
+    )
     _check(model in MODELS, f"model must be none or quadratic (got {model!r})")
-    _check(variant != "adasync" or model == "quadratic",
-           "adasync sets K from the loss: it needs model='quadratic'")
+    _check(
+        variant != "adasync" or model == "quadratic",
+        "adasync sets K from the loss: it needs model='quadratic'",
+    )
     _check(interval > 0, f"interval must be > 0 (got {interval})")
-    _check(isinstance(points, int) and points >= 2,
-           f"points must be an integer >= 2 (got {points!r})")
+    _check(
+        isinstance(points, int) and points >= 2, f"points must be an integer >= 2 (got {points!r})"
+    )
     _check(isinstance(dim, int) and dim >= 1, f"dim must be an integer >= 1 (got {dim!r})")
     _check(lr > 0 and noise >= 0, f"lr must be > 0 and noise >= 0 (got lr={lr}, noise={noise})")
     slow = np.ones(p) if slowdown is None else np.asarray(slowdown, np.float64)
@@ -108,8 +118,10 @@ def simulate(
         table = np.asarray(times, np.float64)
         if table.ndim == 1:
             table = table[:, None]
-        _check(table.ndim == 2 and table.shape[0] == p and table.shape[1] >= 1,
-               f"times must have one row per learner: shape ({p}, M) (got {np.shape(times)})")
+        _check(
+            table.ndim == 2 and table.shape[0] == p and table.shape[1] >= 1,
+            f"times must have one row per learner: shape ({p}, M) (got {np.shape(times)})",
+        )
         _check(bool(np.all(np.isfinite(table) & (table > 0))), "times entries must be > 0")
 
     compute = Delay(delay, mu, shift, alpha)
@@ -123,8 +135,9 @@ def simulate(
         trace, losses = adasync(cyc, p, k, updates, quad, interval, model_rng)
     else:
         # k-async with K = 1 is async: the merged renewal processes are exact for both
-        trace = TRACES["k-batch-async" if variant == "k-async" and k == 1 else variant](cyc, p, k,
-                                                                                        updates)
+        trace = TRACES["k-batch-async" if variant == "k-async" and k == 1 else variant](
+            cyc, p, k, updates
+        )
     if quad is not None and losses is None:
         losses = quad.run(trace, model_rng)
 

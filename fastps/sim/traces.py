@@ -170,5 +170,4 @@ def k_async(cyc: Cycles, p: int, k: int, n: int) -> Trace:
                   np.array(who, np.int64), np.array(idle), np.zeros(n), zi, zi.copy())  # fmt: skip
 
 
-
 __all__ = ["Trace", "k_async", "k_batch_async", "k_batch_sync", "rounds"]

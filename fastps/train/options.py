@@ -201,9 +201,7 @@ class Options:
             bound = row.k_bound(learners)
             if not isinstance(k, int) or not 1 <= k <= (10**6 if bound is None else bound):
                 shown = "any" if bound is None else bound
-                raise ValueError(
-                    f"fit: variant {row.name!r} needs k in [1, {shown}] (got k={k!r})"
-                )
+                raise ValueError(f"fit: variant {row.name!r} needs k in [1, {shown}] (got k={k!r})")
         if kw["backend"] not in BACKENDS:
             raise ValueError(f"fit: backend must be 'process', 'thread' or 'ray' "
                              f"(got {kw['backend']!r})")  # fmt: skip

@@ -49,7 +49,6 @@ def evaluate_params(model: torch.nn.Module, layout: ParamLayout, params: np.ndar
     return loss / n, correct / n
 
 
-
 def reporters(store: Any, model: torch.nn.Module, layout: ParamLayout, ds: Any,
                history: History, config: dict[str, Any], *, t_start: float, eval_train: int,
                checkpoint: str | os.PathLike[str] | None,
@@ -77,7 +76,7 @@ def reporters(store: Any, model: torch.nn.Module, layout: ParamLayout, ds: Any,
                   "staleness_mean": tau}  # fmt: skip
         if eval_train:
             n = eval_train
-            record["train_loss"], record["train_accuracy"] = _evaluate(
+            record["train_loss"], record["train_accuracy"] = evaluate_params(
                 model, layout, params, ds.x_train[:n], ds.y_train[:n]
             )
         if final and history.evals and history.evals[-1]["updates"] == st["clock"]:
@@ -94,7 +93,6 @@ def reporters(store: Any, model: torch.nn.Module, layout: ParamLayout, ds: Any,
                                          "updates_done": store.stats()["clock"]})  # fmt: skip
 
     return evaluate, save if checkpoint is not None else None
-
 
 
 def supervise(out: Any, store: Any, learners: int, start: Any, stop: Any, history: History,
@@ -155,7 +153,6 @@ def supervise(out: Any, store: Any, learners: int, start: Any, stop: Any, histor
     return finished
 
 
-
 def collect(history: History, finished: dict[int, dict[str, Any]], learners: int,
              coordinator: Coordinator | None, coord_thread: threading.Thread | None,
              t_start: float) -> None:  # fmt: skip
@@ -172,8 +169,6 @@ def collect(history: History, finished: dict[int, dict[str, Any]], learners: int
         history.updates = coordinator.log
     else:
         history.updates = pushed
-
-
 
 
 def execute(model_fn: Callable[[], torch.nn.Module], data: Any, opts: Options,

@@ -228,8 +228,10 @@ class RayBackend(Backend):
     @classmethod
     def check(cls, opts: Options) -> None:
         if opts.threads is not None:
-            raise ValueError("fit: threads is for the process and thread backends; with "
-                             "backend='ray' each learner actor has one CPU and one thread")
+            raise ValueError(
+                "fit: threads is for the process and thread backends; with "
+                "backend='ray' each learner actor has one CPU and one thread"
+            )
         if opts.devices is not None:
             raise ValueError("fit: devices is for the process and thread backends; with "
                              "backend='ray' each learner actor gets a GPU when the cluster has "
