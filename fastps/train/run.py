@@ -70,9 +70,9 @@ def reporters(store: Any, model: torch.nn.Module, layout: ParamLayout, ds: Any,
         t_s = time.perf_counter() - t_start
         if buffers is not None:
             load_buffers(model, buffers.copy())
-        loss, acc = evaluate_params(model, layout, params, ds.x_test, ds.y_test)
+        loss, accuracy = evaluate_params(model, layout, params, ds.x_test, ds.y_test)
         tau = staleness() if staleness is not None else mean_staleness(st["staleness_hist"])
-        record = {"t_s": t_s, "updates": st["clock"], "loss": loss, "accuracy": acc,
+        record = {"t_s": t_s, "updates": st["clock"], "loss": loss, "accuracy": accuracy,
                   "staleness_mean": tau}  # fmt: skip
         if eval_train:
             n = eval_train
