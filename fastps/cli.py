@@ -53,8 +53,8 @@ def _seconds(text: str) -> float:
 
 def _straggler(text: str) -> Any:
     """``exp:MEAN``, ``shifted-exp:SHIFT:MEAN``, ``slow:LEARNER:DELAY`` or ``fixed:DELAY``
-    (seconds) as a fastps.train.fit.Straggler."""
-    from fastps.train.fit import Straggler
+    (seconds) as a fastps.train.options.Straggler."""
+    from fastps.train.options import Straggler
 
     kind, _, rest = text.partition(":")
     fields = {"exp": ("mean",), "shifted-exp": ("shift", "mean"), "slow": ("learner", "delay"),
@@ -112,7 +112,8 @@ def _train_parser(sub: Any) -> argparse.ArgumentParser:
                    help="use this many training examples (default: all)")  # fmt: skip
     t.add_argument("--model", default="mlp", choices=MODELS, help="model")
     t.add_argument("--learners", type=int, default=4, help="asynchronous learners (P)")
-    from fastps.train.fit import VARIANTS
+    from fastps.train.options import BACKENDS
+    from fastps.train.variants import VARIANTS
 
     t.add_argument("--variant", default="async", choices=VARIANTS, help="who waits for whom")
     t.add_argument("--k", type=int, default=None,
@@ -156,7 +157,7 @@ def _train_parser(sub: Any) -> argparse.ArgumentParser:
     t.add_argument("--updates", type=int, default=None,
                    help="store updates in all, instead of --epochs")  # fmt: skip
     t.add_argument("--seed", type=int, default=0, help="seed of the model and the batches")
-    t.add_argument("--backend", default="process", choices=("process", "thread", "ray"),
+    t.add_argument("--backend", default="process", choices=BACKENDS,
                    help="learners as processes, threads, or Ray actors (docs/ray.md)")  # fmt: skip
     t.add_argument("--address", default=None,
                    help="ray: the cluster to join (default: a local instance on 127.0.0.1)")  # fmt: skip
@@ -185,22 +186,21 @@ def _check_train_args(t: argparse.ArgumentParser, args: argparse.Namespace) -> N
     """Refuse (t.error: usage, message, exit 2) what the chosen variant or backend would not use
     and what a variant needs but was not given; then fill in the defaults. Ranges that depend on
     the run (K against P, ...) are fit()'s to check."""
-    # The options only some variants use (fit.VARIANT_OPTIONS) are refused for the others
-    # before anything is loaded; None in argparse tells "given" from "default".
-    from fastps.train.fit import AVERAGING
-    from fastps.train.fit import VARIANT_OPTIONS as USED_BY
+    # The options only some variants use (the variant table, fastps.train.variants) are
+    # refused for the others before anything is loaded; None in argparse tells "given" from
+    # "default".
+    from fastps.train.variants import TABLE, VARIANT_OPTIONS
 
     v = args.variant
-    for dest, users in USED_BY.items():
-        if getattr(args, dest) is not None and v not in users:
+    row = TABLE[v]
+    for dest, users in VARIANT_OPTIONS.items():
+        if getattr(args, dest) is not None and not row.takes(dest):
             opt = "--" + dest.replace("_", "-")
-            why = ""
-            if dest == "k":
-                why = f" (it fixes K = {'P' if v in ('sync', *AVERAGING) else 1})"
+            why = f" (it fixes K = {row.k})" if dest == "k" else ""
             t.error(f"{opt} is for --variant {', '.join(users)}; {v} does not use it{why}")
-    if v in USED_BY["k"] and args.k is None:
-        rng = "K >= 1" if "batch" in v else "1..P"
-        t.error(f"--variant {v} needs --k ({'K_0, ' if v == 'adasync' else ''}{rng})")
+    if row.takes("k") and args.k is None:
+        rng = "K >= 1" if row.k == "any" else "1..P"
+        t.error(f"--variant {v} needs --k ({'K_0, ' if row.adapts == 'k' else ''}{rng})")
     for dest in RAY_ONLY:
         if getattr(args, dest) is not None and args.backend != "ray":
             t.error(f"--{dest} is for --backend ray (got --backend {args.backend})")
@@ -323,7 +323,8 @@ def _summary(h: Any, wall_s: float) -> str:
 def train(args: argparse.Namespace) -> int:
     from fastps.train import data as datasets
     from fastps.train import models
-    from fastps.train.fit import VARIANT_OPTIONS, fit
+    from fastps.train.fit import fit
+    from fastps.train.variants import VARIANT_OPTIONS
 
     load = functools.partial(datasets.load, args.dataset, root=args.root, limit=args.limit,
                              seed=args.seed)  # fmt: skip
@@ -433,7 +434,7 @@ def _sim_table(r: Any) -> str:
     for tau, n in enumerate(shown):
         lines.append(f"{tau:>9} {n:>10} {100 * n / total:>6.2f}%")
     if len(hist) > len(shown):
-        rest = sum(hist[len(shown):])
+        rest = sum(hist[len(shown) :])
         lines.append(f"{f'>= {len(shown)}':>9} {rest:>10} {100 * rest / total:>6.2f}%")
     if r.error_curve:
         lines += ["", f"{'time':>12} {'error F(w)':>12}"]

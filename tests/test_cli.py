@@ -169,8 +169,22 @@ def test_fit_gets_epochs_and_only_the_options_given(fake_fit, capsys):
     assert kw["straggler"] is None and kw["comm_delay"] == 0.0
     assert "final test accuracy     0.7500" in capsys.readouterr().out
 
-    argv = ["train", "--no-progress", "--variant", "adasync", "--k", "2", "--interval-s", "0.5",
-            "--epochs", "0.5", "--straggler", "shifted-exp:0.001:0.002", "--comm-delay", "0.003"]
+    argv = [
+        "train",
+        "--no-progress",
+        "--variant",
+        "adasync",
+        "--k",
+        "2",
+        "--interval-s",
+        "0.5",
+        "--epochs",
+        "0.5",
+        "--straggler",
+        "shifted-exp:0.001:0.002",
+        "--comm-delay",
+        "0.003",
+    ]
     assert main(argv) == 0
     kw = fake_fit.calls[-1]
     assert (kw["k"], kw["interval_s"], kw["epochs"]) == (2, 0.5, 0.5)
@@ -244,7 +258,11 @@ def test_the_readme_job_on_fashion_mnist(tmp_path, capsys):
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     cfg = lines[0]["config"]
     assert (cfg["learners"], cfg["variant"], cfg["mode"], cfg["backend"]) == (
-        2, "async", "leashed", "process")
+        2,
+        "async",
+        "leashed",
+        "process",
+    )
     assert (cfg["epochs"], cfg["batch_size"], cfg["lr"]) == (0.05, 64, 0.05)
     # 0.05 epochs of async updates, one mini-batch of 64 each: ceil(0.05 * 60000 / 64)
     want = math.ceil(0.05 * 60000 / 64)
@@ -279,3 +297,18 @@ def test_a_root_without_fashion_mnist_names_the_files_not_the_debian_package(tmp
     assert err.startswith(f"fastps train: fashion-mnist: {tmp_path} lacks train-images-idx3-ubyte")
     assert "apt-get" not in err
 
+
+def test_python_m_fastps_runs_the_command(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "fastps", "--help"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage: fastps ") and "train" in r.stdout and "simulate" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "fastps", "train", "--variant", "sync", "--k", "2"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2
+    assert r.stderr.endswith("fastps train: error: --k is for --variant k-sync, k-batch-sync, "
+                             "k-async, k-batch-async, adasync; sync does not use it (it fixes "
+                             "K = P)\n")  # fmt: skip

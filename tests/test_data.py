@@ -268,8 +268,10 @@ def test_fashion_mnist_default_dir_and_an_emptied_install(tmp_path, monkeypatch)
         load("fashion-mnist")
 
 
-IDX_LIST = ("train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-            "t10k-labels-idx1-ubyte, each optionally .gz")
+IDX_LIST = (
+    "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+    "t10k-labels-idx1-ubyte, each optionally .gz"
+)
 
 
 def test_fashion_mnist_in_a_root_of_ones_own_names_the_files_not_the_package(tmp_path):

@@ -37,14 +37,15 @@ def test_the_final_evaluation_replaces_one_at_the_same_update_count():
 
     from fastps import Store
     from fastps.torch import ParamLayout
-    from fastps.train.fit import History, _reporters
+    from fastps.train.history import History
+    from fastps.train.run import reporters
 
     model = LOGREG()
     layout = ParamLayout.from_module(model)
     h = History()
     with Store(init=np.zeros(layout.size, np.float32), lr=0.1) as store:
-        evaluate, _ = _reporters(store, model, layout, blobs(), h, {}, t_start=0.0, eval_train=0,
-                                 checkpoint=None, progress=None)  # fmt: skip
+        evaluate, _ = reporters(store, model, layout, blobs(), h, {}, t_start=0.0, eval_train=0,
+                                checkpoint=None, progress=None)  # fmt: skip
         evaluate()  # at 0 during the run
         evaluate(final=True)  # the run ended there: replaced, not repeated
         assert [e["updates"] for e in h.evals] == [0]

@@ -10,9 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from fastps import sim
 from fastps.cli import main
 from fastps.sim import Delay, Quadratic, harmonic, simulate
+from fastps.sim.delays import Cycles
+from fastps.sim.traces import k_async
 
 P = 8
 N = 100_000
@@ -175,8 +176,8 @@ def test_the_same_seed_gives_every_variant_the_same_learner_times():
     b = simulate("sync", 5, updates=3000, seed=4)
     np.testing.assert_array_equal(a.update_times, b.update_times)
     assert a.mean_staleness == 0
-    cyc = sim._Cycles(5, np.random.default_rng([4, 0]), Delay(), None, np.ones(5), None)
-    heap = sim._k_async(cyc, 5, 1, 3000)  # the heap path, which simulate uses for K >= 2
+    cyc = Cycles(5, np.random.default_rng([4, 0]), Delay(), None, np.ones(5), None)
+    heap = k_async(cyc, 5, 1, 3000)  # the heap path, which simulate uses for K >= 2
     r = simulate("async", 5, updates=3000, seed=4)  # merged renewal processes
     np.testing.assert_array_equal(heap.times, r.update_times)
     np.testing.assert_array_equal(heap.staleness, r.staleness)
