@@ -19,6 +19,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any
 
+from _timing import Timing
+
 _REPO = Path(__file__).resolve().parent.parent
 
 
@@ -172,4 +174,3 @@ def _fmt(x: Any) -> str:
             return f"{x:.3g}" if abs(x) < 10 else f"{x:.1f}"
         return f"{x:.2e}"
     return str(x)
-

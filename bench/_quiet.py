@@ -84,7 +84,6 @@ def wait_quiet(threshold: float, max_wait_s: float, sample_s: float = 0.5) -> fl
         time.sleep(max(0.0, min(2.0, deadline - time.monotonic())))
 
 
-
 class Quiet:
     """When to measure again because other processes kept the shared machine busy.
 

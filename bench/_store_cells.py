@@ -108,7 +108,9 @@ class Section:
         out buffer a size; sizes with fewer than MIN_SHARD_ELEMS elements a shard are skipped."""
         for n in sizes:
             if n // S < MIN_SHARD_ELEMS:
-                H.log(f"{label}: skipping n={pow2(n)} (fewer than {MIN_SHARD_ELEMS} elements/shard)")
+                H.log(
+                    f"{label}: skipping n={pow2(n)} (fewer than {MIN_SHARD_ELEMS} elements/shard)"
+                )
                 continue
             rng = np.random.default_rng(n)
             g = aligned(n, rng.standard_normal(n, dtype=np.float32) * np.float32(1e-3))

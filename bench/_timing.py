@@ -201,4 +201,3 @@ def measure_parallel(
     finally:
         team.close()
     return Timing(tuple(s / calls for s in t.samples), calls)
-
