@@ -111,7 +111,9 @@ def _collect(procs: list[Any], out: Any, cfg: Config, what: str) -> dict[str, An
             except queue_mod.Empty:
                 dead = [p for p in procs if not p.is_alive() and p.exitcode not in (0, None)]
                 if dead:
-                    raise RuntimeError(f"{what}: a process died (exit code {dead[0].exitcode})")
+                    raise RuntimeError(
+                        f"{what}: a process died (exit code {dead[0].exitcode})"
+                    ) from None
                 continue
             if kind == "error":
                 raise RuntimeError(f"{what}: {msg}")

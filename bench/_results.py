@@ -51,6 +51,7 @@ def first_reach(
     t and updates are interpolated linearly in the value; a first point that already reaches it
     is returned as is. None when no point reaches the target.
     """
+
     def hit(v: float) -> bool:
         return v <= target if below else v >= target
 
@@ -177,38 +178,9 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
 # -- running ------------------------------------------------------------------------------------
 
 
-@dataclass
-class Quiet:
-    """When to make a run again because other processes kept the shared machine busy.
-
-    A run with ``foreign_cpus >= below`` is repeated, at most ``retries`` times, after waiting
-    up to ``max_wait_s`` for a quiet machine, while the time spent so on waiting and repeated
-    runs stays within ``budget_s`` for the whole script (so a busy machine costs a bounded
-    amount of time; the records keep ``foreign_cpus`` and ``attempts`` either way).
-    """
-
-    below: float = math.inf
-    retries: int = 0
-    max_wait_s: float = 0.0
-    budget_s: float = 0.0
-    spent_s: float = 0.0
-
-    def again(self, foreign_cpus: float, attempt: int, run_s: float) -> bool:
-        if attempt > 1:
-            self.spent_s += run_s  # the repeated run itself
-        if not foreign_cpus >= self.below or attempt > self.retries:
-            return False
-        left = self.budget_s - self.spent_s
-        if left <= run_s:  # no time for a wait and another run
-            return False
-        H.log(f"other processes kept {foreign_cpus:.2f} CPUs busy during the run; again")
-        t0 = time.monotonic()
-        H.wait_quiet(self.below, min(self.max_wait_s, left - run_s))
-        self.spent_s += time.monotonic() - t0
-        return True
-
-
-QUIET = Quiet()  # set from the command line by resolve_paths
+# When a run disturbed by other processes is made again (bench/_quiet.py): its repeated runs
+# count against --wait-budget too, since a fit() run takes minutes. Set by parse().
+QUIET = H.Quiet(charge_runs=True)
 
 
 def load_subset(name: str = DATASET, n_test: int | None = None) -> Any:
@@ -242,8 +214,8 @@ def run_fit(model: str, *, seed: int = 0, n_test: int = 2000, eval_train: int = 
     stats (the store's), coordinator, gradient_staleness, foreign_cpus, attempts, started_s}.
 
     A run during which other processes kept ``QUIET.below`` CPUs or more busy is made again
-    after waiting for a quieter machine (see :class:`Quiet`; ``retry=False``: never); the
-    last attempt is returned.
+    after waiting for a quieter machine (see ``H.Quiet``; ``retry=False``: never); the last
+    attempt is returned.
     """
     import functools
 
@@ -251,19 +223,14 @@ def run_fit(model: str, *, seed: int = 0, n_test: int = 2000, eval_train: int = 
 
     from fastps.train.fit import fit
 
+    def once() -> Any:
+        return fit(model_fn(model, seed), functools.partial(load_subset, DATASET, n_test),
+                   seed=seed, eval_train=eval_train, **fit_kwargs)  # fmt: skip
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the parent evaluates: one core, as each learner has
-    attempt = 0
-    try:
-        while True:
-            attempt += 1
-            load = H.ForeignLoad(children=True)
-            t0 = time.monotonic()
-            with load:
-                h = fit(model_fn(model, seed), functools.partial(load_subset, DATASET, n_test),
-                        seed=seed, eval_train=eval_train, **fit_kwargs)  # fmt: skip
-            if not retry or not QUIET.again(load.cores, attempt, time.monotonic() - t0):
-                break
+    try:  # the learners are child processes: their CPU time is the run's own
+        h, foreign, attempt = (QUIET if retry else H.Quiet()).measure(once, children=True)
     finally:
         torch.set_num_threads(threads)
     evals = [{"t": e["t_s"] - h.started_s, **{k: v for k, v in e.items() if k != "t_s"}}
@@ -283,7 +250,7 @@ def run_fit(model: str, *, seed: int = 0, n_test: int = 2000, eval_train: int = 
         "staleness_hist": h.stats.get("staleness_hist"),
         "coordinator": h.coordinator,
         "gradient_staleness": gradient_staleness(h.updates),
-        "foreign_cpus": load.cores,
+        "foreign_cpus": foreign,
         "attempts": attempt,
         "started_s": h.started_s,
     }
@@ -314,15 +281,25 @@ def add_args(p: argparse.ArgumentParser, name: str) -> None:
     H.add_quiet_args(p, retries=1, max_wait=15.0, wait_budget=60.0)
 
 
-def resolve_paths(a: argparse.Namespace, name: str) -> None:
-    """Default --out and --plot paths; the Quiet policy from the quiet flags."""
-    QUIET.below, QUIET.retries = a.quiet_below, a.retries
-    QUIET.max_wait_s, QUIET.budget_s = a.max_wait, a.wait_budget
+def default_out(a: argparse.Namespace, name: str) -> Path:
+    """Where a script's JSON lines go without --out: bench/results/<name>.jsonl (the records
+    of docs/results.md), or /tmp/<name>.quick.jsonl for a --quick run."""
+    return Path(f"/tmp/{name}.quick.jsonl") if a.quick else RESULTS_DIR / f"{name}.jsonl"
+
+
+def parse(p: argparse.ArgumentParser, name: str, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``p``'s arguments with the common flags (``add_args``) added: default --out and --plot
+    paths (the --out folder made), and ``QUIET`` set from the quiet flags."""
+    global QUIET
+    add_args(p, name)
+    a = p.parse_args(argv)
+    QUIET = H.Quiet.from_args(a, charge_runs=True)
     if a.out is None:
-        a.out = Path(f"/tmp/{name}.quick.jsonl") if a.quick else RESULTS_DIR / f"{name}.jsonl"
+        a.out = default_out(a, name)
     if a.plot is None:
         a.plot = a.out.with_suffix(".png")
     a.out.parent.mkdir(parents=True, exist_ok=True)
+    return a
 
 
 class Writer:
@@ -416,8 +393,35 @@ def save_figure(fig: Any, path: Path) -> None:
 
 
 def finish(w: Writer, tables: Sequence[Table], plot: Callable[[], None] | None) -> None:
+    """Close ``w``, print ``tables``, then ``plot()`` when given."""
     w.close()
     for t in tables:
         t.print()
     if plot is not None:
         plot()
+
+
+def main(
+    name: str,
+    parse_args: Callable[[Sequence[str] | None], argparse.Namespace],
+    run: Callable[[argparse.Namespace, Writer], None],
+    tables: Callable[[Sequence[dict[str, Any]]], Sequence[Table]],
+    plot: Callable[[Sequence[dict[str, Any]]], Any] | None = None,
+) -> Callable[[Sequence[str] | None], int]:
+    """The ``main(argv)`` of a results script: ``parse_args(argv)``, ``run(a, w)`` (the runs,
+    each recorded by the Writer ``w`` into --out), then the records' ``tables`` printed and
+    the figure ``plot(records)`` returns saved to --plot. Each script keeps only what differs.
+    """
+
+    def script_main(argv: Sequence[str] | None = None) -> int:
+        a = parse_args(argv)
+        w = Writer(name, a.out)
+        try:
+            run(a, w)
+        finally:
+            w.close()
+        draw = None if plot is None else (lambda: save_figure(plot(w.records), a.plot))
+        finish(w, tables(w.records), draw)
+        return 0
+
+    return script_main

@@ -85,15 +85,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--target", type=float, default=0.80, help="test accuracy (default 0.80)")
     p.add_argument("--rtt-calls", type=int, default=100, help="round trips timed (default 100)")
     p.add_argument("--peers", default=",".join(PEERS), help="which to run (default all)")
-    R.add_args(p, NAME)
-    a = p.parse_args(argv)
+    a = R.parse(p, NAME, argv)
     a.batches = a.batches or (1500 if a.quick else 3000)
     a.peers = [x.strip() for x in a.peers.split(",") if x.strip()]
     bad = [x for x in a.peers if x not in PEERS]
     if bad:
         p.error(f"unknown peers {bad}; choose among {', '.join(PEERS)}")
     a.batch_size = 64
-    R.resolve_paths(a, NAME)
     return a
 
 
@@ -305,10 +303,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                evals=[[round(t, 4), u, round(acc, 4)] for t, u, acc in m["evals"]],
                **{k: v for k, v in m.items() if k not in ("evals", "rtt_s")},
                rtt_samples=len(m["rtt_s"]))  # fmt: skip
-        H.log(f"{name}: {s['updates_per_s']:.0f} updates/s, {s['batches_per_s']:.0f} batches/s, "
-              f"round trip {1e6 * s['rtt_s']:.0f} us, t@{a.target:g} "
-              f"{R.fmt(s['time_to_target_s'], '.2f')} s, final acc "
-              f"{R.fmt(s['final_accuracy'], '.3f')}, {time.perf_counter() - t0:.0f} s")
+        H.log(
+            f"{name}: {s['updates_per_s']:.0f} updates/s, {s['batches_per_s']:.0f} batches/s, "
+            f"round trip {1e6 * s['rtt_s']:.0f} us, t@{a.target:g} "
+            f"{R.fmt(s['time_to_target_s'], '.2f')} s, final acc "
+            f"{R.fmt(s['final_accuracy'], '.3f')}, {time.perf_counter() - t0:.0f} s"
+        )
     R.finish(w, tables(w.records), None)
     return 0
 

@@ -228,8 +228,10 @@ def print_table(records: list[dict[str, Any]]) -> None:
     H.print_table(["N", "P", "impl", "rt_ms", "p10_ms", "p90_ms", "updates/s", "GB/s", "x_bare",
                    "x_ray_ps", "idle_cpus"], rows,
                   title="round trip (pull + push) per learner; x_bare, x_ray_ps: time ratios")  # fmt: skip
-    print("# idle_cpus: CPUs other processes kept busy just before the cell, while the bench's "
-          "actors idled")
+    print(
+        "# idle_cpus: CPUs other processes kept busy just before the cell, while the bench's "
+        "actors idled"
+    )
 
 
 if __name__ == "__main__":

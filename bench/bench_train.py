@@ -71,35 +71,24 @@ Run it as a script so the installed fastps is imported:
 from __future__ import annotations
 
 import argparse
-import functools
 import math
-import queue as queue_mod
 import statistics
 import sys
 import time
-import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import _harness as H
 import _results as R
-import numpy as np
-
-if TYPE_CHECKING:
-    import torch
+from _train_runs import DATASET, MODEL, TORCH, Run, run_fastps, run_hogwild
+from _train_tables import tables
 
 # torch and fastps are imported where they are used: bench/make_results.py imports this module
-# for ``tables`` alone.
+# for ``tables`` alone (bench/_train_tables.py).
 
 NAME = "bench_train"
-DATASET = "fashion-mnist"
-MODEL = "mlp"
-TORCH = "torch-hogwild"
-TARGET_RATIO, TARGET_AT = 1.25, 2  # fastps >= 1.25x torch-hogwild's updates/s at P = 2
-POLL_S = 0.05  # how often a parent looks at the learners (fit() waits on its queue this long)
-EVAL_BATCH = 2048
+__all__ = ["main", "tables"]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -117,7 +106,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.05, help="SGD step size (default 0.05)")
     p.add_argument(
         "--momentum",
-        type=_float_list,
+        type=H.float_list,
         default=[0.0],
         help="SGD momentum on both sides, one or more, e.g. 0,0.5 (default 0; PyTorch's "
         "mnist_hogwild uses 0.5)",
@@ -165,290 +154,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("need 0 < --target <= 1, --eval-period > 0, --lr > 0, 0 <= --momentum < 1")
     if len(set(a.momentum)) < len(a.momentum):
         p.error(f"--momentum names a value twice: {a.momentum}")
-    if a.out is None:  # as bench/_results.py's resolve_paths
-        a.out = Path(f"/tmp/{NAME}.quick.jsonl") if a.quick else R.RESULTS_DIR / f"{NAME}.jsonl"
+    if a.out is None:
+        a.out = R.default_out(a, NAME)
     return a
-
-
-def _float_list(text: str) -> list[float]:
-    """argparse type: "0,0.5" -> [0.0, 0.5]."""
-    try:
-        vals = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers (got {text!r})"
-        ) from None
-    if not vals:
-        raise argparse.ArgumentTypeError(f"expected one number or more (got {text!r})")
-    return vals
-
-
-# -- shared by both implementations --------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    """One training run's measurements (times in seconds, from the start event)."""
-
-    updates: int
-    learner_s: float  # the longest learner's time inside its steps
-    wall_s: float | None  # start event to the last learner's end
-    evals: list[tuple[float, int, float, float]]  # (t, updates, loss, accuracy)
-    split: dict[str, float]  # seconds summed over learners, by part of the step
-    extra: dict[str, Any]
-    foreign_cpus: float = math.nan
-    attempts: int = 1
-
-    @property
-    def updates_per_s(self) -> float:
-        return self.updates / self.learner_s if self.learner_s > 0 else math.nan
-
-    @property
-    def wall_updates_per_s(self) -> float | None:
-        return self.updates / self.wall_s if self.wall_s else None
-
-    def reached(self, target: float) -> tuple[float, int] | None:
-        """(time, updates) of the first evaluation after the start with accuracy >= target."""
-        for t, u, _loss, acc in self.evals:
-            if t >= 0 and acc >= target:
-                return t, u
-        return None
-
-    @property
-    def final_accuracy(self) -> float:
-        return self.evals[-1][3] if self.evals else math.nan
-
-
-def _model_fn(ds: Any, seed: int) -> functools.partial[torch.nn.Module]:
-    from fastps.train import models
-
-    return functools.partial(models.build, MODEL, ds.input_shape, ds.classes, seed=seed)
-
-
-def _quota(total: int, P: int) -> list[int]:
-    return [total // P + (r < total % P) for r in range(P)]
-
-
-# -- torch-hogwild --------------------------------------------------------------------------------
-
-
-def _hogwild_worker(
-    rank: int,
-    model: torch.nn.Module,
-    steps: int,
-    cfg: dict[str, Any],
-    counts: Any,
-    out: Any,
-    start: Any,
-) -> None:
-    """One Hogwild process (PyTorch's mnist_hogwild ``train``): SGD on the shared model."""
-    try:
-        import torch
-
-        from fastps.train import data
-
-        torch.set_num_threads(cfg["threads"])
-        ds = data.load(cfg["dataset"])
-        torch.manual_seed(cfg["seed"] + rank)
-        opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"])
-        rng = np.random.default_rng([cfg["seed"], rank])  # fit()'s learner draws the same
-        n, bs = len(ds.x_train), cfg["batch_size"]
-        nb = max(1, n // bs)
-        order = rng.permutation(n)
-        compute_s = step_s = 0.0
-        out.put(("ready", rank, None))
-        start.wait()
-        for s in range(steps):
-            j = s % nb
-            if j == 0 and s:
-                order = rng.permutation(n)
-            idx = order[j * bs : (j + 1) * bs]
-            x, y = torch.from_numpy(ds.x_train[idx]), torch.from_numpy(ds.y_train[idx])
-            t0 = time.perf_counter()
-            opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            t1 = time.perf_counter()
-            opt.step()
-            t2 = time.perf_counter()
-            counts[rank] = s + 1
-            compute_s += t1 - t0
-            step_s += t2 - t1
-        out.put(
-            (
-                "done",
-                rank,
-                {
-                    "updates": steps,
-                    "compute_s": compute_s,
-                    "step_s": step_s,
-                    "t_end": time.perf_counter(),
-                },
-            )
-        )
-    except BaseException:  # noqa: BLE001 -- reported to the parent, which raises it
-        out.put(("error", rank, traceback.format_exc()))
-
-
-def _evaluate(model: torch.nn.Module, ds: Any) -> tuple[float, float]:
-    """(mean loss, accuracy) on the test set, as fit() evaluates."""
-    import torch
-
-    loss, correct = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(ds.x_test), EVAL_BATCH):
-            x = torch.from_numpy(ds.x_test[i : i + EVAL_BATCH])
-            y = torch.from_numpy(ds.y_test[i : i + EVAL_BATCH])
-            o = model(x)
-            loss += float(torch.nn.functional.cross_entropy(o, y, reduction="sum"))
-            correct += int((o.argmax(1) == y).sum())
-    return loss / len(ds.x_test), correct / len(ds.x_test)
-
-
-def run_hogwild(
-    a: argparse.Namespace, ds: Any, P: int, updates: int, eval_every: int, momentum: float = 0.0
-) -> Run:
-    import torch
-    import torch.multiprocessing as mp
-
-    from fastps.train.fit import learner_threads
-
-    ctx = mp.get_context("spawn")
-    model = _model_fn(ds, a.seed)()
-    model.share_memory()
-    snapshot = _model_fn(ds, a.seed)()  # the parent evaluates a copy, as fit() copies the store
-    counts = ctx.Array("q", P, lock=False)  # slot r: written by worker r only
-    out, start = ctx.Queue(), ctx.Event()
-    cfg = {
-        "dataset": DATASET,
-        "seed": a.seed,
-        "lr": a.lr,
-        "momentum": momentum,
-        "batch_size": a.batch_size,
-        "threads": learner_threads(P),  # as fit() sets its learners'
-    }
-    procs = [
-        ctx.Process(
-            target=_hogwild_worker, daemon=True, args=(r, model, q, cfg, counts, out, start)
-        )
-        for r, q in enumerate(_quota(updates, P))
-    ]
-    evals: list[tuple[float, int, float, float]] = []
-
-    def evaluate() -> None:
-        t, done = time.perf_counter(), sum(counts)  # stamped when read, as fit() does
-        with torch.no_grad():
-            for p, q in zip(snapshot.parameters(), model.parameters()):
-                p.copy_(q)
-        loss, acc = _evaluate(snapshot, ds)
-        evals.append((t, done, loss, acc))
-
-    t_limit = time.perf_counter() + a.timeout
-    finished: dict[int, dict[str, Any]] = {}
-    ready = 0
-    t_go = math.nan
-    try:
-        evaluate()
-        for pr in procs:
-            pr.start()
-        next_eval = eval_every
-        while len(finished) < P:
-            if time.perf_counter() > t_limit:
-                raise RuntimeError(f"torch-hogwild: no end within --timeout {a.timeout} s")
-            try:
-                kind, rank, msg = out.get(timeout=POLL_S)
-                if kind == "error":
-                    raise RuntimeError(f"torch-hogwild: worker {rank} failed:\n{msg}")
-                if kind == "ready":
-                    ready += 1
-                    if ready == P:
-                        start.set()
-                        t_go = time.perf_counter()
-                else:
-                    finished[rank] = msg
-            except queue_mod.Empty:
-                pass
-            for r, pr in enumerate(procs):
-                if r not in finished and not pr.is_alive() and pr.exitcode not in (0, None):
-                    raise RuntimeError(f"torch-hogwild: worker {r} died ({pr.exitcode})")
-            clock = sum(counts)
-            if clock >= next_eval and clock < updates:
-                evaluate()
-                next_eval = clock - clock % eval_every + eval_every
-        evaluate()
-    finally:
-        for pr in procs:
-            if pr.is_alive():
-                pr.kill()
-            if pr.ident is not None:
-                pr.join(timeout=10)
-    learners = [finished[r] for r in range(P)]
-    busy = [ln["compute_s"] + ln["step_s"] for ln in learners]
-    split = {k: sum(ln[k] for ln in learners) for k in ("compute_s", "step_s")}
-    return Run(
-        updates=sum(ln["updates"] for ln in learners),
-        learner_s=max(busy),
-        wall_s=max(ln["t_end"] for ln in learners) - t_go,
-        evals=[(t - t_go, u, loss, acc) for t, u, loss, acc in evals],
-        split=split,
-        extra={"step_share": split["step_s"] / sum(busy) if sum(busy) > 0 else math.nan},
-    )
-
-
-# -- fastps ---------------------------------------------------------------------------------------
-
-
-def run_fastps(
-    a: argparse.Namespace, ds: Any, P: int, updates: int, eval_every: int, mode: str,
-    momentum: float = 0.0,
-) -> Run:
-    from fastps.train import data
-    from fastps.train.fit import fit
-
-    h = fit(
-        _model_fn(ds, a.seed),
-        functools.partial(data.load, DATASET),
-        learners=P,
-        variant="async",
-        mode=mode,
-        lr=a.lr,
-        momentum=momentum,
-        batch_size=a.batch_size,
-        updates=updates,
-        eval_every=eval_every,
-        seed=a.seed,
-        backend="process",
-        timeout_s=a.timeout,
-    )
-    # fit() stamps an evaluation when it reads the store, in seconds from its own start; the learners
-    # began h.started_s after that.
-    evals = [
-        (float(e["t_s"]) - h.started_s, int(e["updates"]), float(e["loss"]), float(e["accuracy"]))
-        for e in h.evals
-    ]
-    learner_s = [
-        sum(float(ln.get(k, 0.0)) for k in ("compute_s", "push_s", "pull_s", "wait_s", "delay_s"))
-        for ln in h.learners
-    ]
-    split = {
-        k: sum(float(ln.get(k, 0.0)) for ln in h.learners)
-        for k in ("compute_s", "push_s", "pull_s", "wait_s")
-    }
-    busy = sum(learner_s)
-    return Run(
-        updates=sum(int(ln["updates"]) for ln in h.learners),
-        learner_s=max(learner_s),
-        wall_s=max(float(ln["run_s"]) for ln in h.learners),
-        evals=evals,
-        split=split,
-        extra={
-            "push_pull_share": (split["push_s"] + split["pull_s"]) / busy if busy else math.nan,
-            "staleness_mean": h.evals[-1].get("staleness_mean") if h.evals else None,
-            "store_stats": {
-                k: h.stats.get(k) for k in ("cas_failures", "slot_waits", "lock_wait_s", "dropped")
-            },
-        },
-    )
 
 
 # -- driver ---------------------------------------------------------------------------------------
@@ -457,7 +165,7 @@ def run_fastps(
 class Runner:
     def __init__(self, a: argparse.Namespace, ds: Any) -> None:
         self.a, self.ds = a, ds
-        self.waited_s = 0.0
+        self.quiet = H.Quiet.from_args(a)
 
     def once(
         self, impl: str, mode: str | None, P: int, updates: int, eval_every: int, momentum: float
@@ -469,22 +177,13 @@ class Runner:
     def run(
         self, impl: str, mode: str | None, P: int, updates: int, eval_every: int, momentum: float
     ) -> Run:
-        """A run, again after a quiet wait when other processes kept the machine busy."""
-        a = self.a
-        attempt = 1
-        while True:
-            load = H.ForeignLoad(children=True)
-            with load:
-                r = self.once(impl, mode, P, updates, eval_every, momentum)
-            r.foreign_cpus, r.attempts = load.cores, attempt
-            left = a.wait_budget - self.waited_s
-            if not load.cores >= a.quiet_below or attempt > a.retries or left <= 0:
-                return r
-            H.log(f"other processes kept {load.cores:.2f} CPUs busy during the run; again")
-            t0 = time.monotonic()
-            H.wait_quiet(a.quiet_below, min(a.max_wait, left))
-            self.waited_s += time.monotonic() - t0
-            attempt += 1
+        """A run, again after a quiet wait when other processes kept the machine busy (the
+        run's own learner processes counted as its own)."""
+        r, foreign, attempts = self.quiet.measure(
+            lambda: self.once(impl, mode, P, updates, eval_every, momentum), children=True
+        )
+        r.foreign_cpus, r.attempts = foreign, attempts
+        return r
 
 
 def _median_or_none(xs: Sequence[float | None]) -> float | None:
@@ -586,118 +285,6 @@ def add_ratios(records: list[dict[str, Any]], runs: dict[tuple, list[Run]]) -> N
         rec["ratio_torch_p10"], _, rec["ratio_torch_p90"] = H.quantiles(paired)
 
 
-# -- tables (printed by main, and put in docs/results.md by bench/make_results.py) ---------------
-
-CELL_PARAMS = ("impl", "mode", "learners", "eval_every", "threads")  # vary within one table
-
-
-def tables(records: Sequence[dict[str, Any]]) -> list[R.Table]:
-    """A table and a summary per run (command) and configuration (the params other than
-    CELL_PARAMS, so one per --momentum), in the order of the records; a later record of the
-    same cell in the same command replaces an earlier one. Several commands in one file (runs
-    kept side by side to show how much they differ) name theirs in the titles."""
-    configs: dict[tuple, dict[tuple, dict[str, Any]]] = {}
-    for r in records:
-        p = r.get("params", {})
-        if r.get("kind", "cell") != "cell" or "impl" not in p:
-            continue
-        key = (r.get("command"), *sorted((k, v) for k, v in p.items() if k not in CELL_PARAMS))
-        configs.setdefault(key, {})[(p["impl"], p["mode"], p["learners"])] = r
-    several = len({key[0] for key in configs}) > 1
-    out: list[R.Table] = []
-    for key, cells in configs.items():
-        recs = list(cells.values())
-        run = f" (`{key[0]}`)" if several else ""
-        out += [cell_table(recs, run), summary_table(recs, run)]
-    return out
-
-
-def _config(p: dict[str, Any]) -> str:
-    return (f"{p['dataset']}, {p['model']}, batch {p['batch_size']}, lr {p['lr']:g}, "
-            f"momentum {p['momentum']:g}, {p['updates']} updates per run")  # fmt: skip
-
-
-def cell_table(recs: Sequence[dict[str, Any]], run: str = "") -> R.Table:
-    """Every (implementation, mode, P) of one configuration; ``run`` ends the title."""
-    p0 = recs[0]["params"]
-    target = p0["target"]
-    rows = []
-    for rec in recs:
-        p = rec["params"]
-        share = rec.get("step_share", rec.get("push_pull_share"))
-        rows.append(
-            [p["impl"], p["mode"] or "-", str(p["learners"]), R.fmt(rec["updates_per_s"], ".0f"),
-             f"{R.fmt(rec['updates_per_s_p10'], '.0f')}..{R.fmt(rec['updates_per_s_p90'], '.0f')}",
-             R.fmt(rec["wall_updates_per_s"], ".0f"), R.fmt(rec.get("ratio_torch"), ".2f"),
-             R.fmt(rec.get("ratio_torch_wall"), ".2f"), R.fmt(rec["time_to_target_s"], ".2f"),
-             R.fmt(rec["updates_to_target"], ".0f"), f"{rec['reached']}/{len(rec['runs'])}",
-             R.fmt(rec["final_accuracy"], ".4f"),
-             "-" if share is None else R.fmt(100 * share, ".0f") + "%", str(p["eval_every"]),
-             R.fmt(rec["foreign_cpus"], ".2f")]
-        )  # fmt: skip
-    header = ["impl", "mode", "P", "upd/s", "p10..p90", "wall_upd/s", "/torch", "/torch_wall",
-              f"t@{target:g}_s", f"upd@{target:g}", "reached", "final_acc", "sync%",
-              "eval_every", "other_cpus"]  # fmt: skip
-    rounds = max(len(r["runs"]) for r in recs)
-    return R.Table(
-        f"{_config(p0)}, median of {rounds} round{'s' if rounds != 1 else ''}{run}",
-        header,
-        rows,
-        [
-            "upd/s = updates / longest learner time in steps (p10..p90 over rounds); wall_upd/s = "
-            "updates / (start event .. last learner done); /torch = fastps over "
-            f"{TORCH} at the same P; t@ = seconds from the start event to the first evaluation "
-            "at the target test accuracy, upd@ its update count (- = not reached in most "
-            "rounds); reached = rounds that reached it; sync% = share of learner time in "
-            "opt.step() (torch) or push+pull (fastps); other_cpus = CPUs other processes kept "
-            "busy, worst round."
-        ],
-    )  # fmt: skip
-
-
-def summary_table(recs: Sequence[dict[str, Any]], run: str = "") -> R.Table:
-    """fastps's ratios to torch-hogwild per mode and P, and the issue's target, for one
-    configuration; ``run`` ends the title."""
-    ps = sorted({r["params"]["learners"] for r in recs})
-    modes = list(dict.fromkeys(r["params"]["mode"] for r in recs
-                               if r["params"]["impl"] == "fastps"))  # fmt: skip
-    rows = []
-    for mode in modes:
-        cells = {r["params"]["learners"]: r for r in recs
-                 if r["params"]["impl"] == "fastps" and r["params"]["mode"] == mode}  # fmt: skip
-        at = cells.get(TARGET_AT, {}).get("ratio_torch")
-        verdict = "n/a" if at is None else "met" if at >= TARGET_RATIO else "MISSED"
-        rows.append([mode, *(R.fmt(cells.get(P, {}).get("ratio_torch"), ".2f") for P in ps),
-                     R.fmt(cells.get(TARGET_AT, {}).get("ratio_torch_wall"), ".2f"),
-                     verdict])  # fmt: skip
-    notes = []
-    hog = next((r for r in recs if r["params"]["impl"] == TORCH
-                and r["params"]["learners"] == TARGET_AT), None)  # fmt: skip
-    if hog is not None and hog["step_share"] < 1:
-        share = hog["step_share"]
-        notes.append(
-            f"{TORCH}'s opt.step() took {100 * share:.0f}% of its learner time at "
-            f"P = {TARGET_AT}: a step that cost nothing would by itself make it at most "
-            f"{1 / (1 - share):.2f}x faster (a ratio above that comes from faster compute: "
-            "fastps learners read private parameters, Hogwild's read memory others write)."
-        )
-    threshold = recs[0].get("quiet_below", 0.25)
-    noisy = [r for r in recs if r["foreign_cpus"] >= threshold]
-    if noisy:
-        notes.append(f"{len(noisy)} of {len(recs)} cells (worst round) ran while other "
-                     f"processes kept >= {threshold:g} CPUs busy (after retries): see "
-                     "other_cpus.")  # fmt: skip
-    return R.Table(
-        f"Summary, momentum {recs[0]['params']['momentum']:g}: fastps updates/s over {TORCH}'s "
-        f"at the same P (learner time); target >= {TARGET_RATIO}x at P = {TARGET_AT}, "
-        f"reported, not asserted{run}",
-        ["mode", *(f"/torch@P{P}" for P in ps), f"/torch_wall@P{TARGET_AT}",
-         f">={TARGET_RATIO}x@P{TARGET_AT}"],
-        rows,
-        notes,
-    )  # fmt: skip
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
@@ -758,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             records += block
     finally:
         torch.set_num_threads(threads)
-    H.log(f"all runs in {time.perf_counter() - t_all:.0f} s, {r.waited_s:.0f} s of it waiting")
+    H.log(f"all runs in {time.perf_counter() - t_all:.0f} s, {r.quiet.spent_s:.0f} s of it waiting")
     if not records:
         H.log(f"no run succeeded: {a.out} left as it was")
         return 1

@@ -23,7 +23,7 @@ When nvidia-ml-py (pynvml) is installed, each record's ``nvml`` has the PCIe gen
 width and the TX/RX throughput NVML reports; without it that field is null.
 
 Without a GPU it runs the same pipeline on the CPU copy engine (a copy thread; host memory on
-both sides) with ``probe_copy`` (memcpy of the same bytes) as the baseline, and says so in
+both sides) with ``fastps.probe.copy`` (memcpy of the same bytes) as the baseline, and says so in
 every record (``engine: "cpu"``): the figures then describe the pipeline's overhead, not PCIe.
 
 Output: JSON lines on stdout (and --out), then a '#'-prefixed table; progress on stderr.
@@ -44,7 +44,7 @@ import _harness as H
 import numpy as np
 
 import fastps
-from fastps import _core
+from fastps import probe
 
 BENCH = "transfer"
 TARGET = 0.9  # fastps / plain pinned copy, large transfers
@@ -110,13 +110,15 @@ class Cell:
                 self.h.pull(self.dev_out)
                 torch.cuda.current_stream().synchronize()
         else:
+
             def d2h() -> None:
-                _core.probe_copy(self.host_out, self.host_g)
+                probe.copy(self.host_out, self.host_g)
 
             h2d = d2h
 
             def pull() -> None:
                 self.h.pull(self.dev_out)
+
         return {
             "d2h": d2h, "h2d": h2d, "push": lambda: self.h.push(self.dev_g), "pull": pull,
             "apply": lambda: self.plain.push(self.host_g),
@@ -183,7 +185,9 @@ def table(recs: list[dict[str, Any]]) -> None:
     big = [r["vs_copy"] for r in recs if r["params"]["n"] >= TARGET_FROM
            and r["params"]["transfer_dtype"] == "float32"]  # fmt: skip
     if big and engine == "cuda":
-        print(f"# target: >= {TARGET}x the plain copy for n >= 2^24; median {statistics.median(big):.2f}x")
+        print(
+            f"# target: >= {TARGET}x the plain copy for n >= 2^24; median {statistics.median(big):.2f}x"
+        )
     elif engine == "cpu":
         print("# no GPU: CPU copy engine; these figures are the pipeline's own overhead, not PCIe")
 

@@ -49,15 +49,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="mini-batches per run, per model: mlp=1876,lenet=469")  # fmt: skip
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
-    R.add_args(p, NAME)
-    a = p.parse_args(argv)
+    a = R.parse(p, NAME, argv)
     a.models = [m for m in a.models.split(",") if m]
     a.learners = a.learners or ([1, 2] if a.quick else [1, 2, 4])
     default = {"mlp": 938, "lenet": 188} if a.quick else {"mlp": 1876, "lenet": 469}
     if a.batches:
         default.update({k: int(v) for k, v in (kv.split("=") for kv in a.batches.split(","))})
     a.batches = default
-    R.resolve_paths(a, NAME)
     return a
 
 
@@ -108,7 +106,8 @@ def tables(records: Sequence[dict[str, Any]]) -> list[R.Table]:
     )]  # fmt: skip
 
 
-def plot(records: Sequence[dict[str, Any]], path: Any) -> None:
+def plot(records: Sequence[dict[str, Any]]) -> Any:
+    """The figure R.main saves beside the JSON lines."""
     plt = R.pyplot()
     runs = [r for r in records if r.get("kind") == "run"]
     models = list(dict.fromkeys(r["params"]["model"] for r in runs))
@@ -125,12 +124,11 @@ def plot(records: Sequence[dict[str, Any]], path: Any) -> None:
         ax.set_ylabel("seconds per epoch, per learner")
         ax.set_title(f"{m}: epoch time by part")
     axes[0][0].legend(fontsize=7)
-    R.save_figure(fig, path)
+    return fig
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    a = parse_args(argv)
-    w = R.Writer(NAME, a.out)
+def run(a: argparse.Namespace, w: R.Writer) -> None:
+    """The runs of this script's question, each recorded by ``w``."""
     for model in a.models:
         for P in a.learners:
             for variant, mode in CONFIGS:
@@ -148,8 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 H.log(f"{model} P={P} {variant}/{mode}: epoch {b['epoch']:.2f} s, compute "
                       f"{b['compute']:.2f}, push {b['push']:.3f}, pull {b['pull']:.3f}, "
                       f"other cpus {rec['foreign_cpus']:.2f}")  # fmt: skip
-    R.finish(w, tables(w.records), lambda: plot(w.records, a.plot))
-    return 0
+
+
+main = R.main(NAME, parse_args, run, tables, plot)
 
 
 if __name__ == "__main__":

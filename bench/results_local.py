@@ -46,11 +46,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.05, help="local step size (default 0.05)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--loss-target", type=float, default=0.6, help="training loss target")
-    R.add_args(p, NAME)
-    a = p.parse_args(argv)
+    a = R.parse(p, NAME, argv)
     a.taus = a.taus or ([1, 8] if a.quick else [1, 4, 16])
     a.budget = a.budget or (3.5 if a.quick else 12.0)
-    R.resolve_paths(a, NAME)
     return a
 
 
@@ -58,7 +56,8 @@ def configs(a: argparse.Namespace) -> list[tuple[str, dict[str, Any], float]]:
     """(name, fit arguments, expected exchanges per second) of each run."""
     P, D = a.learners, a.delay
     out: list[tuple[str, dict[str, Any], float]] = [
-        ("async", {"variant": "async"}, P / (2 * D + STEP_S))]
+        ("async", {"variant": "async"}, P / (2 * D + STEP_S))
+    ]
     for tau in a.taus:
         out.append((f"local-sgd tau={tau}", {"variant": "local-sgd", "local_steps": tau},
                     1 / (2 * D + tau * STEP_S * 2)))  # fmt: skip
@@ -107,7 +106,8 @@ def tables(records: Sequence[dict[str, Any]]) -> list[R.Table]:
     )]  # fmt: skip
 
 
-def plot(records: Sequence[dict[str, Any]], path: Any) -> None:
+def plot(records: Sequence[dict[str, Any]]) -> Any:
+    """The figure R.main saves beside the JSON lines."""
     plt = R.pyplot()
     runs = [r for r in records if r.get("kind") == "run"]
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -116,12 +116,11 @@ def plot(records: Sequence[dict[str, Any]], path: Any) -> None:
                  target=q["loss_target"] if q else None,
                  title=f"MLP, P = {q['learners']}, comm_delay {1000 * q['comm_delay']:g} ms"
                  if q else None, lw=1.2, marker=".", ms=3)  # fmt: skip
-    R.save_figure(fig, path)
+    return fig
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    a = parse_args(argv)
-    w = R.Writer(NAME, a.out)
+def run(a: argparse.Namespace, w: R.Writer) -> None:
+    """The runs of this script's question, each recorded by ``w``."""
     P = a.learners
     for config, kw, rate in configs(a):
         eval_every = max(1, round(rate * a.budget / 20))
@@ -133,11 +132,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                            eval_every=eval_every, timeout_s=a.timeout, **kw)  # fmt: skip
         if rec is None:
             continue
-        H.log(f"{config}: {rec['updates']} exchanges, {rec['batches']} local steps, "
-              f"{len(rec['evals'])} evaluations, final loss "
-              f"{rec['evals'][-1]['train_loss']:.3f}, other cpus {rec['foreign_cpus']:.2f}")
-    R.finish(w, tables(w.records), lambda: plot(w.records, a.plot))
-    return 0
+        H.log(
+            f"{config}: {rec['updates']} exchanges, {rec['batches']} local steps, "
+            f"{len(rec['evals'])} evaluations, final loss "
+            f"{rec['evals'][-1]['train_loss']:.3f}, other cpus {rec['foreign_cpus']:.2f}"
+        )
+
+
+main = R.main(NAME, parse_args, run, tables, plot)
 
 
 if __name__ == "__main__":

@@ -43,18 +43,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=H.int_list, default=None, help="seeds (default 1,2)")
     p.add_argument("--updates", type=int, default=None, help="updates per run (default 2000)")
     p.add_argument("--lr", type=float, default=0.05)
-    R.add_args(p, NAME)
-    a = p.parse_args(argv)
+    a = R.parse(p, NAME, argv)
     a.learners = a.learners or ([4] if a.quick else [2, 4])
     a.seeds = a.seeds or ([1] if a.quick else [1, 2])
     a.updates = a.updates or (1000 if a.quick else 2000)
-    R.resolve_paths(a, NAME)
     return a
 
 
 def tables(records: Sequence[dict[str, Any]]) -> list[R.Table]:
     rows = []
     for (P, config), runs in R.group(records, "learners", "config").items():
+
         def per_update(key: str, runs: list = runs) -> str:
             return R.fmt_spread(R.spread(float(r["stats"].get(key, 0.0)) / r["updates"]
                                          for r in runs), ".4f")  # fmt: skip
@@ -82,7 +81,8 @@ def tables(records: Sequence[dict[str, Any]]) -> list[R.Table]:
     )]  # fmt: skip
 
 
-def plot(records: Sequence[dict[str, Any]], path: Any) -> None:
+def plot(records: Sequence[dict[str, Any]]) -> Any:
+    """The figure R.main saves beside the JSON lines."""
     plt = R.pyplot()
     runs = [r for r in records if r.get("kind") == "run"]
     ps = list(dict.fromkeys(r["params"]["learners"] for r in runs))
@@ -91,12 +91,11 @@ def plot(records: Sequence[dict[str, Any]], path: Any) -> None:
         R.loss_panel(ax, [r for r in runs if r["params"]["learners"] == P],
                      series=lambda r: r["params"]["config"], colors=COLORS,
                      title=f"MLP, P = {P}: loss against wall-clock time", lw=1, alpha=0.8)  # fmt: skip
-    R.save_figure(fig, path)
+    return fig
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    a = parse_args(argv)
-    w = R.Writer(NAME, a.out)
+def run(a: argparse.Namespace, w: R.Writer) -> None:
+    """The runs of this script's question, each recorded by ``w``."""
     for P in a.learners:
         for seed in a.seeds:
             for config, (mode, persistence) in MODES.items():
@@ -114,8 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"cas failures {st.get('cas_failures')}, dropped {st.get('dropped')}, "
                       f"final loss {rec['evals'][-1]['train_loss']:.3f}, other cpus "
                       f"{rec['foreign_cpus']:.2f}")  # fmt: skip
-    R.finish(w, tables(w.records), lambda: plot(w.records, a.plot))
-    return 0
+
+
+main = R.main(NAME, parse_args, run, tables, plot)
 
 
 if __name__ == "__main__":

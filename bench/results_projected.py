@@ -39,12 +39,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.2, help="the hand-picked rate (default 0.2)")
     p.add_argument("--probe-batches", type=int, default=16, help="probe mini-batches (default 16)")
     p.add_argument("--loss-target", type=float, default=0.7, help="training loss target")
-    R.add_args(p, NAME)
-    a = p.parse_args(argv)
+    a = R.parse(p, NAME, argv)
     a.learners = a.learners or ([2] if a.quick else [2, 4])
     a.seeds = a.seeds or ([1] if a.quick else [1, 2])
     a.updates = a.updates or (1000 if a.quick else 2000)
-    R.resolve_paths(a, NAME)
     return a
 
 
@@ -112,7 +110,8 @@ def tables(records: Sequence[dict[str, Any]]) -> list[R.Table]:
     ]  # fmt: skip
 
 
-def plot(records: Sequence[dict[str, Any]], path: Any) -> None:
+def plot(records: Sequence[dict[str, Any]]) -> Any:
+    """The figure R.main saves beside the JSON lines."""
     plt = R.pyplot()
     runs = [r for r in records if r.get("kind") == "run"]
     ps = list(dict.fromkeys(r["params"]["learners"] for r in runs))
@@ -124,14 +123,13 @@ def plot(records: Sequence[dict[str, Any]], path: Any) -> None:
                      label=lambda r: f"{r['params']['rate']} ({r['params']['lr']:.3g})",
                      x="updates", target=runs[0]["params"]["loss_target"], title=f"MLP, P = {P}",
                      lw=1)  # fmt: skip
-    R.save_figure(fig, path)
+    return fig
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def run(a: argparse.Namespace, w: R.Writer) -> None:
+    """The runs of this script's question, each recorded by ``w``."""
     import fastps
 
-    a = parse_args(argv)
-    w = R.Writer(NAME, a.out)
     for seed in a.seeds:
         est = estimate(seed, a.updates, a.probe_batches)
         w.emit({"seed": seed, "model": "mlp", "updates": a.updates,
@@ -155,8 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 H.log(f"P={P} seed {seed} {rate} lr {lr:.4g}: t@loss "
                       f"{R.fmt(hit[0] if hit else None, '.2f')} s, final loss "
                       f"{rec['evals'][-1]['train_loss']:.3f}")  # fmt: skip
-    R.finish(w, tables(w.records), lambda: plot(w.records, a.plot))
-    return 0
+
+
+main = R.main(NAME, parse_args, run, tables, plot)
 
 
 if __name__ == "__main__":

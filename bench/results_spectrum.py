@@ -50,11 +50,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--sim-updates", type=int, default=20000, help="simulated updates")
-    R.add_args(p, NAME)
-    a = p.parse_args(argv)
+    a = R.parse(p, NAME, argv)
     a.variants = QUICK if a.quick else VARIANTS
     a.budget = a.budget or (3.0 if a.quick else 15.0)
-    R.resolve_paths(a, NAME)
     return a
 
 
@@ -107,7 +105,8 @@ def tables(records: Sequence[dict[str, Any]]) -> list[R.Table]:
             f"Simulated with X = {1000 * s['shift']:.2f} ms + exp(mean {1000 / s['mu']:g} ms), "
             f"D = {1000 * s['comm_delay']:.3f} ms (c and D measured in the async run), "
             f"{s['updates']} updates, P = {q['learners']}. AdaSync's simulated K follows a "
-            "quadratic's error, not this model's loss.")
+            "quadratic's error, not this model's loss."
+        )
     return [R.Table(
         "The sync-async spectrum with exponential stragglers: measured against simulated",
         ["variant", "K", "ms/update", "sim ms/update", "measured/sim", "mean tau", "sim tau",
@@ -118,13 +117,21 @@ def tables(records: Sequence[dict[str, Any]]) -> list[R.Table]:
     )]  # fmt: skip
 
 
-def plot(records: Sequence[dict[str, Any]], path: Any) -> None:
+def plot(records: Sequence[dict[str, Any]]) -> Any:
+    """The figure R.main saves beside the JSON lines."""
     plt = R.pyplot()
     runs = [r for r in records if r.get("kind") == "run"]
     sims = {r["params"]["variant"]: r["sim"] for r in records if r.get("kind") == "sim"}
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
-    R.loss_panel(ax, runs, series=lambda r: f"{r['params']['variant']} (K={r['params']['k']})",
-                 title="loss against wall-clock time (measured)", lw=1.2, marker=".", ms=3)
+    R.loss_panel(
+        ax,
+        runs,
+        series=lambda r: f"{r['params']['variant']} (K={r['params']['k']})",
+        title="loss against wall-clock time (measured)",
+        lw=1.2,
+        marker=".",
+        ms=3,
+    )
     names = [r["params"]["variant"] for r in runs]
     meas = [1000 * r["wall_s"] / max(1, r["updates"]) for r in runs]
     sim = [1000 * sims.get(n, {}).get("mean_time_per_update", float("nan")) for n in names]
@@ -135,14 +142,13 @@ def plot(records: Sequence[dict[str, Any]], path: Any) -> None:
     bx.set_ylabel("ms per store update")
     bx.set_title("time per update: measured and predicted")
     bx.legend(fontsize=7)
-    R.save_figure(fig, path)
+    return fig
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def run(a: argparse.Namespace, w: R.Writer) -> None:
+    """The runs of this script's question, each recorded by ``w``."""
     from fastps.train.fit import Straggler
 
-    a = parse_args(argv)
-    w = R.Writer(NAME, a.out)
     P = a.learners
     order = ["async"] + [v for v in a.variants if v != "async"]  # async first: it gives c and D
     measured: dict[str, float] = {}
@@ -175,8 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sim = predict(variant, P, a.k, a.straggler, c, d, a.sim_updates, a.seed)
         w.emit({"variant": variant, "learners": P, "k": k_of(variant, P, a.k)}, kind="sim",
                sim=sim)  # fmt: skip
-    R.finish(w, tables(w.records), lambda: plot(w.records, a.plot))
-    return 0
+
+
+main = R.main(NAME, parse_args, run, tables, plot)
 
 
 if __name__ == "__main__":

@@ -48,12 +48,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--updates", type=int, default=None, help="updates per run (per-model default)")
     p.add_argument("--loss-target", type=float, default=None, help="training loss target")
     p.add_argument("--acc-target", type=float, default=None, help="test accuracy target")
-    R.add_args(p, NAME)
-    a = p.parse_args(argv)
+    a = R.parse(p, NAME, argv)
     a.models = (a.models or ("mlp" if a.quick else "mlp,lenet")).split(",")
     a.learners = a.learners or ([2] if a.quick else [2, 4])
     a.seeds = a.seeds or ([1] if a.quick else [1, 2, 3])
-    R.resolve_paths(a, NAME)
     return a
 
 
@@ -99,7 +97,8 @@ def tables(records: Sequence[dict[str, Any]]) -> list[R.Table]:
     )]  # fmt: skip
 
 
-def plot(records: Sequence[dict[str, Any]], path: Any) -> None:
+def plot(records: Sequence[dict[str, Any]]) -> Any:
+    """The figure R.main saves beside the JSON lines."""
     plt = R.pyplot()
     runs = [r for r in records if r.get("kind") == "run"]
     panels = list(dict.fromkeys((r["params"]["model"], r["params"]["learners"]) for r in runs))
@@ -110,19 +109,18 @@ def plot(records: Sequence[dict[str, Any]], path: Any) -> None:
         R.loss_panel(ax, mine, series=lambda r: r["params"]["policy"], colors=colors,
                      target=mine[-1]["params"]["loss_target"], title=f"{m}, P = {P}",
                      alpha=0.7, lw=1)  # fmt: skip
-    R.save_figure(fig, path)
+    return fig
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    a = parse_args(argv)
-    w = R.Writer(NAME, a.out)
+def run(a: argparse.Namespace, w: R.Writer) -> None:
+    """The runs of this script's question, each recorded by ``w``."""
     for model in a.models:
         upd, lt, at = DEFAULTS[model]
         updates = a.updates or (upd // 2 if a.quick else upd)
         seeds = a.seeds if model == "mlp" else a.seeds[:2]
         for P in a.learners:
             for seed in seeds:
-                for k, pol in enumerate(POLICIES):
+                for pol in POLICIES:
                     params = {"model": model, "learners": P, "policy": pol, "seed": seed,
                               "lr": a.lr, "batch_size": 64, "updates": updates, "mode": "leashed",
                               "loss_target": a.loss_target or lt, "acc_target": a.acc_target or at}  # fmt: skip
@@ -140,8 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                           f"{rec['evals'][-1]['train_loss']:.3f}, tau "
                           f"{rec['evals'][-1]['staleness_mean']:.2f}, other cpus "
                           f"{rec['foreign_cpus']:.2f}")  # fmt: skip
-    R.finish(w, tables(w.records), lambda: plot(w.records, a.plot))
-    return 0
+
+
+main = R.main(NAME, parse_args, run, tables, plot)
 
 
 if __name__ == "__main__":

@@ -82,8 +82,14 @@ def test_make_results_writes_tables_computed_from_the_records(tmp_path):
     assert make_results.main(["--results", str(tmp_path), "--out", str(out)]) == 0
     text = out.read_text()
     # updates/s = updates / wall_s; CAS failures per update = 30 / 1200; one seed: no spread
-    assert "| 4 | locked | 500 | 0.0000 | 0.0000 | 0.0000 | 0.0 | 1.50 | 0.500 | 0.800 | 0.50 | 1 |" in text
-    assert "| 4 | leashed | 800 | 0.0250 | 0.0000 | 0.0000 | 0.0 | 1.50 | 0.400 | 0.800 | 0.50 | 1 |" in text
+    assert (
+        "| 4 | locked | 500 | 0.0000 | 0.0000 | 0.0000 | 0.0 | 1.50 | 0.500 | 0.800 | 0.50 | 1 |"
+        in text
+    )
+    assert (
+        "| 4 | leashed | 800 | 0.0250 | 0.0000 | 0.0000 | 0.0 | 1.50 | 0.400 | 0.800 | 0.50 | 1 |"
+        in text
+    )
     # peers: ratios to fastps async (updates/s 0.50, round trip 1.50, time to accuracy 1.50)
     assert ("| torch-hogwild | fastps async | 500 | 0.50 | 500 | 0.50 | 30 | 1.50 | 30.00 | 3.00 "
             "| 1.50 | 0.00 |") in text  # fmt: skip
@@ -101,7 +107,9 @@ def test_load_note_says_quiet_only_below_the_disturbance_threshold():
     assert make_results.load_note(quiet) == (
         "The machine was quiet during the runs: other processes kept at most 0.10 of the CPUs busy."
     )
-    assert make_results.load_note(busy).startswith("Other processes kept a median of 0.50 and at most 1.20")
+    assert make_results.load_note(busy).startswith(
+        "Other processes kept a median of 0.50 and at most 1.20"
+    )
     assert make_results.load_note([{"x": 1}]) is None
 
 
@@ -181,7 +189,7 @@ def test_make_results_renders_bench_train_per_momentum(tmp_path):
     out = tmp_path / "results.md"
     assert make_results.main(["--results", str(tmp_path), "--out", str(out)]) == 0
     text = out.read_text()
-    section = text[text.index("## 8. Training against PyTorch's Hogwild"):]
+    section = text[text.index("## 8. Training against PyTorch's Hogwild") :]
     assert section.count("**fashion-mnist, mlp, batch 64") == 2
     assert ("| fastps | leashed | 2 | 1500 | 1400..1600 | 1000 | 1.50 | 1.25 | 1.75 | 2100 | 3/3 "
             "| 0.8201 | 10% | 150 | 0.30 |") in section  # fmt: skip
