@@ -178,6 +178,30 @@ def test_no_module_takes_another_modules_underscore_names():
     assert not borrowed
 
 
+FACADE = ("fastps", "fastps.store", "fastps.transfer", "fastps.checkpoint", "fastps.segments",
+          "fastps.config", "fastps.buffers", "fastps.step_size", "fastps.layout", "fastps.probe")  # fmt: skip
+
+
+def _imports_core(text: str) -> bool:
+    for n in ast.walk(ast.parse(text)):
+        if isinstance(n, ast.Import) and any(a.name == "fastps._core" for a in n.names):
+            return True
+        if isinstance(n, ast.ImportFrom) and (
+            n.module == "fastps._core"
+            or n.module == "fastps" and any(a.name == "_core" for a in n.names)
+        ):
+            return True
+    return False
+
+
+def test_only_the_facade_imports_the_native_module():
+    above = [m for m, (text, _) in _fastps_sources().items() if m not in FACADE and _imports_core(text)]
+    bench = [str(p.relative_to(ROOT)) for p in _python_files("bench") if _imports_core(p.read_text())]
+    assert not above and not bench
+    assert _imports_core("from fastps import _core, store\n")
+    assert _imports_core("import fastps._core as c\n")
+
+
 def test_the_graph_checks_see_what_they_look_for():
     sources = {
         "fastps": ("from fastps.a import A\n", True),
