@@ -1,4 +1,4 @@
-#include "fastps/arena.h"
+#include "arena.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>

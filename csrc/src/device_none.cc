@@ -2,6 +2,7 @@
 #include "fastps/check.h"
 #include "fastps/device.h"
 #include "fastps/transfer.h"
+#include "pin_host.h"
 
 namespace fastps {
 

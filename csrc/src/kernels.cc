@@ -68,8 +68,8 @@ void hogwild_copy(float* dst, const float* src, size_t n) {
   std::memcpy(dst, src, n * sizeof(float));
 }
 
-double hogwild_dist2(const float* live, const float* snapshot, size_t n) {
-  return dist2(live, snapshot, n);
+double hogwild_dist2(const float* live, const float* read, size_t n) {
+  return dist2(live, read, n);
 }
 
 }  // namespace fastps::detail

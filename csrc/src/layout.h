@@ -13,12 +13,12 @@
 #include <atomic>
 #include <cstdint>
 
-#include "fastps/store.h"
+#include "fastps/config.h"
 
 namespace fastps::detail {
 
 constexpr uint64_t kMagic = 0x3153502d54534146ull;  // "FAST-PS1"
-constexpr uint32_t kFormatVersion = 1;
+constexpr uint32_t kFormatVersion = 2;  // 2: Header::creator_start_time
 constexpr size_t kCacheLine = 64;
 constexpr uint64_t kAlignElems = kCacheLine / sizeof(float);
 
@@ -45,7 +45,7 @@ inline uint64_t make_slot_word(uint64_t gen, uint32_t owner, uint32_t state) {
 }
 
 // Registration entries: one per learner handle (the first max_learners) and a few for readers
-// without a handle (Store::read, snapshot). The word packs (state << 32) | pid.
+// without a handle (Store::read, Store::save). The word packs (state << 32) | pid.
 enum EntryState : uint32_t { kEntryFree = 0, kEntryClaiming = 1, kEntryOwned = 2, kEntryRecovering = 3 };
 constexpr uint32_t kInternalEntries = 4;
 constexpr uint32_t kRolesPerEntry = 2;  // reader bits per entry: 0 transient pin, 1 kept read pin
@@ -75,6 +75,7 @@ struct alignas(kCacheLine) Header {
   uint32_t reader_words;  // 64-bit reader-bit words per slot, padded to a cache line
   uint64_t entries_off, readers_off;
   uint64_t shards_off, slots_off, hist_off, cdf_off, data_off, mom_off;
+  uint64_t creator_start_time;  // its start time (/proc/<pid>/stat), to detect a reused pid
   // Recovery statistics, relaxed: entries whose process died and were recovered, and locked
   // shards whose lock was taken over from a dead owner (their last update may be partial).
   alignas(kCacheLine) std::atomic<uint64_t> recovered;
@@ -127,7 +128,7 @@ struct alignas(kCacheLine) ShardDesc {
 struct alignas(kCacheLine) SlotHeader {
   // make_slot_word(gen, owner, SlotState). Written by CAS (claim, reclaim, recovery) or by a
   // store of its owning writer (PUBLISHED after its CAS, FREE on a drop); read by claim_slot,
-  // try_reclaim and stats. seq_cst, the reclaim argument at the top of store.cc needs it.
+  // try_reclaim and stats. seq_cst, the reclaim argument at the top of leashed.cc needs it.
   std::atomic<uint64_t> state;
 };
 
@@ -152,7 +153,7 @@ struct Layout {
   LearnerEntry* entries;        // hdr->entries
   // Reader bits: per (shard, slot) hdr->reader_words words; bit 2*entry + role. Set by pin()
   // (fetch_or) before it re-checks `current`, cleared by unpin() and recovery (fetch_and), read
-  // by try_reclaim(). seq_cst: the Dekker pairing at the top of store.cc.
+  // by try_reclaim(). seq_cst: the Dekker pairing at the top of leashed.cc.
   std::atomic<uint64_t>* readers;
   // TAIL-tau: cdf[bins+1] (mid-CDF per tau bin) then cdf_hist[bins+1] (the counts it was built
   // from). Written by the builder (relaxed, published by cdf_ready), read by eta() and stats().
@@ -165,7 +166,7 @@ struct Layout {
     return readers + (uint64_t{s} * hdr->slots + i) * hdr->reader_words;
   }
   std::atomic<uint64_t>* shard_hist(uint32_t s) const {
-    return hist + uint64_t{s} * (hdr->cfg.hist_bins + 1);
+    return hist + uint64_t{s} * (hdr->cfg.staleness_bins + 1);
   }
   float* params(uint32_t s) const { return reinterpret_cast<float*>(base + shards[s].data_off); }
   float* momentum(uint32_t s) const {

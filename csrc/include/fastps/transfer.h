@@ -6,7 +6,7 @@
 //   CPU   a worker thread that memcpys, with the same ticket API and an optional injected delay,
 //         so chunking, ordering, overlap and buffer reuse are tested on machines without a GPU.
 //
-// push (D2H), with a ring of R staging buffers and the chunks c_0..c_m-1 of Learner::plan():
+// push (D2H), with a ring of R staging buffers and the chunks c_0..c_m-1 of Learner::chunk_plan():
 //   1. Order the engine after the caller's stream (the gradient is complete), then start the
 //      copies of c_0..c_R-1 into buffers 0..R-1.
 //   2. Learner::push asks for chunk c_j: every chunk before j has been applied (or skipped by a
@@ -29,7 +29,8 @@
 #include <string>
 #include <vector>
 
-#include "fastps/store.h"
+#include "fastps/config.h"
+#include "fastps/learner.h"
 
 namespace fastps {
 
@@ -120,9 +121,9 @@ class Transfer {
   std::vector<uint32_t> buffers_;  // staging buffer of each chunk of the last push
 };
 
-namespace detail {
-/// dst[i] = src[i] narrowed to fp16 or bf16 with round-to-nearest-even (NaN stays NaN).
+/// dst[i] = src[i] narrowed to fp16 or bf16 (dt) with round-to-nearest-even (NaN stays NaN):
+/// the pull path's conversion. Throws std::invalid_argument for dt = kF32. Thread-safe; the
+/// caller keeps both buffers (n elements each) alive until it returns.
 void narrow(void* dst, DType dt, const float* src, size_t n);
-}  // namespace detail
 
 }  // namespace fastps
