@@ -44,7 +44,7 @@ def _config(store: Store) -> dict[str, Any]:
         "size": c.size, "shards": c.shards, "mode": c.mode.name, "lr": c.lr,
         "momentum": c.momentum, "nesterov": c.nesterov, "weight_decay": c.weight_decay,
         "persistence": c.persistence, "nan_guard": c.nan_guard.name.rstrip("_"),
-        "max_learners": c.max_learners, "staleness_bins": c.hist_bins,
+        "max_learners": c.max_learners, "staleness_bins": c.staleness_bins,
         "step": {"kind": c.step.kind.name, **{k: getattr(c.step, k) for k in _STEP_FIELDS}},
     }  # fmt: skip
 
@@ -55,7 +55,7 @@ def save(store: Store, path: str | os.PathLike[str], metadata: Any = None) -> No
     c = store._s.config
     params = np.empty(c.size, np.float32)
     momentum = np.empty(c.size, np.float32) if c.momentum else None
-    counters = store._s.snapshot(params, momentum)
+    counters = store._s.save(params, momentum)
     header = {
         "config": _config(store),
         "shard_ranges": store.shard_ranges(),

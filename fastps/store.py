@@ -345,7 +345,7 @@ class Store:
                 f"Store: persistence must be -1 (never drop) or >= 0 (got {persistence})"
             )
         cfg.max_learners = self._nonneg("max_learners", max_learners)
-        cfg.hist_bins = self._nonneg("staleness_bins", staleness_bins)
+        cfg.staleness_bins = self._nonneg("staleness_bins", staleness_bins)
         if nan_guard not in NAN_GUARDS:
             raise ValueError(
                 f"Store: nan_guard must be one of {', '.join(NAN_GUARDS)} (got {nan_guard!r})"
@@ -475,7 +475,7 @@ class Store:
                 raise ValueError(
                     f"load: {os.fspath(path)} has shard ranges this build does not make"
                 )
-            store._s.restore(params, momentum, _ckpt.counters_from(header))
+            store._s.load(params, momentum, _ckpt.counters_from(header))
         except BaseException:
             store.close()
             raise
@@ -555,7 +555,7 @@ class Store:
             "momentum": c.momentum, "nesterov": c.nesterov, "weight_decay": c.weight_decay,
             "persistence": c.persistence, "nan_guard": c.nan_guard.name.rstrip("_"),
             "max_learners": c.max_learners,
-            "staleness_bins": c.hist_bins, "step_size": self._policy,
+            "staleness_bins": c.staleness_bins, "step_size": self._policy,
         }  # fmt: skip
 
     def shard_ranges(self) -> list[tuple[int, int]]:
