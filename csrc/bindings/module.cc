@@ -19,10 +19,10 @@ namespace py = pybind11;
 using fastps::DType;
 using fastps::Learner;
 using fastps::Mode;
-using fastps::Store;
 using fastps::StepConfig;
 using fastps::StepContext;
 using fastps::StepKind;
+using fastps::Store;
 using fastps::StoreConfig;
 
 namespace {
@@ -84,7 +84,7 @@ long long as_integer(const py::object& v) {
 // An integer StoreConfig field whose setter narrows through `narrow` (fastps/config.h), which
 // raises ValueError naming the Store argument for a value outside the field's type.
 template <typename T, typename Narrow>
-void int_field(py::class_<StoreConfig>& cls, const char* name, T StoreConfig::*field,
+void int_field(py::class_<StoreConfig>& cls, const char* name, T StoreConfig::* field,
                Narrow narrow) {
   cls.def_property(
       name, [field](const StoreConfig& c) { return c.*field; },
@@ -271,8 +271,7 @@ PYBIND11_MODULE(_core, m) {
   py::class_<Store, std::shared_ptr<Store>>(m, "Store")
       .def_static(
           "create",
-          [](const StoreConfig& cfg,
-             std::optional<py::array_t<float, py::array::c_style>> init,
+          [](const StoreConfig& cfg, std::optional<py::array_t<float, py::array::c_style>> init,
              const std::string& shared) {
             const float* p = nullptr;
             if (init) {
@@ -307,8 +306,7 @@ PYBIND11_MODULE(_core, m) {
             s.read(p, n);
           },
           py::arg("out").noconvert())
-      .def(
-          "stats", [](const Store& s) { return stats_dict(s.stats(), s.config()); })
+      .def("stats", [](const Store& s) { return stats_dict(s.stats(), s.config()); })
       .def("learner", &Store::learner)
       .def("recover", &Store::recover, py::call_guard<py::gil_scoped_release>())
       .def(
@@ -389,7 +387,8 @@ PYBIND11_MODULE(_core, m) {
             } catch (py::error_already_set& e) {  // raised by a step_size hook
               e.value().attr("add_note")(fastps::detail::format(
                   "push: raised by the step_size hook; %u shard(s) of this push had been applied, "
-                  "the others are unchanged", l.last_push_applied()));
+                  "the others are unchanged",
+                  l.last_push_applied()));
               throw;
             }
           },
@@ -406,7 +405,8 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init([](Learner& l, const std::string& engine, int device, uint64_t chunk_bytes,
                        uint32_t ring, uint32_t copy_delay_us, bool record) {
              FASTPS_CHECK_ARG(engine == "cpu" || engine == "cuda",
-                              "transfer: engine must be 'cpu' or 'cuda' (got '%s')", engine.c_str());
+                              "transfer: engine must be 'cpu' or 'cuda' (got '%s')",
+                              engine.c_str());
              auto make = [&] {
                return engine == "cpu" ? fastps::make_cpu_engine(copy_delay_us, record)
                                       : fastps::make_cuda_engine(device);

@@ -63,9 +63,9 @@ uint32_t config_u32(const char* name, long long v) {
 }
 
 int32_t config_i32(const char* name, long long v) {
-  FASTPS_CHECK_ARG(v >= std::numeric_limits<int32_t>::min() &&
-                       v <= std::numeric_limits<int32_t>::max(),
-                   "Store: %s must be a 32-bit integer (got %lld)", name, v);
+  FASTPS_CHECK_ARG(
+      v >= std::numeric_limits<int32_t>::min() && v <= std::numeric_limits<int32_t>::max(),
+      "Store: %s must be a 32-bit integer (got %lld)", name, v);
   return static_cast<int32_t>(v);
 }
 
@@ -96,8 +96,8 @@ void StoreConfig::validate() const {
                    static_cast<double>(weight_decay));
   FASTPS_CHECK_ARG(static_cast<uint32_t>(nan_guard) <= static_cast<uint32_t>(NanGuard::kOff),
                    "Store: unknown nan_guard %u", static_cast<unsigned>(nan_guard));
-  FASTPS_CHECK_ARG(persistence >= -1,
-                   "Store: persistence must be -1 (never drop) or >= 0 (got %d)", persistence);
+  FASTPS_CHECK_ARG(persistence >= -1, "Store: persistence must be -1 (never drop) or >= 0 (got %d)",
+                   persistence);
   FASTPS_CHECK_ARG(max_learners >= 1 && max_learners <= kMaxLearners,
                    "Store: max_learners must be in [1, %u] (got %u)", kMaxLearners, max_learners);
   FASTPS_CHECK_ARG(staleness_bins >= 1 && staleness_bins <= kMaxBins,

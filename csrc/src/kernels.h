@@ -42,7 +42,8 @@ const char* kernel_isa();
 
 /// The one place where hogwild touches shared parameters: unsynchronised by design. Concurrent
 /// calls race element by element; a torn read or a lost update is Hogwild!'s intended semantics.
-/// ThreadSanitizer's suppressions (csrc/tests/tsan.supp) name these three functions and nothing else.
+/// ThreadSanitizer's suppressions (csrc/tests/tsan.supp) name these three functions and nothing
+/// else.
 void hogwild_apply(float* w, float* m, const void* g, DType dt, size_t n, const ApplyArgs& a);
 void hogwild_copy(float* dst, const float* src, size_t n);
 double hogwild_dist2(const float* live, const float* read, size_t n);

@@ -81,7 +81,8 @@ inline void stream_out(float* __restrict dst, const float* __restrict src, size_
   constexpr uintptr_t kAlign = 0;
 #endif
   if constexpr (kAlign != 0) {
-    for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & (kAlign - 1)) != 0; ++i) dst[i] = src[i];
+    for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & (kAlign - 1)) != 0; ++i)
+      dst[i] = src[i];
 #if defined(__AVX__)
     for (; i + 8 <= n; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
 #elif defined(__SSE2__)
@@ -212,9 +213,12 @@ int64_t first_nonfinite_t(const U* g, size_t n) {
 
 int64_t first_nonfinite(const void* g, DType dt, size_t n) {
   switch (dt) {
-    case DType::kF32: return first_nonfinite_t<uint32_t, 0x7f800000u>(static_cast<const uint32_t*>(g), n);
-    case DType::kF16: return first_nonfinite_t<uint16_t, 0x7c00u>(static_cast<const uint16_t*>(g), n);
-    case DType::kBF16: return first_nonfinite_t<uint16_t, 0x7f80u>(static_cast<const uint16_t*>(g), n);
+    case DType::kF32:
+      return first_nonfinite_t<uint32_t, 0x7f800000u>(static_cast<const uint32_t*>(g), n);
+    case DType::kF16:
+      return first_nonfinite_t<uint16_t, 0x7c00u>(static_cast<const uint16_t*>(g), n);
+    case DType::kBF16:
+      return first_nonfinite_t<uint16_t, 0x7f80u>(static_cast<const uint16_t*>(g), n);
   }
   return -1;
 }

@@ -46,7 +46,12 @@ inline uint64_t make_slot_word(uint64_t gen, uint32_t owner, uint32_t state) {
 
 // Registration entries: one per learner handle (the first max_learners) and a few for readers
 // without a handle (Store::read, Store::save). The word packs (state << 32) | pid.
-enum EntryState : uint32_t { kEntryFree = 0, kEntryClaiming = 1, kEntryOwned = 2, kEntryRecovering = 3 };
+enum EntryState : uint32_t {
+  kEntryFree = 0,
+  kEntryClaiming = 1,
+  kEntryOwned = 2,
+  kEntryRecovering = 3
+};
 constexpr uint32_t kInternalEntries = 4;
 constexpr uint32_t kRolesPerEntry = 2;  // reader bits per entry: 0 transient pin, 1 kept read pin
 
@@ -68,10 +73,10 @@ struct alignas(kCacheLine) Header {
   uint32_t format_version;
   uint32_t reserved;
   StoreConfig cfg;  // immutable after creation
-  uint32_t slots;   // V per shard in leashed mode, 1 otherwise
+  uint32_t slots;  // V per shard in leashed mode, 1 otherwise
   uint64_t total_bytes;
   int32_t creator_pid;  // the process that created the store (for fastps.cleanup())
-  uint32_t entries;       // registration entries: max_learners + kInternalEntries
+  uint32_t entries;  // registration entries: max_learners + kInternalEntries
   uint32_t reader_words;  // 64-bit reader-bit words per slot, padded to a cache line
   uint64_t entries_off, readers_off;
   uint64_t shards_off, slots_off, hist_off, cdf_off, data_off, mom_off;
@@ -99,9 +104,9 @@ struct alignas(kCacheLine) Header {
 
 struct alignas(kCacheLine) ShardDesc {
   uint64_t begin, len;  // element range [begin, begin + len)
-  uint64_t data_off;    // locked/hogwild: params of this shard; leashed: slot 0's block
-  uint64_t mom_off;     // locked/hogwild: momentum of this shard (0 when none)
-  uint64_t slot_stride; // leashed: bytes between slot blocks; momentum at + len_padded floats
+  uint64_t data_off;  // locked/hogwild: params of this shard; leashed: slot 0's block
+  uint64_t mom_off;  // locked/hogwild: momentum of this shard (0 when none)
+  uint64_t slot_stride;  // leashed: bytes between slot blocks; momentum at + len_padded floats
   uint64_t len_padded;  // len rounded up to kAlignElems
   // locked only: process-shared, robust mutex guarding params, momentum and version.
   alignas(kCacheLine) pthread_mutex_t mu;
@@ -148,9 +153,9 @@ static_assert(sizeof(ShardDesc) % kCacheLine == 0, "shard descriptors are cache-
 struct Layout {
   Header* hdr;
   ShardDesc* shards;
-  SlotHeader* slots;        // S*V, shard-major (leashed)
+  SlotHeader* slots;  // S*V, shard-major (leashed)
   std::atomic<uint64_t>* hist;  // S*(bins+1), shard-major
-  LearnerEntry* entries;        // hdr->entries
+  LearnerEntry* entries;  // hdr->entries
   // Reader bits: per (shard, slot) hdr->reader_words words; bit 2*entry + role. Set by pin()
   // (fetch_or) before it re-checks `current`, cleared by unpin() and recovery (fetch_and), read
   // by try_reclaim(). seq_cst: the Dekker pairing at the top of leashed.cc.

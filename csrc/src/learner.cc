@@ -68,9 +68,7 @@ detail::Claim claim_slot(const Layout& L, uint32_t s, uint32_t entry) {
 }  // namespace
 
 Learner::Learner(std::shared_ptr<Store> store, uint32_t id)
-    : store_(std::move(store)),
-      id_(id),
-      read_versions_(store_->cfg_.shards, 0),
+    : store_(std::move(store)), id_(id), read_versions_(store_->cfg_.shards, 0),
       pushed_versions_(store_->cfg_.shards, 0) {
   const StoreConfig& c = store_->cfg_;
   if (c.step.kind == StepKind::kDistance) {
@@ -198,7 +196,8 @@ uint32_t Learner::push_impl(GradSource& src, DType dtype, uint64_t chunk) {
     const uint32_t s = (id_ + k) % S;
     ShardDesc& d = L.shards[s];
     const uint64_t bytes = d.len * esize;
-    const float* read_copy = distance && cfg.mode != Mode::kLeashed ? read_copy_.data() + d.begin : nullptr;
+    const float* read_copy =
+        distance && cfg.mode != Mode::kLeashed ? read_copy_.data() + d.begin : nullptr;
     bool landed = true;
     switch (cfg.mode) {
       case Mode::kLocked: {
@@ -242,8 +241,7 @@ uint32_t Learner::push_impl(GradSource& src, DType dtype, uint64_t chunk) {
           try {
             args.eta = eta(tau, s, v, L.slot_params(s, latest), w_read);
             each_chunk(s, retry, [&](uint64_t off, const void* g, uint64_t len) {
-              detail::apply_copy(L.slot_params(s, mine.slot) + off,
-                                 L.slot_params(s, latest) + off,
+              detail::apply_copy(L.slot_params(s, mine.slot) + off, L.slot_params(s, latest) + off,
                                  at(L.slot_momentum(s, mine.slot), off),
                                  at(L.slot_momentum(s, latest), off), g, dtype, len, args);
             });
@@ -275,7 +273,6 @@ uint32_t Learner::push_impl(GradSource& src, DType dtype, uint64_t chunk) {
   if (dropped == 0) L.hdr->clock.fetch_add(1, std::memory_order_relaxed);  // statistics only
   return dropped;
 }
-
 
 void Learner::keep_read_copy(uint32_t s, const float* src) {
   const ShardDesc& d = store_->lay_->shards[s];

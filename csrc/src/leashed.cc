@@ -128,8 +128,8 @@ bool publish(const Layout& L, uint32_t s, uint64_t seen, const Claim& mine, uint
   }
   // WRITING -> PUBLISHED: only the owner stores here, and nobody else changes a WRITING word.
   FASTPS_DCHECK(is_mine(L, s, mine, entry));
-  L.slot(s, mine.slot).state.store(make_slot_word(mine.gen, 0, kPublished),
-                                   std::memory_order_seq_cst);
+  L.slot(s, mine.slot)
+      .state.store(make_slot_word(mine.gen, 0, kPublished), std::memory_order_seq_cst);
   unpin(L, s, latest, entry);   // and try to reclaim it: superseded just now
   try_reclaim(L, s, mine.slot);  // superseded already, before PUBLISHED was stored?
   return true;

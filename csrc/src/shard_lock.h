@@ -20,6 +20,7 @@ class ShardLock {
   ~ShardLock();
   ShardLock(const ShardLock&) = delete;
   ShardLock& operator=(const ShardLock&) = delete;
+
  private:
   ShardDesc& d_;
 };

@@ -46,14 +46,9 @@ float eta(const Layout& L, const StepHook& hook, const StepInputs& in) {
   const double lr = cfg.lr;
   double e = lr;
   switch (sc.kind) {
-    case StepKind::kConstant:
-      return cfg.lr;
-    case StepKind::kInverse:
-      e = lr / static_cast<double>(tau + 1);
-      break;
-    case StepKind::kExponential:
-      e = lr * std::exp(-sc.beta * static_cast<double>(tau));
-      break;
+    case StepKind::kConstant: return cfg.lr;
+    case StepKind::kInverse: e = lr / static_cast<double>(tau + 1); break;
+    case StepKind::kExponential: e = lr * std::exp(-sc.beta * static_cast<double>(tau)); break;
     case StepKind::kTailTau: {
       if (L.hdr->cdf_ready.load(std::memory_order_acquire)) {  // pairs with build_cdf()
         const uint64_t bin = std::min<uint64_t>(tau, cfg.staleness_bins);

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <fstream>
 
 #include "arena.h"
 #include "arena_plan.h"
@@ -59,24 +60,34 @@ uint64_t copy_shard(const Layout& L, uint32_t s, float* params, float* momentum,
   return 0;
 }
 
+// The last-level cache one core reaches: sysfs's per-instance L3 size (sysconf may report the
+// sum over a package's L3 instances), else sysconf's, else 32 MiB.
+uint64_t llc_bytes() {
+  std::ifstream f("/sys/devices/system/cpu/cpu0/cache/index3/size");
+  uint64_t v = 0;
+  char unit = 0;
+  if (f >> v) {
+    if (f >> unit) v <<= unit == 'K' ? 10 : unit == 'M' ? 20 : unit == 'G' ? 30 : 0;
+    if (v > 0) return v;
+  }
+  const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+  return l3 > 0 ? static_cast<uint64_t>(l3) : uint64_t{32} << 20;
+}
+
 // Leashed versions are written with non-temporal stores when a push's working set (the latest
 // version, the gradient and the new version: 12 bytes per element) is larger than the last-level
 // cache: the new version would not stay cached for the next push anyway, and ordinary stores
 // would first read each of its lines (write-allocate). Smaller stores keep ordinary stores, so
 // the next push finds the version just written in cache.
 bool stream_versions(const StoreConfig& cfg) {
-  if (cfg.mode != Mode::kLeashed) return false;
-  long llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
-  if (llc <= 0) llc = sysconf(_SC_LEVEL2_CACHE_SIZE);
-  if (llc <= 0) llc = 32l << 20;
-  return cfg.size * 3 * sizeof(float) > static_cast<uint64_t>(llc);
+  static const uint64_t llc = llc_bytes();
+  return cfg.mode == Mode::kLeashed && cfg.size * 3 * sizeof(float) > llc;
 }
 
 }  // namespace
 
 Store::Store(std::shared_ptr<Arena> arena, const StoreConfig& cfg)
-    : arena_(std::move(arena)),
-      cfg_(cfg),
+    : arena_(std::move(arena)), cfg_(cfg),
       lay_(std::make_unique<Layout>(detail::make_layout(arena_->base()))),
       stream_versions_(stream_versions(cfg)) {}
 
@@ -185,7 +196,8 @@ Stats Store::stats() const {
                          ? d.current.load(std::memory_order_relaxed) >> detail::kSlotBits
                          : d.version.load(std::memory_order_relaxed);
     if (cfg_.mode == Mode::kLeashed) {
-      st.slots_touched = std::max(st.slots_touched, d.slots_touched.load(std::memory_order_relaxed));
+      st.slots_touched =
+          std::max(st.slots_touched, d.slots_touched.load(std::memory_order_relaxed));
       for (uint32_t i = 0; i < L.hdr->slots; ++i)
         st.slots_in_use +=
             detail::slot_state(L.slot(s, i).state.load(std::memory_order_relaxed)) != detail::kFree;
@@ -205,7 +217,8 @@ Stats Store::stats() const {
 std::unique_ptr<Learner> Store::learner() {
   check_open("learner");
   int64_t e = detail::claim_entry(*lay_, 0, cfg_.max_learners);
-  if (e < 0 && detail::recover_dead(*lay_) > 0) e = detail::claim_entry(*lay_, 0, cfg_.max_learners);
+  if (e < 0 && detail::recover_dead(*lay_) > 0)
+    e = detail::claim_entry(*lay_, 0, cfg_.max_learners);
   FASTPS_CHECK(e >= 0,
                "learner: %u handles are open, the store's max_learners is %u (close a handle or "
                "create the store with a larger max_learners)",
@@ -228,8 +241,8 @@ Counters Store::save(float* params, float* momentum) const {
   detail::InternalEntry entry(L);
   for (uint32_t s = 0; s < cfg_.shards; ++s) {
     const uint64_t begin = L.shards[s].begin;
-    c.versions[s] = copy_shard(L, s, params + begin, has_mom ? momentum + begin : nullptr,
-                               entry.id());
+    c.versions[s] =
+        copy_shard(L, s, params + begin, has_mom ? momentum + begin : nullptr, entry.id());
   }
   // Counters are statistics: read relaxed, not synchronised with the shard copies above.
   const uint32_t nb = cfg_.staleness_bins + 1;
@@ -258,8 +271,7 @@ void Store::load(const float* params, const float* momentum, const Counters& c) 
   for (uint32_t e = 0; e < cfg_.max_learners; ++e)
     idle = idle && detail::entry_state(L.entries[e].word.load(std::memory_order_relaxed)) ==
                        detail::kEntryFree;
-  FASTPS_CHECK(idle,
-               "load: the store is already in use (load only into a fresh store)");
+  FASTPS_CHECK(idle, "load: the store is already in use (load only into a fresh store)");
   FASTPS_CHECK_ARG(!has_mom || momentum, "load: the store has momentum; its values are needed");
   FASTPS_CHECK_ARG(c.versions.size() == S, "load: %zu shard versions, expected %u",
                    c.versions.size(), S);
@@ -269,7 +281,8 @@ void Store::load(const float* params, const float* momentum, const Counters& c) 
                    "load: TAIL-tau table has %zu entries, expected %u", c.cdf.size(), nb);
   for (uint64_t v : c.versions)
     FASTPS_CHECK_ARG(v < (uint64_t{1} << (64 - detail::kSlotBits)),
-                     "load: shard version %llu is out of range", static_cast<unsigned long long>(v));
+                     "load: shard version %llu is out of range",
+                     static_cast<unsigned long long>(v));
   for (uint32_t s = 0; s < S; ++s) {
     ShardDesc& d = L.shards[s];
     const size_t bytes = d.len * sizeof(float);

@@ -59,7 +59,8 @@ class CpuEngine final : public CopyEngine {
   void after(uintptr_t) override {}
   void before(uintptr_t) override {}
   HostBuffer alloc_host(size_t bytes) override {
-    char* p = static_cast<char*>(std::aligned_alloc(64, (std::max<size_t>(bytes, 1) + 63) / 64 * 64));
+    char* p =
+        static_cast<char*>(std::aligned_alloc(64, (std::max<size_t>(bytes, 1) + 63) / 64 * 64));
     FASTPS_CHECK(p != nullptr, "copy engine: cannot allocate %zu bytes of staging memory", bytes);
     return HostBuffer(p, &free_aligned);
   }
@@ -163,8 +164,8 @@ class RingSource final : public GradSource {
   }
   void open_apply(size_t chunk, uint32_t buffer) {
     if (!applies_) return;
-    applies_->push_back(TimelineEvent{TimelineEvent::kApply, static_cast<uint32_t>(chunk), buffer,
-                                      now_ns(), 0});
+    applies_->push_back(
+        TimelineEvent{TimelineEvent::kApply, static_cast<uint32_t>(chunk), buffer, now_ns(), 0});
     open_ = true;
   }
   void close_apply() {
@@ -252,8 +253,7 @@ Transfer::Transfer(Learner& learner, std::unique_ptr<CopyEngine> d2h,
 
 Transfer::~Transfer() = default;
 
-uint32_t Transfer::push(const void* grad, DType dtype, size_t n,
-                        std::optional<uintptr_t> stream) {
+uint32_t Transfer::push(const void* grad, DType dtype, size_t n, std::optional<uintptr_t> stream) {
   check_dtype("push", dtype);
   const StoreConfig& cfg = learner_.store()->config();
   FASTPS_CHECK_ARG(n == cfg.size, "push: grad has %zu elements, expected %llu", n,

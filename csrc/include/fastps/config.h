@@ -41,27 +41,27 @@ struct StepConfig {
   StepKind kind = StepKind::kConstant;
   double beta = 0.0;     ///< exponential decay rate
   double a = 1.0;        ///< TAIL-tau amplitude in [0, 1]
-  uint64_t warmup = 1;   ///< TAIL-tau: shard updates before the CDF is first built (scale 1 until)
+  uint64_t warmup = 1;  ///< TAIL-tau: shard updates before the CDF is first built (scale 1 until)
   uint64_t refresh = 0;  ///< TAIL-tau: rebuild every `refresh` shard updates after; 0 = frozen
-  double c = 0.0;        ///< staleness-distance numerator
+  double c = 0.0;  ///< staleness-distance numerator
   double eta_max = 0.0;  ///< staleness-distance cap
 };
 
 /// A store's configuration. Lives inside the arena's header (so every attacher reads the same
 /// one): a standard-layout struct whose fields keep their types and order.
 struct StoreConfig {
-  uint64_t size = 0;    ///< elements in the flat vector
+  uint64_t size = 0;  ///< elements in the flat vector
   uint32_t shards = 1;  ///< S; each shard starts on a 64-byte boundary (see shard_ranges())
   Mode mode = Mode::kLeashed;
-  float lr = 0.01f;          ///< eta0
-  float momentum = 0.0f;     ///< server-side momentum mu in [0, 1)
+  float lr = 0.01f;  ///< eta0
+  float momentum = 0.0f;  ///< server-side momentum mu in [0, 1)
   bool nesterov = false;
   float weight_decay = 0.0f;
   int32_t persistence = -1;  ///< leashed: failed CAS attempts before a drop; -1 = never drop
   NanGuard nan_guard = NanGuard::kRaise;
-  uint32_t max_learners = 16;    ///< open handles at once; leashed keeps 2*max_learners+5 slots
+  uint32_t max_learners = 16;  ///< open handles at once; leashed keeps 2*max_learners+5 slots
   uint32_t staleness_bins = 64;  ///< exact staleness counts for tau < staleness_bins, + overflow
-  StepConfig step;               ///< eta(tau); lr is eta0
+  StepConfig step;  ///< eta(tau); lr is eta0
 
   /// Checks every range rule of a store's configuration (the one copy of them: Store::create
   /// and the Python facade both call it). Throws std::invalid_argument naming the Python

@@ -65,7 +65,7 @@ class CopyEngine {
 struct TimelineEvent {
   enum Kind : uint32_t { kCopy = 0, kApply = 1 };
   Kind kind;
-  uint32_t chunk;   ///< index in the push's plan
+  uint32_t chunk;  ///< index in the push's plan
   uint32_t buffer;  ///< staging buffer (ring index; ring size = the retry buffer)
   uint64_t start_ns, end_ns;
 };
@@ -81,8 +81,8 @@ std::vector<std::pair<uint64_t, uint64_t>> copy_spans(const CopyEngine& engine);
 
 struct TransferConfig {
   uint64_t chunk_bytes = 4u << 20;  ///< bytes of gradient (in the pushed dtype) per chunk
-  uint32_t ring = 2;                ///< staging buffers for push (>= 1; 2 = double buffering)
-  bool record = false;              ///< keep a timeline of the last push
+  uint32_t ring = 2;  ///< staging buffers for push (>= 1; 2 = double buffering)
+  bool record = false;  ///< keep a timeline of the last push
 };
 
 /// One learner's pipelined path to the store. Not thread-safe: one call at a time, like the
@@ -114,7 +114,7 @@ class Transfer {
   std::unique_ptr<CopyEngine> d2h_, h2d_;
   TransferConfig cfg_;
   std::vector<HostBuffer> ring_;  // push staging, cfg_.ring buffers of chunk_bytes
-  HostBuffer retry_;              // push staging for leashed retries
+  HostBuffer retry_;  // push staging for leashed retries
   std::vector<HostBuffer> narrow_;  // pull staging for half precision, 2 buffers
   std::vector<TimelineEvent> applies_;
   std::vector<uint64_t> tickets_;  // ticket of each chunk of the last push (0 = not started)
