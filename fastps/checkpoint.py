@@ -40,7 +40,7 @@ def save(native: Any, path: str | os.PathLike[str], metadata: Any = None) -> Non
     c = native.config
     params = np.empty(c.size, np.float32)
     momentum = np.empty(c.size, np.float32) if c.momentum else None
-    counters = native.snapshot(params, momentum)
+    counters = native.save(params, momentum)
     header = {
         "config": _config.to_header(c),
         "shard_ranges": [list(native.shard_range(s)) for s in range(c.shards)],

@@ -56,13 +56,6 @@ def check_int(api: str, name: str, value: Any) -> int:
     return int(value)
 
 
-def _u32(api: str, name: str, value: Any) -> int:
-    v = check_int(api, name, value)
-    if v < 0 or v >= 2**32:
-        raise ValueError(f"{api}: {name} must be a non-negative 32-bit integer (got {v})")
-    return v
-
-
 def native_config(
     size: Any,
     *,
@@ -83,9 +76,6 @@ def native_config(
 
     Raises TypeError or ValueError naming the argument; nothing is created.
     """
-    size = check_int(api, "size", size)
-    if size < 1:
-        raise ValueError(f"{api}: size must be at least 1 (got {size})")
     if not isinstance(mode, str):
         raise TypeError(f"{api}: mode must be a string (got {type_name(mode)})")
     if mode not in MODES:
@@ -97,8 +87,12 @@ def native_config(
             f"{api}: nan_guard must be one of {', '.join(NAN_GUARDS)} (got {nan_guard!r})"
         )
     cfg = _core.StoreConfig()
-    cfg.size = size
-    cfg.shards = default_shards(size) if shards is None else _u32(api, "shards", shards)
+    # Integer fields narrow natively (ValueError naming the field when out of range).
+    cfg.size = check_int(api, "size", size)
+    cfg.shards = default_shards(cfg.size) if shards is None else check_int(api, "shards", shards)
+    cfg.persistence = check_int(api, "persistence", persistence)
+    cfg.max_learners = check_int(api, "max_learners", max_learners)
+    cfg.staleness_bins = check_int(api, "staleness_bins", staleness_bins)
     cfg.mode = getattr(_core.Mode, mode)
     policy = _steps.as_policy(step_size)
     if lr is None:
@@ -106,19 +100,11 @@ def native_config(
     elif policy.lr is not None and float(np.float32(policy.lr)) != float(np.float32(lr)):
         raise ValueError(f"{api}: lr={lr} disagrees with the step_size's lr={policy.lr}")
     cfg.lr = check_number(api, "lr", lr)
-    if cfg.lr < 0:
-        raise ValueError(f"{api}: lr must be finite and >= 0 (got {lr})")
     cfg.momentum = check_number(api, "momentum", momentum)
     cfg.nesterov = bool(nesterov)
     cfg.weight_decay = check_number(api, "weight_decay", weight_decay)
-    cfg.persistence = check_int(api, "persistence", persistence)
-    if cfg.persistence < -1:
-        raise ValueError(f"{api}: persistence must be -1 (never drop) or >= 0 (got {persistence})")
-    cfg.max_learners = _u32(api, "max_learners", max_learners)
-    if not 1 <= cfg.max_learners <= 1024:
-        raise ValueError(f"{api}: max_learners must be in [1, 1024] (got {cfg.max_learners})")
-    cfg.hist_bins = _u32(api, "staleness_bins", staleness_bins)
     cfg.nan_guard = NAN_GUARDS[nan_guard]
+    cfg.validate()  # every range, once, in the core (the rule Store creation applies)
     policy = policy.bind(cfg.lr, cfg.max_learners)
     policy.fill_native(cfg.step)
     return cfg, policy
@@ -134,7 +120,7 @@ def _common(cfg: Any) -> dict[str, Any]:
         "size": cfg.size, "shards": cfg.shards, "mode": cfg.mode.name, "lr": cfg.lr,
         "momentum": cfg.momentum, "nesterov": cfg.nesterov, "weight_decay": cfg.weight_decay,
         "persistence": cfg.persistence, "nan_guard": nan_guard_name(cfg),
-        "max_learners": cfg.max_learners, "staleness_bins": cfg.hist_bins,
+        "max_learners": cfg.max_learners, "staleness_bins": cfg.staleness_bins,
     }  # fmt: skip
 
 
@@ -180,15 +166,6 @@ def store_kwargs(c: dict[str, Any]) -> dict[str, Any]:
 def shard_ranges(size: int, parts: int) -> list[tuple[int, int]]:
     """[begin, end) of each of ``parts`` contiguous ranges of ``size`` elements: whole 64-byte
     blocks (16 elements), as equal as blocks allow: the split a Store makes of its shards and
-    a RayStore of its servers. ValueError unless 1 <= parts <= the number of blocks."""
-    align = 16
-    blocks = -(-size // align)
-    if not 1 <= parts <= blocks:
-        raise ValueError(
-            f"shard_ranges: parts must be in [1, {blocks}] for size {size} (one 64-byte block "
-            f"at least per part), got {parts}"
-        )
-    return [
-        (blocks * j // parts * align, min(blocks * (j + 1) // parts * align, size))
-        for j in range(parts)
-    ]
+    a RayStore of its servers (the native rule). ValueError unless 1 <= parts <= the number of
+    blocks."""
+    return [tuple(r) for r in _core.shard_ranges(size, parts)]  # type: ignore[misc]

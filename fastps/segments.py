@@ -17,16 +17,6 @@ SHM_DIR = "/dev/shm"
 _SHM_PREFIX = "fastps."
 
 
-def _creator_alive(info: _core.SegmentInfo) -> bool:
-    try:
-        os.kill(info.creator_pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, another user's
-        return True
-    return True
-
-
 def cleanup(name: str | None = None, *, force: bool = False) -> list[str]:
     """Remove shared stores left behind by crashed runs; returns the names removed.
 
@@ -44,7 +34,7 @@ def cleanup(name: str | None = None, *, force: bool = False) -> list[str]:
             raise RuntimeError(
                 f"cleanup: '{name}' is not a fastps store; pass force=True to remove it"
             )
-        if info.is_store and _creator_alive(info) and not force:
+        if info.is_store and info.creator_alive and not force:
             raise RuntimeError(
                 f"cleanup: store '{name}' is still open in its creator (pid {info.creator_pid}); "
                 "close it there, or pass force=True"
@@ -67,7 +57,7 @@ def cleanup(name: str | None = None, *, force: bool = False) -> list[str]:
             info = _core.Store.inspect(seg)
         except (ValueError, RuntimeError, OSError):  # unsafe name, vanished, unreadable
             continue
-        if info.is_store and not _creator_alive(info):
+        if info.is_store and not info.creator_alive:
             try:
                 os.unlink(os.path.join(SHM_DIR, entry))
                 removed.append(seg)

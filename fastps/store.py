@@ -326,7 +326,7 @@ class Store:
                 raise ValueError(
                     f"load: {os.fspath(path)} has shard ranges this build does not make"
                 )
-            store._s.restore(params, momentum, _ckpt.counters_from(header))
+            store._s.load(params, momentum, _ckpt.counters_from(header))
         except BaseException:
             store.close()
             raise

@@ -3,10 +3,14 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <climits>
 #include <optional>
 #include <string>
 
 #include "fastps/check.h"
+#include "fastps/config.h"
+#include "fastps/device.h"
+#include "fastps/learner.h"
 #include "fastps/probe.h"
 #include "fastps/store.h"
 #include "fastps/transfer.h"
@@ -15,10 +19,10 @@ namespace py = pybind11;
 using fastps::DType;
 using fastps::Learner;
 using fastps::Mode;
-using fastps::Store;
 using fastps::StepConfig;
 using fastps::StepContext;
 using fastps::StepKind;
+using fastps::Store;
 using fastps::StoreConfig;
 
 namespace {
@@ -64,6 +68,27 @@ float* out_buffer(const char* api, py::array& out) {
   check_contiguous(api, "out", out);
   FASTPS_CHECK_ARG(out.writeable(), "%s: out is read-only, expected a writeable array", api);
   return static_cast<float*>(out.mutable_data());
+}
+
+// A Python integer (anything with __index__) as long long, saturating beyond its range so that
+// the config's range check reports it (TypeError for a non-integer, as int fields do).
+long long as_integer(const py::object& v) {
+  auto i = py::reinterpret_steal<py::int_>(PyNumber_Index(v.ptr()));
+  if (!i) throw py::error_already_set();
+  int overflow = 0;
+  const long long x = PyLong_AsLongLongAndOverflow(i.ptr(), &overflow);
+  if (overflow) return overflow > 0 ? LLONG_MAX : LLONG_MIN;
+  return x;
+}
+
+// An integer StoreConfig field whose setter narrows through `narrow` (fastps/config.h), which
+// raises ValueError naming the Store argument for a value outside the field's type.
+template <typename T, typename Narrow>
+void int_field(py::class_<StoreConfig>& cls, const char* name, T StoreConfig::* field,
+               Narrow narrow) {
+  cls.def_property(
+      name, [field](const StoreConfig& c) { return c.*field; },
+      [field, narrow](StoreConfig& c, const py::object& v) { c.*field = narrow(as_integer(v)); });
 }
 
 py::dict stats_dict(const fastps::Stats& s, const StoreConfig& cfg) {
@@ -158,7 +183,7 @@ PYBIND11_MODULE(_core, m) {
         uint16_t* d = dst.mutable_data();
         const float* s = src.data();
         py::gil_scoped_release nogil;
-        fastps::detail::narrow(d, dtype, s, static_cast<size_t>(src.size()));
+        fastps::narrow(d, dtype, s, static_cast<size_t>(src.size()));
       },
       py::arg("dst").noconvert(), py::arg("src").noconvert(), py::arg("dtype"),
       "dst[:] = the float16 or bfloat16 bits of src, rounded to nearest even (the pull path's "
@@ -196,20 +221,33 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("c", &StepConfig::c)
       .def_readwrite("eta_max", &StepConfig::eta_max);
 
-  py::class_<StoreConfig>(m, "StoreConfig")
-      .def(py::init<>())
-      .def_readwrite("size", &StoreConfig::size)
-      .def_readwrite("shards", &StoreConfig::shards)
+  py::class_<StoreConfig> store_config(m, "StoreConfig");
+  store_config.def(py::init<>())
       .def_readwrite("mode", &StoreConfig::mode)
       .def_readwrite("lr", &StoreConfig::lr)
       .def_readwrite("momentum", &StoreConfig::momentum)
       .def_readwrite("nesterov", &StoreConfig::nesterov)
       .def_readwrite("weight_decay", &StoreConfig::weight_decay)
-      .def_readwrite("persistence", &StoreConfig::persistence)
       .def_readwrite("nan_guard", &StoreConfig::nan_guard)
-      .def_readwrite("max_learners", &StoreConfig::max_learners)
-      .def_readwrite("hist_bins", &StoreConfig::hist_bins)
-      .def_readwrite("step", &StoreConfig::step);
+      .def_readwrite("step", &StoreConfig::step)
+      .def("validate", &StoreConfig::validate,
+           "Raises ValueError naming the Store argument unless every field is in range.");
+  int_field(store_config, "size", &StoreConfig::size, fastps::config_size);
+  int_field(store_config, "shards", &StoreConfig::shards,
+            [](long long v) { return fastps::config_u32("shards", v); });
+  int_field(store_config, "persistence", &StoreConfig::persistence,
+            [](long long v) { return fastps::config_i32("persistence", v); });
+  int_field(store_config, "max_learners", &StoreConfig::max_learners,
+            [](long long v) { return fastps::config_u32("max_learners", v); });
+  int_field(store_config, "staleness_bins", &StoreConfig::staleness_bins,
+            [](long long v) { return fastps::config_u32("staleness_bins", v); });
+
+  m.def(
+      "shard_ranges",
+      [](uint64_t size, uint32_t shards) { return fastps::shard_ranges(size, shards); },
+      py::arg("size"), py::arg("shards"),
+      "[begin, end) of each of `shards` contiguous shards of `size` elements: whole 64-byte "
+      "blocks (16 floats), as equal as blocks allow (the split every Store uses).");
 
   py::class_<fastps::Counters>(m, "Counters")
       .def(py::init<>())
@@ -227,13 +265,13 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("is_store", &fastps::SegmentInfo::is_store)
       .def_readonly("creator_pid", &fastps::SegmentInfo::creator_pid)
       .def_readonly("size", &fastps::SegmentInfo::size)
-      .def_readonly("mode", &fastps::SegmentInfo::mode);
+      .def_readonly("mode", &fastps::SegmentInfo::mode)
+      .def_readonly("creator_alive", &fastps::SegmentInfo::creator_alive);
 
   py::class_<Store, std::shared_ptr<Store>>(m, "Store")
       .def_static(
           "create",
-          [](const StoreConfig& cfg,
-             std::optional<py::array_t<float, py::array::c_style>> init,
+          [](const StoreConfig& cfg, std::optional<py::array_t<float, py::array::c_style>> init,
              const std::string& shared) {
             const float* p = nullptr;
             if (init) {
@@ -268,12 +306,11 @@ PYBIND11_MODULE(_core, m) {
             s.read(p, n);
           },
           py::arg("out").noconvert())
-      .def(
-          "stats", [](const Store& s) { return stats_dict(s.stats(), s.config()); })
+      .def("stats", [](const Store& s) { return stats_dict(s.stats(), s.config()); })
       .def("learner", &Store::learner)
       .def("recover", &Store::recover, py::call_guard<py::gil_scoped_release>())
       .def(
-          "snapshot",
+          "save",
           [](const Store& s, py::array params, std::optional<py::array> momentum) {
             float* p = out_buffer("save", params);
             float* m = momentum ? out_buffer("save", *momentum) : nullptr;
@@ -282,11 +319,11 @@ PYBIND11_MODULE(_core, m) {
                              "save: buffers must have %llu elements",
                              static_cast<unsigned long long>(s.config().size));
             py::gil_scoped_release nogil;
-            return s.snapshot(p, m);
+            return s.save(p, m);
           },
           py::arg("params").noconvert(), py::arg("momentum").none(true))
       .def(
-          "restore",
+          "load",
           [](Store& s, py::array_t<float, py::array::c_style> params,
              std::optional<py::array_t<float, py::array::c_style>> momentum,
              const fastps::Counters& c) {
@@ -297,7 +334,7 @@ PYBIND11_MODULE(_core, m) {
             const float* p = params.data();
             const float* m = momentum ? momentum->data() : nullptr;
             py::gil_scoped_release nogil;
-            s.restore(p, m, c);
+            s.load(p, m, c);
           },
           py::arg("params"), py::arg("momentum").none(true), py::arg("counters"))
       .def_static("inspect", &Store::inspect, py::arg("name"))
@@ -350,7 +387,8 @@ PYBIND11_MODULE(_core, m) {
             } catch (py::error_already_set& e) {  // raised by a step_size hook
               e.value().attr("add_note")(fastps::detail::format(
                   "push: raised by the step_size hook; %u shard(s) of this push had been applied, "
-                  "the others are unchanged", l.last_push_applied()));
+                  "the others are unchanged",
+                  l.last_push_applied()));
               throw;
             }
           },
@@ -367,7 +405,8 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init([](Learner& l, const std::string& engine, int device, uint64_t chunk_bytes,
                        uint32_t ring, uint32_t copy_delay_us, bool record) {
              FASTPS_CHECK_ARG(engine == "cpu" || engine == "cuda",
-                              "transfer: engine must be 'cpu' or 'cuda' (got '%s')", engine.c_str());
+                              "transfer: engine must be 'cpu' or 'cuda' (got '%s')",
+                              engine.c_str());
              auto make = [&] {
                return engine == "cpu" ? fastps::make_cpu_engine(copy_delay_us, record)
                                       : fastps::make_cuda_engine(device);

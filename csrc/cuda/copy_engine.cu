@@ -121,7 +121,8 @@ std::unique_ptr<CopyEngine> make_cuda_engine(int device) {
   int n = 0;
   const cudaError_t err = cudaGetDeviceCount(&n);
   if (err != cudaSuccess) cudaGetLastError();
-  FASTPS_CHECK(err == cudaSuccess, "transfer: no CUDA device answers (%s)", cudaGetErrorString(err));
+  FASTPS_CHECK(err == cudaSuccess, "transfer: no CUDA device answers (%s)",
+               cudaGetErrorString(err));
   FASTPS_CHECK_ARG(device >= 0 && device < n, "transfer: CUDA device %d does not exist (%d found)",
                    device, n);
   DeviceScope scope(device);  // the engine's stream and events belong to `device`

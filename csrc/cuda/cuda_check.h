@@ -8,10 +8,10 @@
 
 #include "fastps/check.h"
 
-#define FASTPS_CUDA_CHECK(expr)                                                          \
-  do {                                                                                   \
-    const cudaError_t fastps_err_ = (expr);                                              \
-    if (fastps_err_ != cudaSuccess)                                                      \
-      throw std::runtime_error(::fastps::detail::format("%s failed: %s", #expr,          \
-                                                        cudaGetErrorString(fastps_err_))); \
+#define FASTPS_CUDA_CHECK(expr)                                                               \
+  do {                                                                                        \
+    const cudaError_t fastps_err_ = (expr);                                                   \
+    if (fastps_err_ != cudaSuccess)                                                           \
+      throw std::runtime_error(                                                               \
+          ::fastps::detail::format("%s failed: %s", #expr, cudaGetErrorString(fastps_err_))); \
   } while (0)

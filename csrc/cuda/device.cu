@@ -2,6 +2,7 @@
 #include <cuda_runtime.h>
 
 #include "fastps/device.h"
+#include "pin_host.h"
 
 namespace fastps {
 

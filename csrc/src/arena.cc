@@ -1,4 +1,4 @@
-#include "fastps/arena.h"
+#include "arena.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -21,14 +21,15 @@ void Arena::check_name(const std::string& api, const std::string& name) {
   for (char c : name) {
     bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
               c == '.' || c == '_' || c == '-';
-    FASTPS_CHECK_ARG(ok, "%s: shared name '%s' has the character '%c'; expected only A-Z a-z 0-9 . _ -",
+    FASTPS_CHECK_ARG(ok,
+                     "%s: shared name '%s' has the character '%c'; expected only A-Z a-z 0-9 . _ -",
                      api.c_str(), name.c_str(), c);
   }
 }
 
 std::shared_ptr<Arena> Arena::create_private(size_t bytes) {
-  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                 -1, 0);
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   FASTPS_CHECK(p != MAP_FAILED, "Store: cannot map %zu bytes of memory: %s", bytes,
                std::strerror(errno));
   return std::shared_ptr<Arena>(new Arena(static_cast<char*>(p), bytes, "", true));
@@ -64,7 +65,7 @@ std::shared_ptr<Arena> Arena::attach(const std::string& name, const char* api) {
   int fd = shm_open(path.c_str(), O_RDWR, 0);
   FASTPS_CHECK_ARG(fd >= 0, "%s: no shared store named '%s' (%s)", api, name.c_str(),
                    std::strerror(errno));
-  struct stat st {};
+  struct stat st{};
   if (fstat(fd, &st) != 0) {
     int err = errno;
     close(fd);
@@ -73,15 +74,15 @@ std::shared_ptr<Arena> Arena::attach(const std::string& name, const char* api) {
   }
   if (st.st_uid != geteuid()) {
     close(fd);
-    FASTPS_CHECK_ARG(false, "%s: shared segment '%s' belongs to uid %u, expected uid %u",
-                     api, name.c_str(), static_cast<unsigned>(st.st_uid),
+    FASTPS_CHECK_ARG(false, "%s: shared segment '%s' belongs to uid %u, expected uid %u", api,
+                     name.c_str(), static_cast<unsigned>(st.st_uid),
                      static_cast<unsigned>(geteuid()));
   }
   const size_t bytes = static_cast<size_t>(st.st_size);
   if (bytes == 0) {
     close(fd);
-    FASTPS_CHECK_ARG(false, "%s: shared segment '%s' is empty, not a fastps store",
-                     api, name.c_str());
+    FASTPS_CHECK_ARG(false, "%s: shared segment '%s' is empty, not a fastps store", api,
+                     name.c_str());
   }
   void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   int err = errno;

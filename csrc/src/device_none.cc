@@ -2,6 +2,7 @@
 #include "fastps/check.h"
 #include "fastps/device.h"
 #include "fastps/transfer.h"
+#include "pin_host.h"
 
 namespace fastps {
 
@@ -11,8 +12,9 @@ std::string pin_host(void*, size_t) { return "fastps was built without CUDA"; }
 void unpin_host(void*) noexcept {}
 
 std::unique_ptr<CopyEngine> make_cuda_engine(int) {
-  FASTPS_CHECK(false, "transfer: fastps was built without CUDA (reinstall with nvcc on PATH or "
-                      "FASTPS_CUDA=ON)");
+  FASTPS_CHECK(false,
+               "transfer: fastps was built without CUDA (reinstall with nvcc on PATH or "
+               "FASTPS_CUDA=ON)");
   return nullptr;
 }
 

@@ -3,15 +3,15 @@
 #include <cstring>
 
 // One declaration list for each compiled instruction set (definitions in kernels_impl.h).
-#define FASTPS_DECLARE_KERNELS(NS)                                                               \
-  namespace fastps::detail::NS {                                                                 \
-  void apply_inplace(float*, float*, const void*, DType, size_t, const ApplyArgs&);              \
-  void apply_copy(float*, const float*, float*, const float*, const void*, DType, size_t,        \
-                  const ApplyArgs&);                                                             \
-  int64_t first_nonfinite(const void*, DType, size_t);                                           \
-  double dist2(const float*, const float*, size_t);                                              \
-  void triad(float*, const float*, const float*, float, size_t);                                 \
-  void axpy(float*, const float*, float, size_t);                                                \
+#define FASTPS_DECLARE_KERNELS(NS)                                                        \
+  namespace fastps::detail::NS {                                                          \
+  void apply_inplace(float*, float*, const void*, DType, size_t, const ApplyArgs&);       \
+  void apply_copy(float*, const float*, float*, const float*, const void*, DType, size_t, \
+                  const ApplyArgs&);                                                      \
+  int64_t first_nonfinite(const void*, DType, size_t);                                    \
+  double dist2(const float*, const float*, size_t);                                       \
+  void triad(float*, const float*, const float*, float, size_t);                          \
+  void axpy(float*, const float*, float, size_t);                                         \
   }
 FASTPS_DECLARE_KERNELS(base)
 #if FASTPS_HAVE_AVX2_KERNELS
@@ -68,8 +68,8 @@ void hogwild_copy(float* dst, const float* src, size_t n) {
   std::memcpy(dst, src, n * sizeof(float));
 }
 
-double hogwild_dist2(const float* live, const float* snapshot, size_t n) {
-  return dist2(live, snapshot, n);
+double hogwild_dist2(const float* live, const float* read, size_t n) {
+  return dist2(live, read, n);
 }
 
 }  // namespace fastps::detail

@@ -6,7 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "fastps/store.h"
+#include "fastps/config.h"
 
 namespace fastps::detail {
 
@@ -15,11 +15,14 @@ struct ApplyArgs {
   float weight_decay;  // lambda in g + lambda * w
   float momentum;      // mu; 0 disables the momentum buffer
   bool nesterov;
+  bool stream = false;  // apply_copy: write w_out (and m_out) with non-temporal stores
 };
 
 /// In place: w[i] -= eta * d[i] (momentum buffer m updated in place when momentum > 0).
 void apply_inplace(float* w, float* m, const void* g, DType dt, size_t n, const ApplyArgs& a);
 /// Out of place (leashed): w_out = w_in - eta * d, m_out from m_in; in and out must not overlap.
+/// With a.stream the outputs are written with non-temporal stores (x86) and fenced (sfence)
+/// before it returns, so a following CAS publishes them; the values are the same bits.
 void apply_copy(float* w_out, const float* w_in, float* m_out, const float* m_in, const void* g,
                 DType dt, size_t n, const ApplyArgs& a);
 
@@ -39,9 +42,10 @@ const char* kernel_isa();
 
 /// The one place where hogwild touches shared parameters: unsynchronised by design. Concurrent
 /// calls race element by element; a torn read or a lost update is Hogwild!'s intended semantics.
-/// ThreadSanitizer's suppressions (csrc/tests/tsan.supp) name these three functions and nothing else.
+/// ThreadSanitizer's suppressions (csrc/tests/tsan.supp) name these three functions and nothing
+/// else.
 void hogwild_apply(float* w, float* m, const void* g, DType dt, size_t n, const ApplyArgs& a);
 void hogwild_copy(float* dst, const float* src, size_t n);
-double hogwild_dist2(const float* live, const float* snapshot, size_t n);
+double hogwild_dist2(const float* live, const float* read, size_t n);
 
 }  // namespace fastps::detail

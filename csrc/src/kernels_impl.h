@@ -7,6 +7,10 @@
 
 #include "kernels.h"
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
 #ifndef FASTPS_KERNEL_NS
 #error "define FASTPS_KERNEL_NS before including kernels_impl.h"
 #endif
@@ -64,6 +68,38 @@ void inplace_t(float* __restrict w, float* __restrict m, const typename L::T* __
   }
 }
 
+// Writes src[0..n) (a block in L1) to dst with non-temporal stores where the ISA has them:
+// the destination's lines are not read first (no write-allocate) and do not evict the cache.
+// Plain stores for the unaligned head and the tail. The caller fences (sfence) once at the end.
+inline void stream_out(float* __restrict dst, const float* __restrict src, size_t n) {
+  size_t i = 0;
+#if defined(__AVX__)
+  constexpr uintptr_t kAlign = 32;
+#elif defined(__SSE2__)
+  constexpr uintptr_t kAlign = 16;
+#else
+  constexpr uintptr_t kAlign = 0;
+#endif
+  if constexpr (kAlign != 0) {
+    for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & (kAlign - 1)) != 0; ++i)
+      dst[i] = src[i];
+#if defined(__AVX__)
+    for (; i + 8 <= n; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
+#elif defined(__SSE2__)
+    for (; i + 4 <= n; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+#endif
+  }
+  for (; i < n; ++i) dst[i] = src[i];
+}
+
+// Orders the non-temporal stores above before any later store (the publishing CAS): they are
+// weakly ordered, unlike ordinary x86 stores.
+inline void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
 template <typename L, bool kWd, int kMom>
 void copy_t(float* __restrict wo, const float* __restrict wi, float* __restrict mo,
             const float* __restrict mi, const typename L::T* __restrict g, size_t n,
@@ -78,6 +114,24 @@ void copy_t(float* __restrict wo, const float* __restrict wi, float* __restrict 
       mo[i] = mm;
     }
   }
+}
+
+// copy_t with non-temporal output: each block is computed by the same loop into an L1 buffer
+// (the same bits), then streamed to wo (and mo).
+template <typename L, bool kWd, int kMom>
+void copy_stream_t(float* __restrict wo, const float* __restrict wi, float* __restrict mo,
+                   const float* __restrict mi, const typename L::T* __restrict g, size_t n,
+                   const ApplyArgs& a) {
+  constexpr size_t kBlock = 1024;  // 4 KiB per output buffer
+  alignas(64) float wb[kBlock];
+  alignas(64) float mb[kMom > 0 ? kBlock : 1];
+  for (size_t i = 0; i < n; i += kBlock) {
+    const size_t len = std::min(kBlock, n - i);
+    copy_t<L, kWd, kMom>(wb, wi + i, mb, kMom > 0 ? mi + i : nullptr, g + i, len, a);
+    stream_out(wo + i, wb, len);
+    if constexpr (kMom > 0) stream_out(mo + i, mb, len);
+  }
+  stream_fence();
 }
 
 // Resolves the runtime (dtype, weight decay, momentum kind) to one template instance.
@@ -114,7 +168,11 @@ template <typename L, bool kWd, int kMom>
 struct Copy {
   static void run(float* wo, const float* wi, float* mo, const float* mi, const void* g, size_t n,
                   const ApplyArgs& a) {
-    copy_t<L, kWd, kMom>(wo, wi, mo, mi, static_cast<const typename L::T*>(g), n, a);
+    const auto* gt = static_cast<const typename L::T*>(g);
+    if (a.stream)
+      copy_stream_t<L, kWd, kMom>(wo, wi, mo, mi, gt, n, a);
+    else
+      copy_t<L, kWd, kMom>(wo, wi, mo, mi, gt, n, a);
   }
 };
 
@@ -155,9 +213,12 @@ int64_t first_nonfinite_t(const U* g, size_t n) {
 
 int64_t first_nonfinite(const void* g, DType dt, size_t n) {
   switch (dt) {
-    case DType::kF32: return first_nonfinite_t<uint32_t, 0x7f800000u>(static_cast<const uint32_t*>(g), n);
-    case DType::kF16: return first_nonfinite_t<uint16_t, 0x7c00u>(static_cast<const uint16_t*>(g), n);
-    case DType::kBF16: return first_nonfinite_t<uint16_t, 0x7f80u>(static_cast<const uint16_t*>(g), n);
+    case DType::kF32:
+      return first_nonfinite_t<uint32_t, 0x7f800000u>(static_cast<const uint32_t*>(g), n);
+    case DType::kF16:
+      return first_nonfinite_t<uint16_t, 0x7c00u>(static_cast<const uint16_t*>(g), n);
+    case DType::kBF16:
+      return first_nonfinite_t<uint16_t, 0x7f80u>(static_cast<const uint16_t*>(g), n);
   }
   return -1;
 }

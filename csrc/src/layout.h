@@ -13,12 +13,12 @@
 #include <atomic>
 #include <cstdint>
 
-#include "fastps/store.h"
+#include "fastps/config.h"
 
 namespace fastps::detail {
 
 constexpr uint64_t kMagic = 0x3153502d54534146ull;  // "FAST-PS1"
-constexpr uint32_t kFormatVersion = 1;
+constexpr uint32_t kFormatVersion = 2;  // 2: Header::creator_start_time
 constexpr size_t kCacheLine = 64;
 constexpr uint64_t kAlignElems = kCacheLine / sizeof(float);
 
@@ -45,8 +45,13 @@ inline uint64_t make_slot_word(uint64_t gen, uint32_t owner, uint32_t state) {
 }
 
 // Registration entries: one per learner handle (the first max_learners) and a few for readers
-// without a handle (Store::read, snapshot). The word packs (state << 32) | pid.
-enum EntryState : uint32_t { kEntryFree = 0, kEntryClaiming = 1, kEntryOwned = 2, kEntryRecovering = 3 };
+// without a handle (Store::read, Store::save). The word packs (state << 32) | pid.
+enum EntryState : uint32_t {
+  kEntryFree = 0,
+  kEntryClaiming = 1,
+  kEntryOwned = 2,
+  kEntryRecovering = 3
+};
 constexpr uint32_t kInternalEntries = 4;
 constexpr uint32_t kRolesPerEntry = 2;  // reader bits per entry: 0 transient pin, 1 kept read pin
 
@@ -68,13 +73,14 @@ struct alignas(kCacheLine) Header {
   uint32_t format_version;
   uint32_t reserved;
   StoreConfig cfg;  // immutable after creation
-  uint32_t slots;   // V per shard in leashed mode, 1 otherwise
+  uint32_t slots;  // V per shard in leashed mode, 1 otherwise
   uint64_t total_bytes;
   int32_t creator_pid;  // the process that created the store (for fastps.cleanup())
-  uint32_t entries;       // registration entries: max_learners + kInternalEntries
+  uint32_t entries;  // registration entries: max_learners + kInternalEntries
   uint32_t reader_words;  // 64-bit reader-bit words per slot, padded to a cache line
   uint64_t entries_off, readers_off;
   uint64_t shards_off, slots_off, hist_off, cdf_off, data_off, mom_off;
+  uint64_t creator_start_time;  // its start time (/proc/<pid>/stat), to detect a reused pid
   // Recovery statistics, relaxed: entries whose process died and were recovered, and locked
   // shards whose lock was taken over from a dead owner (their last update may be partial).
   alignas(kCacheLine) std::atomic<uint64_t> recovered;
@@ -98,9 +104,9 @@ struct alignas(kCacheLine) Header {
 
 struct alignas(kCacheLine) ShardDesc {
   uint64_t begin, len;  // element range [begin, begin + len)
-  uint64_t data_off;    // locked/hogwild: params of this shard; leashed: slot 0's block
-  uint64_t mom_off;     // locked/hogwild: momentum of this shard (0 when none)
-  uint64_t slot_stride; // leashed: bytes between slot blocks; momentum at + len_padded floats
+  uint64_t data_off;  // locked/hogwild: params of this shard; leashed: slot 0's block
+  uint64_t mom_off;  // locked/hogwild: momentum of this shard (0 when none)
+  uint64_t slot_stride;  // leashed: bytes between slot blocks; momentum at + len_padded floats
   uint64_t len_padded;  // len rounded up to kAlignElems
   // locked only: process-shared, robust mutex guarding params, momentum and version.
   alignas(kCacheLine) pthread_mutex_t mu;
@@ -127,7 +133,7 @@ struct alignas(kCacheLine) ShardDesc {
 struct alignas(kCacheLine) SlotHeader {
   // make_slot_word(gen, owner, SlotState). Written by CAS (claim, reclaim, recovery) or by a
   // store of its owning writer (PUBLISHED after its CAS, FREE on a drop); read by claim_slot,
-  // try_reclaim and stats. seq_cst, the reclaim argument at the top of store.cc needs it.
+  // try_reclaim and stats. seq_cst, the reclaim argument at the top of leashed.cc needs it.
   std::atomic<uint64_t> state;
 };
 
@@ -147,12 +153,12 @@ static_assert(sizeof(ShardDesc) % kCacheLine == 0, "shard descriptors are cache-
 struct Layout {
   Header* hdr;
   ShardDesc* shards;
-  SlotHeader* slots;        // S*V, shard-major (leashed)
+  SlotHeader* slots;  // S*V, shard-major (leashed)
   std::atomic<uint64_t>* hist;  // S*(bins+1), shard-major
-  LearnerEntry* entries;        // hdr->entries
+  LearnerEntry* entries;  // hdr->entries
   // Reader bits: per (shard, slot) hdr->reader_words words; bit 2*entry + role. Set by pin()
   // (fetch_or) before it re-checks `current`, cleared by unpin() and recovery (fetch_and), read
-  // by try_reclaim(). seq_cst: the Dekker pairing at the top of store.cc.
+  // by try_reclaim(). seq_cst: the Dekker pairing at the top of leashed.cc.
   std::atomic<uint64_t>* readers;
   // TAIL-tau: cdf[bins+1] (mid-CDF per tau bin) then cdf_hist[bins+1] (the counts it was built
   // from). Written by the builder (relaxed, published by cdf_ready), read by eta() and stats().
@@ -165,7 +171,7 @@ struct Layout {
     return readers + (uint64_t{s} * hdr->slots + i) * hdr->reader_words;
   }
   std::atomic<uint64_t>* shard_hist(uint32_t s) const {
-    return hist + uint64_t{s} * (hdr->cfg.hist_bins + 1);
+    return hist + uint64_t{s} * (hdr->cfg.staleness_bins + 1);
   }
   float* params(uint32_t s) const { return reinterpret_cast<float*>(base + shards[s].data_off); }
   float* momentum(uint32_t s) const {

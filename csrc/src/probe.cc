@@ -6,7 +6,9 @@
 
 namespace fastps {
 
-void probe_copy(float* dst, const float* src, size_t n) { std::memcpy(dst, src, n * sizeof(float)); }
+void probe_copy(float* dst, const float* src, size_t n) {
+  std::memcpy(dst, src, n * sizeof(float));
+}
 
 void probe_triad(float* a, const float* b, const float* c, float s, size_t n) {
   detail::triad(a, b, c, s, n);

@@ -59,7 +59,8 @@ class CpuEngine final : public CopyEngine {
   void after(uintptr_t) override {}
   void before(uintptr_t) override {}
   HostBuffer alloc_host(size_t bytes) override {
-    char* p = static_cast<char*>(std::aligned_alloc(64, (std::max<size_t>(bytes, 1) + 63) / 64 * 64));
+    char* p =
+        static_cast<char*>(std::aligned_alloc(64, (std::max<size_t>(bytes, 1) + 63) / 64 * 64));
     FASTPS_CHECK(p != nullptr, "copy engine: cannot allocate %zu bytes of staging memory", bytes);
     return HostBuffer(p, &free_aligned);
   }
@@ -163,8 +164,8 @@ class RingSource final : public GradSource {
   }
   void open_apply(size_t chunk, uint32_t buffer) {
     if (!applies_) return;
-    applies_->push_back(TimelineEvent{TimelineEvent::kApply, static_cast<uint32_t>(chunk), buffer,
-                                      now_ns(), 0});
+    applies_->push_back(
+        TimelineEvent{TimelineEvent::kApply, static_cast<uint32_t>(chunk), buffer, now_ns(), 0});
     open_ = true;
   }
   void close_apply() {
@@ -201,7 +202,7 @@ class EngineSink final : public ParamSink {
       }
       const size_t b = k_++ % narrow_.size();
       if (busy_[b]) eng_.wait(busy_[b]);  // the buffer's previous copy has read it
-      detail::narrow(narrow_[b].get(), dt_, src + off, len);
+      narrow(narrow_[b].get(), dt_, src + off, len);
       busy_[b] = last_ = eng_.copy(dst, narrow_[b].get(), len * esize_);
     }
   }
@@ -252,8 +253,7 @@ Transfer::Transfer(Learner& learner, std::unique_ptr<CopyEngine> d2h,
 
 Transfer::~Transfer() = default;
 
-uint32_t Transfer::push(const void* grad, DType dtype, size_t n,
-                        std::optional<uintptr_t> stream) {
+uint32_t Transfer::push(const void* grad, DType dtype, size_t n, std::optional<uintptr_t> stream) {
   check_dtype("push", dtype);
   const StoreConfig& cfg = learner_.store()->config();
   FASTPS_CHECK_ARG(n == cfg.size, "push: grad has %zu elements, expected %llu", n,
@@ -265,7 +265,7 @@ uint32_t Transfer::push(const void* grad, DType dtype, size_t n,
   if (!retry_ && cfg.mode == Mode::kLeashed) retry_ = d2h_->alloc_host(cfg_.chunk_bytes);
   const size_t esize = dtype_size(dtype);
   const uint64_t chunk = cfg_.chunk_bytes / esize;
-  const std::vector<Chunk> plan = learner_.plan(chunk);
+  const std::vector<Chunk> plan = learner_.chunk_plan(chunk);
   applies_.clear();
   if (stream) d2h_->after(*stream);
   RingSource src(*d2h_, plan, static_cast<const char*>(grad), esize, ring_, retry_, tickets_,
@@ -309,8 +309,6 @@ std::vector<TimelineEvent> Transfer::timeline() const {
   return ev;
 }
 
-namespace detail {
-
 void narrow(void* dst, DType dt, const float* src, size_t n) {
   auto* d = static_cast<uint16_t*>(dst);
   if (dt == DType::kBF16) {
@@ -329,5 +327,4 @@ void narrow(void* dst, DType dt, const float* src, size_t n) {
     d[i] = std::bit_cast<uint16_t>(static_cast<_Float16>(src[i]));
 }
 
-}  // namespace detail
 }  // namespace fastps

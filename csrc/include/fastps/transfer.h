@@ -6,7 +6,7 @@
 //   CPU   a worker thread that memcpys, with the same ticket API and an optional injected delay,
 //         so chunking, ordering, overlap and buffer reuse are tested on machines without a GPU.
 //
-// push (D2H), with a ring of R staging buffers and the chunks c_0..c_m-1 of Learner::plan():
+// push (D2H), with a ring of R staging buffers and the chunks c_0..c_m-1 of Learner::chunk_plan():
 //   1. Order the engine after the caller's stream (the gradient is complete), then start the
 //      copies of c_0..c_R-1 into buffers 0..R-1.
 //   2. Learner::push asks for chunk c_j: every chunk before j has been applied (or skipped by a
@@ -29,7 +29,8 @@
 #include <string>
 #include <vector>
 
-#include "fastps/store.h"
+#include "fastps/config.h"
+#include "fastps/learner.h"
 
 namespace fastps {
 
@@ -64,7 +65,7 @@ class CopyEngine {
 struct TimelineEvent {
   enum Kind : uint32_t { kCopy = 0, kApply = 1 };
   Kind kind;
-  uint32_t chunk;   ///< index in the push's plan
+  uint32_t chunk;  ///< index in the push's plan
   uint32_t buffer;  ///< staging buffer (ring index; ring size = the retry buffer)
   uint64_t start_ns, end_ns;
 };
@@ -80,8 +81,8 @@ std::vector<std::pair<uint64_t, uint64_t>> copy_spans(const CopyEngine& engine);
 
 struct TransferConfig {
   uint64_t chunk_bytes = 4u << 20;  ///< bytes of gradient (in the pushed dtype) per chunk
-  uint32_t ring = 2;                ///< staging buffers for push (>= 1; 2 = double buffering)
-  bool record = false;              ///< keep a timeline of the last push
+  uint32_t ring = 2;  ///< staging buffers for push (>= 1; 2 = double buffering)
+  bool record = false;  ///< keep a timeline of the last push
 };
 
 /// One learner's pipelined path to the store. Not thread-safe: one call at a time, like the
@@ -113,16 +114,16 @@ class Transfer {
   std::unique_ptr<CopyEngine> d2h_, h2d_;
   TransferConfig cfg_;
   std::vector<HostBuffer> ring_;  // push staging, cfg_.ring buffers of chunk_bytes
-  HostBuffer retry_;              // push staging for leashed retries
+  HostBuffer retry_;  // push staging for leashed retries
   std::vector<HostBuffer> narrow_;  // pull staging for half precision, 2 buffers
   std::vector<TimelineEvent> applies_;
   std::vector<uint64_t> tickets_;  // ticket of each chunk of the last push (0 = not started)
   std::vector<uint32_t> buffers_;  // staging buffer of each chunk of the last push
 };
 
-namespace detail {
-/// dst[i] = src[i] narrowed to fp16 or bf16 with round-to-nearest-even (NaN stays NaN).
+/// dst[i] = src[i] narrowed to fp16 or bf16 (dt) with round-to-nearest-even (NaN stays NaN):
+/// the pull path's conversion. Throws std::invalid_argument for dt = kF32. Thread-safe; the
+/// caller keeps both buffers (n elements each) alive until it returns.
 void narrow(void* dst, DType dt, const float* src, size_t n);
-}  // namespace detail
 
 }  // namespace fastps
