@@ -54,6 +54,7 @@ def test_bad_arguments_are_refused_before_any_actor_exists():
 
 # -- the same parameters as a local store ---------------------------------------------------------
 
+
 def _script(steps=40, learners=3, seed=3):
     """(learner, "pull" | "push") with each learner alternating, in a seeded random order:
     a learner that waits long between its pull and its push pushes with a large tau."""
