@@ -11,6 +11,7 @@ and loads every range as one folder.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import time
@@ -34,8 +35,18 @@ from fastps.store import Store
 _ALIGN = 16  # elements per 64-byte block: the unit of config.shard_ranges
 
 
+_STORE_ARGS = frozenset(inspect.signature(config.native_config).parameters) - {"size", "api"}
+"""The Store arguments every server takes (``native_config`` checks them)."""
+
+
 def _blocks(size: int) -> int:
     return -(-size // _ALIGN)
+
+
+def _check_store_args(kwargs: dict[str, Any]) -> None:
+    unknown = sorted(set(kwargs) - _STORE_ARGS)
+    if unknown:
+        raise TypeError(f"RayStore: unexpected keyword argument {unknown[0]!r}")
 
 
 def server_ranges(size: int, servers: int) -> list[tuple[int, int]]:
@@ -101,6 +112,7 @@ class RayStore:
         **store_kwargs: Any,
     ) -> None:
         self._owner = False
+        # Store's conversion of ``init`` (1-D real numbers to float32), the one rule for it.
         init_arr = Store._init_array(init)
         if size is None:
             if init_arr is None:
@@ -126,6 +138,7 @@ class RayStore:
                 f"RayStore: placement must be SPREAD, STRICT_SPREAD, PACK or STRICT_PACK "
                 f"(got {placement!r})"
             )
+        _check_store_args(store_kwargs)
         kwargs = dict(store_kwargs, mode=mode, lr=lr, step_size=step_size)
         # Every argument is checked here, before any actor exists (nothing is created).
         cfg, self._policy = config.native_config(size, api="RayStore", **kwargs)
@@ -210,6 +223,7 @@ class RayStore:
         self._init_ray = session.init(kwargs.pop("address", None))
         self.name = kwargs.pop("name", None) or f"rs-{uuid.uuid4().hex[:10]}"
         placement_strategy = kwargs.pop("placement", "SPREAD")
+        _check_store_args(kwargs)
         kw = dict(config.store_kwargs(c), **kwargs)
         kw.update(mode=c["mode"], lr=c["lr"], step_size=policy)
         _, self._policy = config.native_config(man["size"], api="RayStore", **kw)
