@@ -220,7 +220,7 @@ class RayStore:
         cpus = kwargs.pop("server_cpus", 1.0)
         max_restarts = kwargs.pop("max_restarts", -1)
         retry = kwargs.pop("retry_timeout_s", 120.0)
-        self._init_ray = session.init(kwargs.pop("address", None))
+        address = kwargs.pop("address", None)
         self.name = kwargs.pop("name", None) or f"rs-{uuid.uuid4().hex[:10]}"
         placement_strategy = kwargs.pop("placement", "SPREAD")
         _check_store_args(kwargs)
@@ -228,6 +228,7 @@ class RayStore:
         kw.update(mode=c["mode"], lr=c["lr"], step_size=policy)
         _, self._policy = config.native_config(man["size"], api="RayStore", **kw)
         kw["shards"] = c["shards"]
+        self._init_ray = session.init(address)
         ckdir = os.fspath(ckdir) if ckdir is not None else None
         if ckdir is not None:
             os.makedirs(ckdir, exist_ok=True)
