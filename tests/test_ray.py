@@ -14,6 +14,7 @@ import pytest
 from conftest import blobs
 
 import fastps
+from fastps.config import shard_ranges
 
 ray = pytest.importorskip("ray")
 fray = pytest.importorskip("fastps.ray")
@@ -50,9 +51,24 @@ def test_bad_arguments_are_refused_before_any_actor_exists():
         fray.RayStore(64, servers=2, shards_per_server=3, server_cpus=0)
     with pytest.raises(ValueError, match="need 8 CPUs"):
         fray.RayStore(256, servers=8, server_cpus=1)
+    with pytest.raises(ValueError, match=r"RayStore: lr must be finite and >= 0 \(got -1\)"):
+        fray.RayStore(64, lr=-1)
+    with pytest.raises(TypeError, match="RayStore: unexpected keyword argument 'colour'"):
+        fray.RayStore(64, colour="blue")
+    with pytest.raises(TypeError, match=r"RayStore: servers must be an integer \(got str\)"):
+        fray.RayStore(64, servers="2")
+
+
+@pytest.mark.parametrize(("size", "servers"), [(16, 1), (200, 2), (1000, 3), (4097, 7), (64, 4)])
+def test_server_ranges_are_the_split_a_store_makes_of_its_shards(size, servers):
+    ranges = fray.server_ranges(size, servers)
+    assert ranges == shard_ranges(size, servers)
+    with fastps.Store(size, shards=servers) as local:
+        assert ranges == local.shard_ranges()
 
 
 # -- the same parameters as a local store ---------------------------------------------------------
+
 
 def _script(steps=40, learners=3, seed=3):
     """(learner, "pull" | "push") with each learner alternating, in a seeded random order:
@@ -128,6 +144,9 @@ def test_pull_and_push_take_torch_tensors_and_refuse_bad_gradients_whole():
             h.push(np.ones(64, np.float64))
         h.pull(out)
         assert out.tolist() == [0.0] * 64 and st.stats()["pushes"] == 2
+        assert st.read(torch.empty(64)).tolist() == [0.0] * 64
+        with pytest.raises(ValueError, match="read: out has 63 elements, expected 64"):
+            st.read(torch.empty(63))
         h.push_pull(np.ones(64, np.float32), out)  # one call per server: the pull sees the push
         assert out.tolist() == [-1.0] * 64 and st.stats()["pushes"] == 3
 
@@ -234,6 +253,30 @@ def test_servers_checkpoint_periodically_and_the_files_load_as_stores(tmp_path):
             with fastps.Store.load(tmp_path / f"server-{j}.fpsck") as one:  # a plain Store file
                 assert one.read().tolist() == [1.0] * (e - b)
                 assert one.metadata["range"] == [b, e] and one.metadata["lost"] == 0
+
+
+def test_save_and_load_continue_with_the_saved_policy_and_refuse_a_second_one(tmp_path):
+    with fray.RayStore(init=np.zeros(64, np.float32), servers=2, lr=0.5, server_cpus=0,
+                       step_size=fastps.Exponential(beta=0.25), max_learners=3) as st:  # fmt: skip
+        h = st.learner()
+        h.pull(np.empty(64, np.float32))
+        h.push(-np.ones(64, np.float32))
+        st.save(tmp_path / "saved", metadata={"epoch": 1})
+        before, policy = st.read(), repr(st.step_size)
+    with pytest.raises(ValueError, match="step_size is only for checkpoints saved with a hook"):
+        fray.RayStore.load(tmp_path / "saved", step_size=fastps.Inverse(), server_cpus=0)
+    with fray.RayStore.load(tmp_path / "saved", server_cpus=0) as again:
+        assert again.metadata == {"epoch": 1} and repr(again.step_size) == policy
+        assert again.server_ranges() == [(0, 32), (32, 64)] and again.stats()["clock"] == 1
+        np.testing.assert_array_equal(again.read(), before)
+
+
+def test_load_of_a_hook_checkpoint_without_the_hook_is_refused_before_any_actor(tmp_path):
+    with fastps.Store(64, step_size=lambda tau, stats: 0.1) as one:
+        one.save(tmp_path / "server-0.fpsck")
+    (tmp_path / "manifest.json").write_text('{"size": 64, "ranges": [[0, 64]]}')
+    with pytest.raises(ValueError, match="saved with a Python step_size hook; pass it again"):
+        fray.RayStore.load(tmp_path)
 
 
 # -- fit(backend="ray") ---------------------------------------------------------------------------

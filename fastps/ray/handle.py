@@ -1,0 +1,165 @@
+"""The client side of a RayStore: a learner's handle, ``pull(out)`` and ``push(grad)`` like
+``fastps.LearnerHandle``, each call split into one call per server, sent in parallel.
+
+A pull fetches every range into ``out``; a push is checked whole (length, dtype, NaN) before
+anything is sent, then each range travels as a zero-copy slice to its server. Every push carries
+this learner's id and sequence number and every call the pushes each server acknowledged, which
+is what lets a restarted server skip a retried push and count the pushes it lost (server.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from fastps.buffers import flat_grad, flat_out
+from fastps.ray import session
+
+
+class RayLearnerHandle:
+    """One learner's connection to a RayStore: ``pull(out)``, ``push(grad)``, like
+    ``fastps.LearnerHandle``. Passed to a Ray task or actor it pickles by name (the store's
+    name, this learner's id and its sequence numbers), never by value; use each handle in one
+    place at a time, one handle per learner.
+    """
+
+    def __init__(self, meta: dict[str, Any], lid: str, acked: Sequence[int] | None = None,
+                 tokens: Sequence[str | None] | None = None) -> None:  # fmt: skip
+        self._meta = meta
+        self._lid = lid
+        n = len(meta["ranges"])
+        self._acked = list(acked) if acked is not None else [0] * n  # pushes acked per server
+        self._tokens: list[str | None] = list(tokens) if tokens is not None else [None] * n
+        self._last_acks: list[tuple[str, int]] = []
+        self._versions: list[int] = []
+        self._pushed: list[int] = []  # versions the last push created, per native shard
+        self._closed = False
+
+    @property
+    def id(self) -> str:
+        """This learner's id on every server (``store.learner(name=...)`` fixes it)."""
+        return self._lid
+
+    @property
+    def pushes(self) -> int:
+        """Pushes acknowledged by every server (retried ones counted once)."""
+        return min(self._acked)
+
+    def _servers(self) -> list[Any]:
+        if self._closed:
+            raise RuntimeError("RayLearnerHandle: the handle is closed")
+        return session.actors(self._meta["name"], len(self._meta["ranges"]))
+
+    def _gather(self, submit: Callable[[int], Any]) -> list[Any]:
+        n = len(self._meta["ranges"])
+        return session.gather(submit, n, self._meta["retry_timeout_s"])
+
+    def pull(self, out: Any) -> Any:
+        """Fetch every range in parallel into ``out`` (float32, ``store.size`` elements: numpy,
+        or torch on the CPU or a GPU); returns ``out``. Records each range's versions."""
+        servers = self._servers()
+        target = flat_out("pull", out, self._meta["size"])
+        replies = self._gather(lambda j: servers[j].pull.remote(self._lid, self._acked[j]))
+        self._took(target, replies)
+        return out
+
+    def _took(self, target: tuple[np.ndarray | None, Any], replies: list[Any]) -> None:
+        """Write pulled ranges (the last three fields of each reply) and note what was read."""
+        self._versions = [v for r in replies for v in r[-1]]
+        self._tokens = [r[0] for r in replies]
+        write_ranges(target, self._meta["ranges"], [r[-2] for r in replies])
+
+    def push(self, grad: Any) -> int:
+        """Send each range of ``grad`` to its server in parallel; every server applies
+        ``w -= eta(tau) * (g + weight_decay * w)`` to its range as a local store would.
+
+        ``grad``: ``store.size`` contiguous elements, float32, float16 or bfloat16 (numpy, or
+        torch on the CPU or a GPU). It is checked whole before anything is sent, so a refused
+        gradient changes no server. Returns the shard updates not applied (see
+        ``LearnerHandle.push``).
+        """
+        return self._send("push", grad, None)
+
+    def push_pull(self, grad: Any, out: Any) -> int:
+        """``push(grad)`` then ``pull(out)`` in one call to each server instead of two (the
+        pull sees this push applied). Returns the shard updates not applied."""
+        return self._send("push_pull", grad, flat_out("pull", out, self._meta["size"]))
+
+    def _send(self, method: str, grad: Any, target: tuple[np.ndarray | None, Any] | None) -> int:
+        servers = self._servers()
+        arr, dtype, finite = flat_grad("push", grad, self._meta["size"], self._meta["nan_guard"])
+        payload: np.ndarray | None = arr
+        if not finite:
+            if self._meta["nan_guard"] == "raise":
+                raise ValueError("push: grad holds NaN or Inf (nan_guard='raise'); nothing applied")
+            payload = None  # "skip": every server counts the push, none applies it
+        ranges = self._meta["ranges"]
+        seqs = [a + 1 for a in self._acked]
+        replies = self._gather(
+            lambda j: getattr(servers[j], method).remote(
+                self._lid, seqs[j], self._tokens[j],
+                None if payload is None else payload[ranges[j][0] : ranges[j][1]], dtype,
+            )
+        )  # fmt: skip
+        self._acked = seqs
+        self._last_acks = [(r[0], r[2]) for r in replies]
+        self._pushed = [v for r in replies for v in r[3]]
+        if target is not None:
+            self._took(target, replies)
+        return sum(r[1] for r in replies)
+
+    def read_version(self, shard: int) -> int:
+        """Version of native shard ``shard`` (numbered across servers, in order) read by the
+        last pull (0 before the first pull)."""
+        if not self._versions:
+            return 0
+        if not 0 <= shard < len(self._versions):
+            raise ValueError(f"read_version: shard {shard} out of range [0, {len(self._versions)})")
+        return self._versions[shard]
+
+    def last_push_versions(self) -> list[int]:
+        """Per native shard (numbered across servers), the version the last push created (0
+        where it was dropped or skipped), as ``LearnerHandle.last_push_versions``."""
+        return list(self._pushed)
+
+    def last_acks(self) -> list[tuple[str, int]]:
+        """Per server, (incarnation token, that server's applied-push count) of the reply to
+        the last push: which incarnation of each server acknowledged it, for audits."""
+        return list(self._last_acks)
+
+    def close(self) -> None:
+        """Give back this learner's place on every server. Later calls raise RuntimeError."""
+        if self._closed:
+            return
+        servers = self._servers()
+        self._gather(lambda j: servers[j].close_learner.remote(self._lid))
+        self._closed = True
+
+    def __enter__(self) -> RayLearnerHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (RayLearnerHandle, (self._meta, self._lid, self._acked, self._tokens))
+
+    def __repr__(self) -> str:
+        return f"fastps.ray.RayLearnerHandle(store={self._meta['name']!r}, id={self._lid!r})"
+
+
+def write_ranges(target: tuple[np.ndarray | None, Any], ranges: Sequence[tuple[int, int]],
+                 parts: Sequence[np.ndarray]) -> None:  # fmt: skip
+    """Write each server's ``parts[j]`` to elements ``ranges[j]`` of ``target``, a
+    ``fastps.buffers.flat_out`` pair: (host view, None) or (None, CUDA tensor)."""
+    dest, tensor = target
+    for (b, e), arr in zip(ranges, parts):
+        if dest is not None:
+            dest[b:e] = arr
+        else:
+            import torch
+
+            # Replies from the object store are read-only; torch wants a writeable array.
+            tensor[b:e].copy_(torch.from_numpy(arr if arr.flags.writeable else arr.copy()))
