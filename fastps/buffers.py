@@ -75,6 +75,21 @@ def host_array(api: str, arg: str, x: Any) -> np.ndarray:
         ) from None
 
 
+def init_array(api: str, init: Any) -> np.ndarray | None:
+    """Initial parameters as a contiguous float32 copy: any 1-D array-like of real numbers
+    (numpy, torch on any device, lists); None stays None."""
+    if init is None:
+        return None
+    if is_torch(init):
+        init = init.detach().cpu().numpy()
+    arr = np.asarray(init)
+    if arr.ndim != 1:
+        raise ValueError(f"{api}: init must be 1-D (got shape {arr.shape})")
+    if arr.dtype.kind not in "fiu" or arr.dtype.kind == "f" and arr.dtype.itemsize > 8:
+        raise TypeError(f"{api}: init has dtype {arr.dtype}, expected real numbers")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
 def grad_view(api: str, grad: Any, dtype: str | None = None) -> tuple[np.ndarray, Any]:
     """(host array, native dtype or None) of a gradient in host memory, zero-copy.
 

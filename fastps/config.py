@@ -56,6 +56,29 @@ def check_int(api: str, name: str, value: Any) -> int:
     return int(value)
 
 
+def _fill(size: Any, shards: Any, mode: str, lr: Any, policy: _steps.StepSize, momentum: Any,
+          nesterov: Any, weight_decay: Any, persistence: Any, nan_guard: str, max_learners: Any,
+          staleness_bins: Any, api: str) -> Any:  # fmt: skip
+    cfg = _core.StoreConfig()
+    # Integer fields narrow natively (ValueError naming the field when out of range).
+    cfg.size = check_int(api, "size", size)
+    cfg.shards = default_shards(cfg.size) if shards is None else check_int(api, "shards", shards)
+    cfg.persistence = check_int(api, "persistence", persistence)
+    cfg.max_learners = check_int(api, "max_learners", max_learners)
+    cfg.staleness_bins = check_int(api, "staleness_bins", staleness_bins)
+    cfg.mode = getattr(_core.Mode, mode)
+    if lr is None:
+        lr = policy.lr if policy.lr is not None else 0.01
+    elif policy.lr is not None and float(np.float32(policy.lr)) != float(np.float32(lr)):
+        raise ValueError(f"{api}: lr={lr} disagrees with the step_size's lr={policy.lr}")
+    cfg.lr = check_number(api, "lr", lr)
+    cfg.momentum = check_number(api, "momentum", momentum)
+    cfg.nesterov = bool(nesterov)
+    cfg.weight_decay = check_number(api, "weight_decay", weight_decay)
+    cfg.nan_guard = NAN_GUARDS[nan_guard]
+    return cfg
+
+
 def native_config(
     size: Any,
     *,
@@ -86,25 +109,15 @@ def native_config(
         raise ValueError(
             f"{api}: nan_guard must be one of {', '.join(NAN_GUARDS)} (got {nan_guard!r})"
         )
-    cfg = _core.StoreConfig()
-    # Integer fields narrow natively (ValueError naming the field when out of range).
-    cfg.size = check_int(api, "size", size)
-    cfg.shards = default_shards(cfg.size) if shards is None else check_int(api, "shards", shards)
-    cfg.persistence = check_int(api, "persistence", persistence)
-    cfg.max_learners = check_int(api, "max_learners", max_learners)
-    cfg.staleness_bins = check_int(api, "staleness_bins", staleness_bins)
-    cfg.mode = getattr(_core.Mode, mode)
     policy = _steps.as_policy(step_size)
-    if lr is None:
-        lr = policy.lr if policy.lr is not None else 0.01
-    elif policy.lr is not None and float(np.float32(policy.lr)) != float(np.float32(lr)):
-        raise ValueError(f"{api}: lr={lr} disagrees with the step_size's lr={policy.lr}")
-    cfg.lr = check_number(api, "lr", lr)
-    cfg.momentum = check_number(api, "momentum", momentum)
-    cfg.nesterov = bool(nesterov)
-    cfg.weight_decay = check_number(api, "weight_decay", weight_decay)
-    cfg.nan_guard = NAN_GUARDS[nan_guard]
-    cfg.validate()  # every range, once, in the core (the rule Store creation applies)
+    try:
+        cfg = _fill(size, shards, mode, lr, policy, momentum, nesterov, weight_decay,
+                    persistence, nan_guard, max_learners, staleness_bins, api)  # fmt: skip
+        cfg.validate()  # every range, once, in the core (the rule Store creation applies)
+    except ValueError as e:  # the core speaks as "Store"; say who was called
+        if api == "Store" or not str(e).startswith("Store: "):
+            raise
+        raise ValueError(f"{api}: {str(e).removeprefix('Store: ')}") from None
     policy = policy.bind(cfg.lr, cfg.max_learners)
     policy.fill_native(cfg.step)
     return cfg, policy
@@ -161,6 +174,15 @@ def store_kwargs(c: dict[str, Any]) -> dict[str, Any]:
     keys = ("mode", "lr", "momentum", "nesterov", "weight_decay", "persistence", "nan_guard",
             "max_learners", "staleness_bins")  # fmt: skip
     return {k: c[k] for k in keys}
+
+
+BLOCK_ELEMS = 16
+"""Elements per 64-byte block, the unit of every split (the core's kAlignElems)."""
+
+
+def blocks(size: int) -> int:
+    """How many 64-byte blocks ``size`` elements take: the most parts ``shard_ranges`` makes."""
+    return -(-size // BLOCK_ELEMS)
 
 
 def shard_ranges(size: int, parts: int) -> list[tuple[int, int]]:

@@ -218,7 +218,7 @@ class StalenessDistance(StepSize):
 @dataclass(frozen=True)
 class Hook(StepSize):
     """A Python callable ``fn(tau, stats) -> eta``; ``stats`` holds shard, learner, version and
-    version_read. It runs with the GIL once per shard update (cost: bench/bench_store.py). A
+    version_read. It runs with the GIL once per shard update (cost: bench/bench_policies.py). A
     hook that raises, or returns a non-finite or negative value, leaves that shard unchanged."""
 
     fn: Callable[[int, dict[str, int]], float] | None = None

@@ -18,7 +18,7 @@ from fastps import checkpoint as _ckpt
 from fastps import config as _config
 from fastps import step_size as _steps
 from fastps import transfer as _transfer
-from fastps.buffers import grad_view, is_cuda, is_torch, out_view, type_name
+from fastps.buffers import grad_view, init_array, is_cuda, out_view, type_name
 from fastps.config import MODES, NAN_GUARDS, default_shards
 from fastps.segments import cleanup
 
@@ -219,7 +219,7 @@ class Store:
             )
         if shared == "":  # the core reads "" as "private"
             raise ValueError("Store: shared name must have 1 to 200 characters (got 0)")
-        init_arr = self._init_array(init)
+        init_arr = init_array("Store", init)
         if size is None:
             if init_arr is None:
                 raise ValueError("Store: give size or init (got neither)")
@@ -238,19 +238,6 @@ class Store:
         self._s = _core.Store.create(cfg, init_arr, "" if shared is None else shared)
         if isinstance(self._policy, _steps.Hook) and self._policy.fn is not None:
             self._s.set_step_hook(self._policy.fn)
-
-    @staticmethod
-    def _init_array(init: Any) -> np.ndarray | None:
-        if init is None:
-            return None
-        if is_torch(init):
-            init = init.detach().cpu().numpy()
-        arr = np.asarray(init)
-        if arr.ndim != 1:
-            raise ValueError(f"Store: init must be 1-D (got shape {arr.shape})")
-        if arr.dtype.kind not in "fiu" or arr.dtype.kind == "f" and arr.dtype.itemsize > 8:
-            raise TypeError(f"Store: init has dtype {arr.dtype}, expected real numbers")
-        return np.ascontiguousarray(arr, dtype=np.float32)
 
     @classmethod
     def attach(cls, name: str, *, step_size: Any = None) -> Store:

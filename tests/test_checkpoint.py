@@ -22,7 +22,7 @@ def pushed_store(mode, **kw):
                          step_size=fastps.TailTau(a=0.5, warmup=4), **kw)  # fmt: skip
     a, b = store.learner(), store.learner()
     buf = np.empty(1000, np.float32)
-    for i in range(5):
+    for _i in range(5):
         a.pull(buf)
         b.pull(buf)
         a.push(rng.standard_normal(1000).astype(np.float32))
@@ -198,10 +198,10 @@ def test_hook_checkpoint_needs_the_hook_again(tmp_path):
         np.testing.assert_array_equal(loaded.read(), -1.0)
 
 
-def test_restore_refuses_a_store_in_use():
+def test_native_load_refuses_a_store_in_use():
     with fastps.Store(10) as store:
         store.learner().push(np.ones(10, np.float32))
         params = np.zeros(10, np.float32)
-        c = store._s.snapshot(params, None)
+        c = store._s.save(params, None)
         with pytest.raises(RuntimeError, match=r"load: the store is already in use"):
-            store._s.restore(params, None, c)
+            store._s.load(params, None, c)

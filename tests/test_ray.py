@@ -53,6 +53,8 @@ def test_bad_arguments_are_refused_before_any_actor_exists():
         fray.RayStore(256, servers=8, server_cpus=1)
     with pytest.raises(ValueError, match=r"RayStore: lr must be finite and >= 0 \(got -1\)"):
         fray.RayStore(64, lr=-1)
+    with pytest.raises(ValueError, match=r"RayStore: momentum must be in \[0, 1\) \(got 1.5\)"):
+        fray.RayStore(64, momentum=1.5)  # the core's range check, before any actor
     with pytest.raises(TypeError, match="RayStore: unexpected keyword argument 'colour'"):
         fray.RayStore(64, colour="blue")
     with pytest.raises(TypeError, match=r"RayStore: servers must be an integer \(got str\)"):

@@ -45,7 +45,7 @@ def test_shards_are_contiguous_aligned_and_cover_the_vector():
     with fastps.Store(1000, shards=7) as store:
         ranges = store.shard_ranges()
         assert ranges[0][0] == 0 and ranges[-1][1] == 1000
-        for (b0, e0), (b1, _) in zip(ranges, ranges[1:]):
+        for (_b0, e0), (b1, _) in zip(ranges, ranges[1:]):
             assert e0 == b1
         assert all(b % 16 == 0 for b, _ in ranges)  # 64-byte aligned starts
         sizes = [e - b for b, e in ranges]

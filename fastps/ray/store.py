@@ -25,22 +25,14 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from fastps import checkpoint, config
-from fastps.buffers import flat_out
+from fastps.buffers import flat_out, init_array
 from fastps.ray import session
 from fastps.ray.handle import RayLearnerHandle, write_ranges
 from fastps.ray.server import ShardServer
 from fastps.step_size import StepSize
-from fastps.store import Store
-
-_ALIGN = 16  # elements per 64-byte block: the unit of config.shard_ranges
-
 
 _STORE_ARGS = frozenset(inspect.signature(config.native_config).parameters) - {"size", "api"}
 """The Store arguments every server takes (``native_config`` checks them)."""
-
-
-def _blocks(size: int) -> int:
-    return -(-size // _ALIGN)
 
 
 def _check_store_args(kwargs: dict[str, Any]) -> None:
@@ -52,7 +44,7 @@ def _check_store_args(kwargs: dict[str, Any]) -> None:
 def server_ranges(size: int, servers: int) -> list[tuple[int, int]]:
     """[begin, end) of each server's range: whole 64-byte blocks, as equal as blocks allow
     (``fastps.config.shard_ranges``, the rule a Store uses for its shards)."""
-    blocks = _blocks(size)
+    blocks = config.blocks(size)
     if not 1 <= servers <= blocks:
         raise ValueError(
             f"RayStore: servers must be in [1, {blocks}] for size {size} (one 64-byte block "
@@ -112,8 +104,7 @@ class RayStore:
         **store_kwargs: Any,
     ) -> None:
         self._owner = False
-        # Store's conversion of ``init`` (1-D real numbers to float32), the one rule for it.
-        init_arr = Store._init_array(init)
+        init_arr = init_array("RayStore", init)
         if size is None:
             if init_arr is None:
                 raise ValueError("RayStore: give size or init (got neither)")
@@ -144,7 +135,7 @@ class RayStore:
         cfg, self._policy = config.native_config(size, api="RayStore", **kwargs)
         bound = config.to_dict(cfg, self._policy)
         for b, e in ranges:
-            blocks = _blocks(e - b)
+            blocks = config.blocks(e - b)
             if shards_per_server is not None and not 1 <= shards_per_server <= blocks:
                 raise ValueError(
                     f"RayStore: shards_per_server must be in [1, {blocks}] for a range of "
