@@ -212,6 +212,8 @@ def execute(model_fn: Callable[[], torch.nn.Module], data: Any, opts: Options,
             shared_bufs, config.buffers = backend.share_buffers(flat)
         ch = backend.channels(store, config)
         if row.coordinated:
+            if ch.slots is None:
+                raise RuntimeError(f"fit: backend {backend.name!r} gave the coordinator no slots")
             target, target_batches = budget.targets(done_before)
             coordinator = Coordinator(row, opts.k, opts.learners, store, ch.slots, ch.inbox,
                                       ch.replies, target, ch.version, tau0=opts.local_steps,
