@@ -89,9 +89,12 @@ class AsyncOptimizer:
         since the gradients must stay views of the flat buffer."""
         self.flat_grads.zero_()
 
-    def _gather_grads(self) -> None:
-        # A caller that ran model.zero_grad() (set_to_none) or replaced .grad broke the views:
-        # copy such gradients in and restore the view, at most one copy per tensor.
+    def gather_grads(self) -> None:
+        """Make ``flat_grads`` hold the module's current gradients (``step`` does this first).
+
+        A caller that ran ``model.zero_grad()`` (set_to_none) or replaced ``.grad`` broke the
+        views into the flat buffer: such gradients are copied in and the view restored, at most
+        one copy per tensor. For callers that push ``flat_grads`` themselves."""
         for p, gview in self._params:
             g = p.grad
             if g is None:
@@ -104,7 +107,7 @@ class AsyncOptimizer:
 
     def step(self) -> int:
         """Push the gradients, then pull the parameters. Returns the shard updates dropped."""
-        self._gather_grads()
+        self.gather_grads()
         dropped = self.handle.push(self.flat_grads)
         self.handle.pull(self.flat_params)
         return dropped

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastps.store import cleanup
+from fastps.segments import cleanup
 from fastps.torch import AsyncOptimizer
 from fastps.train.options import Straggler
 from fastps.train.variants import TABLE
@@ -272,7 +272,7 @@ def run_learner(rank: int, store: Any, model_fn: Callable[[], torch.nn.Module], 
                 cancelled += 1
                 io.pull(opt.flat_params)
                 continue
-            opt._gather_grads()
+            opt.gather_grads()
             io.losses.append(float(loss.detach()))
             step += 1
             if not family.after_gradient(step):
