@@ -63,9 +63,7 @@ def host_array(api: str, arg: str, x: Any) -> np.ndarray:
         try:
             return np.from_dlpack(x)
         except (BufferError, TypeError, RuntimeError) as e:
-            raise TypeError(
-                f"{api}: cannot view {arg} ({type_name(x)}) through DLPack: {e}"
-            ) from e
+            raise TypeError(f"{api}: cannot view {arg} ({type_name(x)}) through DLPack: {e}") from e
     try:
         return np.asarray(memoryview(x))
     except TypeError:

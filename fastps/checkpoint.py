@@ -33,6 +33,7 @@ FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<8sIIQ")  # magic, version, reserved, header length
 _CRC = struct.Struct("<I")
 
+
 def save(native: Any, path: str | os.PathLike[str], metadata: Any = None) -> None:
     """Write the native store ``native`` (a ``_core.Store``) to ``path`` atomically (see the
     module docstring)."""

@@ -25,6 +25,7 @@ ENGINES = ("auto", "cuda", "cpu")
 
 TRANSFER_DTYPES = (None, "float16", "bfloat16")
 
+
 @dataclass(frozen=True)
 class TransferOptions:
     """How a handle moves data that is not in host memory (see ``configure_transfer``)."""
@@ -99,7 +100,12 @@ class TransferPath:
         t = self._native.get(key)
         if t is None:
             t = _core.Transfer(
-                self._handle, key[0], max(key[1], 0), o.chunk_bytes, o.ring, o.copy_delay_us,
+                self._handle,
+                key[0],
+                max(key[1], 0),
+                o.chunk_bytes,
+                o.ring,
+                o.copy_delay_us,
                 o.record,
             )
             self._native[key] = t

@@ -1,7 +1,6 @@
 """The CUDA transfer path (skipped without a GPU): push from and pull into CUDA tensors through
 pinned staging and the handles' copy streams, against the host path on the same data."""
 
-
 import numpy as np
 import pytest
 import torch
@@ -88,6 +87,7 @@ def test_half_precision_transfers(td):
 def test_many_learners_on_one_gpu_sum_exactly(mode):
     learners, pushes = 4, 5
     with fastps.Store(SIZE, mode=mode, lr=1.0, shards=4) as store:
+
         def run(i):
             h = store.learner()
             h.configure_transfer(chunk_bytes=256 << 10)

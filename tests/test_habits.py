@@ -188,15 +188,20 @@ def _imports_core(text: str) -> bool:
             return True
         if isinstance(n, ast.ImportFrom) and (
             n.module == "fastps._core"
-            or n.module == "fastps" and any(a.name == "_core" for a in n.names)
+            or n.module == "fastps"
+            and any(a.name == "_core" for a in n.names)
         ):
             return True
     return False
 
 
 def test_only_the_facade_imports_the_native_module():
-    above = [m for m, (text, _) in _fastps_sources().items() if m not in FACADE and _imports_core(text)]
-    bench = [str(p.relative_to(ROOT)) for p in _python_files("bench") if _imports_core(p.read_text())]
+    above = [
+        m for m, (text, _) in _fastps_sources().items() if m not in FACADE and _imports_core(text)
+    ]
+    bench = [
+        str(p.relative_to(ROOT)) for p in _python_files("bench") if _imports_core(p.read_text())
+    ]
     assert not above and not bench
     assert _imports_core("from fastps import _core, store\n")
     assert _imports_core("import fastps._core as c\n")

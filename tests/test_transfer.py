@@ -50,7 +50,10 @@ def test_chunked_push_and_pull_equal_the_plain_path_bitwise(mode, chunk_bytes, r
 def test_half_precision_gradients_through_the_pipeline(half):
     g32 = torch.from_numpy(_grads(1)[0])
     g = g32.to(getattr(torch, half))
-    with fastps.Store(SIZE, lr=1.0, shards=2) as plain, fastps.Store(SIZE, lr=1.0, shards=2) as piped:
+    with (
+        fastps.Store(SIZE, lr=1.0, shards=2) as plain,
+        fastps.Store(SIZE, lr=1.0, shards=2) as piped,
+    ):
         plain.learner().push(g)
         h = piped.learner()
         h.configure_transfer(engine="cpu", chunk_bytes=128)
@@ -63,8 +66,26 @@ def _edge_values():
     rng = np.random.default_rng(7)
     bits = rng.integers(0, 2**32, 20000, dtype=np.uint64).astype(np.uint32)
     special = np.array(
-        [0.0, -0.0, 1.0, -1.0, np.inf, -np.inf, 65504.0, 65520.0, 65519.99, 6.1e-5, 5.96e-8,
-         2.98e-8, 1e-10, 3.0e38, 1.0 + 2**-11, 1.0 + 3 * 2**-11, 1.0 + 2**-8, 1.0 + 3 * 2**-8],
+        [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            np.inf,
+            -np.inf,
+            65504.0,
+            65520.0,
+            65519.99,
+            6.1e-5,
+            5.96e-8,
+            2.98e-8,
+            1e-10,
+            3.0e38,
+            1.0 + 2**-11,
+            1.0 + 3 * 2**-11,
+            1.0 + 2**-8,
+            1.0 + 3 * 2**-8,
+        ],
         np.float32,
     )
     v = np.concatenate([bits.view(np.float32), special])
@@ -117,8 +138,9 @@ def test_slow_copies_overlap_the_applies_and_never_overwrite_a_buffer_in_use(rin
     chunks = 8
     with fastps.Store(16 * chunks, lr=1.0, shards=1, mode="locked") as store:
         h = store.learner()
-        h.configure_transfer(engine="cpu", chunk_bytes=64, ring=ring, copy_delay_us=3000,
-                             record=True)
+        h.configure_transfer(
+            engine="cpu", chunk_bytes=64, ring=ring, copy_delay_us=3000, record=True
+        )
         h.push(np.ones(16 * chunks, np.float32))
         tl = h.transfer_timeline()
         copy, apply = _spans(tl, "copy"), _spans(tl, "apply")
@@ -137,8 +159,7 @@ def test_slow_copies_overlap_the_applies_and_never_overwrite_a_buffer_in_use(rin
 def test_a_one_buffer_ring_serialises_copy_and_apply():
     with fastps.Store(64, lr=1.0, shards=1) as store:
         h = store.learner()
-        h.configure_transfer(engine="cpu", chunk_bytes=64, ring=1, copy_delay_us=2000,
-                             record=True)
+        h.configure_transfer(engine="cpu", chunk_bytes=64, ring=1, copy_delay_us=2000, record=True)
         h.push(np.ones(64, np.float32))
         copy, apply = _spans(h.transfer_timeline(), "copy"), _spans(h.transfer_timeline(), "apply")
         for j in range(3):
@@ -151,6 +172,7 @@ def test_concurrent_pipelined_pushes_sum_exactly(mode):
     # publications are lost and retried: the retry copies the gradient again.
     threads, pushes, n = 2, 6, 16 * 6
     with fastps.Store(n, mode=mode, lr=1.0, shards=1) as store:
+
         def learner(i):
             h = store.learner()
             h.configure_transfer(engine="cpu", chunk_bytes=64, copy_delay_us=300)
@@ -174,6 +196,7 @@ def test_dropped_updates_skip_their_chunks_and_the_rest_still_lands():
     # never asked for, and the pipeline must hand the next shard its own chunks.
     n, pushes = 16 * 12, 8
     with fastps.Store(n, mode="leashed", lr=1.0, shards=3, persistence=0) as store:
+
         def learner(_):
             h = store.learner()
             h.configure_transfer(engine="cpu", chunk_bytes=64, copy_delay_us=200)
@@ -198,9 +221,7 @@ def test_staleness_distance_reads_through_the_pipeline_like_the_plain_path(mode)
     init = np.linspace(0, 1, SIZE, dtype=np.float32)
     grads = _grads(3, seed=3)
     with fastps.Store(init=init, **kw) as plain, fastps.Store(init=init, **kw) as piped:
-        np.testing.assert_array_equal(
-            _run(piped, grads, chunk_bytes=128), _run(plain, grads)
-        )
+        np.testing.assert_array_equal(_run(piped, grads, chunk_bytes=128), _run(plain, grads))
 
 
 def test_nan_guard_through_the_pipeline():
