@@ -19,6 +19,8 @@ from typing import IO, Any
 import _harness as H
 import numpy as np
 
+import fastps
+
 LR = 1e-3
 PUSH_BYTES = 12  # read w, read g, write w (float32)
 PULL_BYTES = 8  # read w, write out
@@ -136,3 +138,25 @@ class Section:
     def emit(self, rec: dict[str, Any]) -> None:
         H.emit(rec, self.files)
         self.records.append(rec)
+
+
+def run_section(args: argparse.Namespace, what: str, run: Callable[[Section], None],
+                tables: Sequence[Callable[..., None]]) -> int:  # fmt: skip
+    """The main of a paired-section script: log what runs, ``run`` its cells into a Section
+    (JSON lines to stdout and --out), then print each of ``tables(records[, args])``."""
+    H.log(f"fastps {fastps.__version__}: {what}, modes {args.modes}, target {args.target_s} "
+          f"s/cell, {args.repeats} rounds")  # fmt: skip
+    s = Section(args, [args.out] if args.out else [])
+    t0 = time.perf_counter()
+    try:
+        run(s)
+    finally:
+        if args.out:
+            args.out.close()
+    H.log(f"all cells in {time.perf_counter() - t0:.0f} s, {s.quiet.spent_s:.0f} s of it "
+          "waiting for quiet")  # fmt: skip
+    if s.records:
+        tables[0](s.records)
+        for table in tables[1:]:
+            table(s.records, args)
+    return 0

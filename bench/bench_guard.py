@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -206,24 +205,12 @@ def print_guard_summary(records: Sequence[dict[str, Any]], args: argparse.Namesp
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    H.log(
-        f"fastps {fastps.__version__}: guard sizes {[C.pow2(n) for n in args.guard_sizes]}, "
-        f"{args.guard_shards} shards, modes {args.modes}, target {args.target_s} s/cell, "
-        f"{args.repeats} rounds"
+    return C.run_section(
+        args,
+        f"guard sizes {[C.pow2(n) for n in args.guard_sizes]}, {args.guard_shards} shards",
+        run_guard,
+        [print_guard_table, print_guard_summary],
     )
-    s = C.Section(args, [args.out] if args.out else [])
-    t0 = time.perf_counter()
-    try:
-        run_guard(s)
-    finally:
-        if args.out:
-            args.out.close()
-    H.log(f"all cells in {time.perf_counter() - t0:.0f} s, {s.quiet.spent_s:.0f} s of it "
-          "waiting for quiet")  # fmt: skip
-    if s.records:
-        print_guard_table(s.records)
-        print_guard_summary(s.records, args)
-    return 0
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -234,24 +233,12 @@ def print_policy_summary(records: Sequence[dict[str, Any]], args: argparse.Names
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    H.log(
-        f"fastps {fastps.__version__}: policies at {[C.pow2(n) for n in args.policy_sizes]}, "
-        f"{args.policy_shards} shards, modes {args.modes}, target {args.target_s} s/cell, "
-        f"{args.repeats} rounds"
+    return C.run_section(
+        args,
+        f"policies at {[C.pow2(n) for n in args.policy_sizes]}, {args.policy_shards} shards",
+        run_policies,
+        [print_policy_table, print_policy_summary],
     )
-    s = C.Section(args, [args.out] if args.out else [])
-    t0 = time.perf_counter()
-    try:
-        run_policies(s)
-    finally:
-        if args.out:
-            args.out.close()
-    H.log(f"all cells in {time.perf_counter() - t0:.0f} s, {s.quiet.spent_s:.0f} s of it "
-          "waiting for quiet")  # fmt: skip
-    if s.records:
-        print_policy_table(s.records)
-        print_policy_summary(s.records, args)
-    return 0
 
 
 if __name__ == "__main__":
