@@ -34,7 +34,10 @@ def test_probes_refuse_mismatched_or_converted_buffers():
         probe.copy(np.ones(2000, np.float32)[::2], w)
 
 
-def test_probe_module_imports_no_torch():
+def test_probe_module_imports_no_torch(tmp_path):
     code = "import sys, fastps.probe; print('torch' in sys.modules)"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    # Outside the checkout: "-c" puts the working directory first on sys.path, and the source
+    # tree's fastps has no built extension (the installed one has).
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)  # fmt: skip
     assert r.stdout.strip() == "False", r.stderr
