@@ -16,6 +16,11 @@ Output contract of every ``bench/bench_<question>.py`` script:
   ``python bench/bench_store.py | grep -v '^#' > out.jsonl`` (or skips lines starting with '#').
 * progress and diagnostics go to stderr (``log``). Benchmarks report; they never assert.
 
+A shared 2-core box makes every number depend on what else runs. Each record carries
+``foreign_cpus`` (CPUs other processes kept busy during the cell, from /proc/stat); a cell
+measured while they kept --quiet-below or more busy is measured again (--retries) after waiting
+for a quiet machine, within --max-wait per wait and --wait-budget per run (``Quiet``).
+
 ``env.git_sha`` ends in ``-dirty`` when the work tree had uncommitted changes, ``env.threads``
 is the number of threads the cell ran with, and ``env.cores`` the CPUs the process may use.
 

@@ -16,13 +16,8 @@ reported and never asserted: native policies (Constant, Inverse, Exponential, Ta
 ``params.nan_guard``): it costs every policy the same, so it only dilutes the ratios (its own
 cost: bench/bench_guard.py).
 
-A shared 2-core box makes every number depend on what else runs. Each record carries
-``foreign_cpus`` (CPUs other processes kept busy during the cell, from /proc/stat); a cell
-measured while they kept --quiet-below or more busy is measured again (--retries) after waiting
-for a quiet machine, within --max-wait per wait and --wait-budget per run.
-
-Output: JSON lines on stdout (and --out), then a '#'-prefixed table and summary; progress on
-stderr. See bench/_harness.py. Run it as a script so the installed fastps is imported:
+Noisy cells are measured again, and records, tables and progress go where every script
+sends them: bench/_harness.py says how. Run it as a script so the installed fastps is imported:
 
     python bench/bench_policies.py --quick
     python bench/bench_policies.py --out bench/out/policies.jsonl

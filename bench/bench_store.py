@@ -39,13 +39,8 @@ The cost of each step-size policy (records ``"store_policy"``) and of the NaN gu
 bench/bench_guard.py (this script accepts their old --no-policies and --no-guard flags and
 ignores them).
 
-A shared 2-core box makes every number depend on what else runs. Each record carries
-``foreign_cpus`` (CPUs other processes kept busy during the cell, from /proc/stat); a cell
-measured while they kept --quiet-below or more busy is measured again (--retries) after waiting
-for a quiet machine, within --max-wait per wait and --wait-budget per run.
-
-Output: JSON lines on stdout (and --out), then a '#'-prefixed table and summary; progress on
-stderr. See bench/_harness.py. Run it as a script so the installed fastps is imported:
+Noisy cells are measured again, and records, tables and progress go where every script
+sends them: bench/_harness.py says how. Run it as a script so the installed fastps is imported:
 
     python bench/bench_store.py --quick
     python bench/bench_store.py --out bench/out/store.jsonl

@@ -34,11 +34,12 @@ class LearnerHandle:
     its place among the store's ``max_learners``.
     """
 
-    __slots__ = ("_h", "_store", "_xfer")
+    __slots__ = ("_guard", "_h", "_store", "_xfer")
 
     def __init__(self, handle: _core.Learner, store: Store) -> None:
         self._h = handle
         self._store = store
+        self._guard = _config.nan_guard_name(store._s.config)  # fixed for the store's life
         self._xfer: _transfer.TransferPath | None = None
 
     def pull(self, out: Any) -> Any:
@@ -79,7 +80,7 @@ class LearnerHandle:
             if not is_cuda(grad):
                 arr, native = grad_view("push", grad, dtype)
                 return self._h.push(arr, native)
-        return self._path().push(grad, self._nan_guard())
+        return self._path().push(grad, self._guard)
 
     def push_async(self, grad: Any) -> concurrent.futures.Future[int]:
         """``push`` on this handle's worker thread; returns a Future of its result.
@@ -89,7 +90,7 @@ class LearnerHandle:
         the caller's current stream now. The next push, pull or close of this handle waits for
         it first. A refused gradient's error is raised by ``future.result()``.
         """
-        return self._path().push_async(grad, self._nan_guard())
+        return self._path().push_async(grad, self._guard)
 
     def configure_transfer(
         self,
@@ -126,9 +127,6 @@ class LearnerHandle:
         """The last pipelined push: ``(kind, chunk, buffer, start_ns, end_ns)`` per copy
         (CPU engine) and per apply, when configured with ``record=True``."""
         return [] if self._xfer is None else self._xfer.timeline()
-
-    def _nan_guard(self) -> str:
-        return self._store.config["nan_guard"]
 
     def _path(self) -> _transfer.TransferPath:
         if self._xfer is None:
