@@ -36,6 +36,8 @@ public API only (``fastps.Store``, ``fastps.probe``), never ``fastps._core``.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from collections.abc import Sequence
 
 from _output import emit, env, log, print_table, record
@@ -52,11 +54,47 @@ from _timing import (
     repeated,
 )
 
+SCRIPT_EXTRA = {"bench_peers": "peers", "bench_train": "train", "bench_ray": "ray",
+                "make_results": "peers", "results_": "peers"}  # fmt: skip
+"""The pip extra each script needs (by name or name prefix); the others need "bench"."""
+
+
+def script_extra(script: str) -> str:
+    """The extra that ``bench/SCRIPT.py`` needs (README: ``pip install ".[EXTRA]"``)."""
+    name = os.path.splitext(os.path.basename(script))[0]
+    for key, extra in SCRIPT_EXTRA.items():
+        if name == key or (key.endswith("_") and name.startswith(key)):
+            return extra
+    return "bench"
+
+
+def _hint_missing_extra(previous: object) -> object:
+    """sys.excepthook: a script stopped by a module its extra installs says, in one line,
+    which extra to install (fastps.extras) instead of a traceback."""
+
+    def hook(kind: type[BaseException], exc: BaseException, tb: object) -> None:
+        try:
+            from fastps import extras
+        except ModuleNotFoundError:  # fastps itself is missing: the traceback says so
+            extras = None
+        script = os.path.basename(sys.argv[0] or "bench")
+        line = extras.hint(exc, script, script_extra(script)) if extras else None
+        if line is None:
+            previous(kind, exc, tb)  # type: ignore[operator]
+        else:
+            print(line, file=sys.stderr)
+
+    return hook
+
+
+sys.excepthook = _hint_missing_extra(sys.excepthook)
+
 __all__ = [
+    "SCRIPT_EXTRA",
     "ForeignLoad", "Quiet", "ThreadTeam", "Timing", "add_cell_args", "add_quiet_args", "emit",
     "env", "float_list", "int_list", "log", "measure", "measure_interleaved", "measure_parallel",
     "mode_list", "paired", "plan", "print_table", "quantiles", "record", "repeated",
-    "report_noisy", "resolve_cell_args", "wait_quiet",
+    "report_noisy", "resolve_cell_args", "script_extra", "wait_quiet",
 ]  # fmt: skip
 
 

@@ -48,7 +48,7 @@ A peer that cannot start (not installed, a port refused, a crash) is reported in
 (``error``) and in the table, not skipped. JSON lines go to bench/results/bench_peers.jsonl;
 then a table; bench/make_results.py puts it in docs/results.md.
 
-    pip install ".[peers]"
+    pip install -c constraints.txt ".[peers]"
     python bench/bench_peers.py           # about 3 minutes on 2 cores
     python bench/bench_peers.py --quick   # about a minute
 """

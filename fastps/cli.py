@@ -13,6 +13,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from fastps import extras
+
 STEP_SIZES = ("constant", "inverse", "exponential", "tail", "distance")
 
 
@@ -28,6 +30,8 @@ def _policy(name: str, lr: float) -> Any:
 
 
 RAY_ONLY = ("address", "servers")
+_EXTRA = {"train": "train", "simulate": None}
+"""The pip extra each command needs beyond numpy (fastps.extras names it when one is missing)."""
 STRAGGLER_FORMS = ("exp:MEAN", "shifted-exp:SHIFT:MEAN", "slow:LEARNER:DELAY", "fixed:DELAY")
 
 
@@ -333,23 +337,9 @@ def train(args: argparse.Namespace) -> int:
                                  seed=args.seed)  # fmt: skip
     bar = None
     if not args.no_progress:
-        from tqdm import tqdm
+        from fastps.progress import ProgressBar
 
-        # The total comes with fit's progress records (None with only a time budget).
-        bar = tqdm(total=None, unit="upd", dynamic_ncols=True, file=sys.stderr, mininterval=0.2)
-
-    def progress(rec: dict[str, Any]) -> None:
-        if bar is None:
-            return
-        if "accuracy" in rec:
-            bar.set_postfix(acc=f"{rec['accuracy']:.3f}", loss=f"{rec['loss']:.3f}",
-                            tau=f"{rec['staleness_mean']:.2f}")  # fmt: skip
-            return
-        if rec.get("total") != bar.total:
-            bar.total = rec.get("total")
-            bar.refresh()
-        if rec["updates"] != bar.n:
-            bar.update(rec["updates"] - bar.n)
+        bar = ProgressBar()
 
     # Only what was given goes to fit (None: the variant's default, filled in by fit).
     given = {dest: getattr(args, dest) for dest in VARIANT_OPTIONS
@@ -363,7 +353,7 @@ def train(args: argparse.Namespace) -> int:
                 epochs=args.epochs, updates=args.updates, seed=args.seed, backend=args.backend,
                 evals=args.evals,
                 checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
-                resume_from=args.resume, progress=progress,
+                resume_from=args.resume, progress=bar,
                 devices=args.devices.split(",") if args.devices else None,
                 **given, **({"threads": args.threads} if args.threads is not None else {}),
                 **(dict(address=args.address, servers=args.servers) if args.backend == "ray"
@@ -463,6 +453,20 @@ def _subparser(p: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _run(argv)
+    except ModuleNotFoundError as e:  # `pip install .` without the command's extra
+        args = sys.argv[1:] if argv is None else list(argv)
+        command = next((a for a in args if a in _EXTRA), None)
+        who = f"fastps {command}" if command else "fastps"
+        line = extras.hint(e, who, _EXTRA.get(command or "train"))
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
+        return 2
+
+
+def _run(argv: Sequence[str] | None) -> int:
     p = _parser()
     args = p.parse_args(argv)
     if args.command == "train":

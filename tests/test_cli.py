@@ -142,10 +142,11 @@ def fake_fit(monkeypatch):
 
     def fake(model_fn, data, **kw):
         calls.append(kw)
+        progress = kw["progress"] or (lambda rec: None)  # None: --no-progress
         for rec in records:
-            kw["progress"](rec)
+            progress(rec)
         ev = {"t_s": 1.0, "updates": 7, "loss": 0.5, "accuracy": 0.75, "staleness_mean": 0.0}
-        kw["progress"](ev)
+        progress(ev)
         ln = {"id": 0, "updates": 7, "compute_s": 1.0, "push_s": 0.5, "pull_s": 0.5,
               "wait_s": 0.0}  # fmt: skip
         return History(evals=[ev], learners=[ln], config={}, stats={

@@ -88,9 +88,10 @@ def fit(
     starts a local one; ``checkpoint`` and ``resume_from`` are then folders; docs/ray.md).
     Store arguments (mode, step_size, lr, momentum, ...) pass through. A learner that raises
     stops the run with RuntimeError carrying its traceback; fit() never waits forever.
-    ``progress`` is called about 20 times a second with {"updates", "total"} ("total": the
-    run's store updates, estimated at tau_0 or K_0 for adacomm and adasync, None with only a
-    time budget), and with each evaluation record (which has "accuracy").
+    ``progress`` is called about 20 times a second with {"updates", "total", "started"}
+    ("total": the run's store updates, estimated at tau_0 or K_0 for adacomm and adasync, None
+    with only a time budget; "started": False while the learners set up, True once all have
+    started), and with each evaluation record (which has "accuracy").
     ``variant`` (see VARIANTS) and ``k``: async pushes every gradient itself; the others send
     gradients to a coordinator that averages K of them into one update (sync: K = learners).
     ``straggler``: an injected delay before each mini-batch (a Straggler). ``comm_delay``: an

@@ -141,7 +141,7 @@ def supervise(out: Any, store: Any, learners: int, start: Any, stop: Any, histor
         alive(finished)
         clock = store.stats()["clock"]
         if progress:
-            progress({"updates": clock, "total": updates})
+            progress({"updates": clock, "total": updates, "started": start.is_set()})
         if next_ckpt is not None and save is not None and clock >= next_ckpt:
             save()
             next_ckpt = clock - clock % checkpoint_every + checkpoint_every  # type: ignore[operator]
