@@ -202,6 +202,13 @@ def _check_train_args(t: argparse.ArgumentParser, args: argparse.Namespace) -> N
             opt = "--" + dest.replace("_", "-")
             why = f" (it fixes K = {row.k})" if dest == "k" else ""
             t.error(f"{opt} is for --variant {', '.join(users)}; {v} does not use it{why}")
+    if args.step_size != "constant" and row.coordinated and not row.local:
+        from fastps.train.options import check_staleness_policy
+
+        try:  # the store would only see tau = 0 (fit's rule, said as a usage error)
+            check_staleness_policy(row, _policy(args.step_size, args.lr))
+        except ValueError as e:
+            t.error(f"--step-size {args.step_size}: {str(e).removeprefix('fit: ')}")
     if row.takes("k") and args.k is None:
         rng = "K >= 1" if row.k == "any" else "1..P"
         t.error(f"--variant {v} needs --k ({'K_0, ' if row.adapts == 'k' else ''}{rng})")

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from fastps.step_size import Constant, StepSize
 from fastps.train.variants import VARIANT_OPTIONS, Variant, variant
 
 BACKENDS = ("process", "thread", "ray")
@@ -58,6 +59,33 @@ def check_int(name: str, value: Any, low: int) -> None:
     """ValueError unless ``value`` is an integer (not a bool) >= ``low``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"fit: {name} must be an integer >= {low} (got {value!r})")
+
+
+def check_staleness_policy(row: Variant, step_size: Any) -> None:
+    """Refuse a staleness-dependent step size where the store would only ever see tau = 0.
+
+    In the coordinated variants the coordinator is the store's only writer and pulls right
+    before each push, so the store measures tau = 0 for every update and a staleness policy
+    (Inverse, Exponential, TailTau, StalenessDistance, a hook) would silently reduce to its
+    tau = 0 step. In sync, k-sync, k-batch-sync and adasync that is the truth (a gradient
+    computed on an older model is dropped); in k-async and k-batch-async the gradients are
+    stale by construction but their staleness does not reach the store's policy yet. Either
+    way the run would not do what the policy promises, so it is refused (the constant step,
+    ``step_size=None`` or ``Constant()``, is what these variants apply)."""
+    if not row.coordinated or row.local or step_size is None:
+        return
+    if isinstance(step_size, Constant):  # the constant step (ProjectedConstant included)
+        return
+    name = type(step_size).__name__ if isinstance(step_size, StepSize) else "a step_size hook"
+    if row.drops_late:
+        why = ("applies only gradients computed on the current model (staleness 0 by "
+               "construction)")  # fmt: skip
+    else:
+        why = ("averages stale gradients, but their staleness does not reach the store's "
+               "policy yet (the coordinator is the store's only writer: it sees tau = 0)")  # fmt: skip
+    raise ValueError(f"fit: variant {row.name!r} {why}; a staleness-dependent step size "
+                     f"({name}) would always take its tau = 0 step. Use the constant step "
+                     f"(step_size=None or Constant()) or the async variant")  # fmt: skip
 
 
 def check_devices(devices: Sequence[str] | None) -> list[str] | None:
@@ -191,6 +219,7 @@ class Options:
                 f"fit: {row.name} exchanges models through the store's plain step (no momentum, "
                 "weight decay or step-size policy); it takes its local steps with lr"
             )
+        check_staleness_policy(row, kw["step_size"])
         k = kw["k"]
         fixed = row.fixed_k(learners)
         if fixed is not None:
