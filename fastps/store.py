@@ -137,6 +137,20 @@ class LearnerHandle:
         """Version of ``shard`` read by the last pull (0 before the first pull)."""
         return self._h.read_version(shard)
 
+    def backdate(self, updates: int) -> None:
+        """Count the next push's staleness from ``updates`` versions before the last pull.
+
+        For a writer that applies gradients computed elsewhere on older models (fit's
+        coordinator in k-async and k-batch-async): every shard's read version goes back by
+        ``updates``, so the push's tau, its step size and the staleness histogram count the
+        gradient's true age. Needs a pull first; refused with StalenessDistance (it needs the
+        older model itself) and beyond a shard's version 0 (ValueError, nothing changed).
+        """
+        n = _config.check_int("backdate", "updates", updates)
+        if not 0 <= n < 2**63:
+            raise ValueError(f"backdate: updates must be in [0, 2**63) (got {n})")
+        self._h.backdate(n)
+
     def last_push_versions(self) -> list[int]:
         """Per shard, the version the last push created (0 where it was dropped or skipped)."""
         return self._h.last_push_versions

@@ -394,6 +394,7 @@ PYBIND11_MODULE(_core, m) {
           },
           py::arg("grad").noconvert(), py::arg("dtype") = py::none())
       .def("refuse_nonfinite", &Learner::refuse_nonfinite, py::arg("index"))
+      .def("backdate", &Learner::backdate, py::arg("updates"))
       .def("close", &Learner::close)
       .def_property_readonly("id", &Learner::id)
       .def("read_version", &Learner::read_version, py::arg("shard"))

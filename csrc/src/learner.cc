@@ -161,6 +161,20 @@ uint32_t Learner::refuse_nonfinite(int64_t index) {
   return cfg.shards;
 }
 
+void Learner::backdate(uint64_t updates) {
+  check_open("backdate");
+  FASTPS_CHECK_ARG(pulled_, "backdate: needs a pull first (it moves the last pull's versions)");
+  FASTPS_CHECK_ARG(store_->cfg_.step.kind != StepKind::kDistance || updates == 0,
+                   "backdate: the StalenessDistance step size needs the model the gradient was "
+                   "computed on, which the store no longer has");
+  for (uint32_t s = 0; s < read_versions_.size(); ++s)
+    FASTPS_CHECK_ARG(read_versions_[s] >= updates,
+                     "backdate: shard %u was read at version %llu, fewer than %llu updates ago", s,
+                     static_cast<unsigned long long>(read_versions_[s]),
+                     static_cast<unsigned long long>(updates));
+  for (uint64_t& v : read_versions_) v -= updates;
+}
+
 void Learner::check_ready() const {
   const StoreConfig& cfg = store_->cfg_;
   FASTPS_CHECK(cfg.step.kind != StepKind::kDistance || pulled_,

@@ -70,8 +70,8 @@ class Coordinator:
                 or time.perf_counter() >= self.deadline)  # fmt: skip
 
     def staleness_mean(self) -> float:
-        """Mean staleness of the gradients taken so far (the store's own stays 0: the
-        coordinator is its only writer)."""
+        """Mean staleness of the gradients taken so far (the store's histogram counts each
+        update's oldest gradient: ``tau_applied`` in the log)."""
         n = self.tau_n
         return self.tau_sum / n if n else 0.0
 
@@ -103,7 +103,14 @@ class Coordinator:
             )
 
     def apply(self) -> None:
-        self.handle.pull(self.scratch)  # the store's own tau stays 0: the only writer is us
+        # The coordinator is the store's only writer and every update bumps every shard once,
+        # so a gradient computed tau updates ago was read tau versions before this pull. The
+        # update counts the oldest gradient's staleness (0 in the variants that drop late
+        # gradients): the store's step-size policy and histogram see it (LearnerHandle.backdate).
+        tau = max(b[3] for b in self.batch)
+        self.handle.pull(self.scratch)
+        if tau:
+            self.handle.backdate(tau)
         self.handle.push(self.grad_sum / np.float32(len(self.batch)))
         self.updates += 1
         self.version.value = self.updates  # learners of the cancelling variants watch it
@@ -117,6 +124,7 @@ class Coordinator:
                          "versions": [b[1] for b in self.batch],
                          "loss": float(np.mean([b[2] for b in self.batch])),
                          "staleness": float(np.mean([b[3] for b in self.batch])),
+                         "tau_applied": tau,
                          "in_progress": self.P - len(contributors), "tau": self.tau})  # fmt: skip
         if self.variant.adapts == "tau":
             self.adapt()

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fastps.step_size import Constant, StepSize
+from fastps.step_size import Constant, StalenessDistance, StepSize
 from fastps.train.variants import VARIANT_OPTIONS, Variant, variant
 
 BACKENDS = ("process", "thread", "ray")
@@ -61,31 +61,41 @@ def check_int(name: str, value: Any, low: int) -> None:
         raise ValueError(f"fit: {name} must be an integer >= {low} (got {value!r})")
 
 
-def check_staleness_policy(row: Variant, step_size: Any) -> None:
-    """Refuse a staleness-dependent step size where the store would only ever see tau = 0.
+def check_staleness_policy(row: Variant, step_size: Any, backend: str = "process") -> None:
+    """Refuse a staleness-dependent step size where it cannot do what it promises.
 
-    In the coordinated variants the coordinator is the store's only writer and pulls right
-    before each push, so the store measures tau = 0 for every update and a staleness policy
-    (Inverse, Exponential, TailTau, StalenessDistance, a hook) would silently reduce to its
-    tau = 0 step. In sync, k-sync, k-batch-sync and adasync that is the truth (a gradient
-    computed on an older model is dropped); in k-async and k-batch-async the gradients are
-    stale by construction but their staleness does not reach the store's policy yet. Either
-    way the run would not do what the policy promises, so it is refused (the constant step,
-    ``step_size=None`` or ``Constant()``, is what these variants apply)."""
+    In the coordinated variants the coordinator is the store's only writer. In sync, k-sync,
+    k-batch-sync and adasync every gradient applied was computed on the current model (a late
+    one is dropped), so tau is 0 by construction and a staleness policy (Inverse, Exponential,
+    TailTau, StalenessDistance, a hook) would silently reduce to its tau = 0 step: refused. In
+    k-async and k-batch-async the coordinator backdates its push to the oldest gradient of the
+    update (``LearnerHandle.backdate``), so the policy sees the true staleness; only
+    StalenessDistance is refused there (it needs the older model itself). The constant step
+    (``step_size=None`` or ``Constant()``) is taken everywhere."""
     if not row.coordinated or row.local or step_size is None:
         return
     if isinstance(step_size, Constant):  # the constant step (ProjectedConstant included)
         return
     name = type(step_size).__name__ if isinstance(step_size, StepSize) else "a step_size hook"
     if row.drops_late:
-        why = ("applies only gradients computed on the current model (staleness 0 by "
-               "construction)")  # fmt: skip
-    else:
-        why = ("averages stale gradients, but their staleness does not reach the store's "
-               "policy yet (the coordinator is the store's only writer: it sees tau = 0)")  # fmt: skip
-    raise ValueError(f"fit: variant {row.name!r} {why}; a staleness-dependent step size "
-                     f"({name}) would always take its tau = 0 step. Use the constant step "
-                     f"(step_size=None or Constant()) or the async variant")  # fmt: skip
+        raise ValueError(
+            f"fit: variant {row.name!r} applies only gradients computed on the current model "
+            f"(staleness 0 by construction); a staleness-dependent step size ({name}) would "
+            "always take its tau = 0 step. Use the constant step (step_size=None or Constant()) "
+            "or an async variant"
+        )
+    if backend == "ray":
+        raise ValueError(
+            f"fit: variant {row.name!r} with backend='ray' cannot pass the gradients' staleness "
+            f"to the servers' step size ({name}) yet: use the constant step, the process or "
+            "thread backend, or the async variant"
+        )
+    if isinstance(step_size, StalenessDistance):
+        raise ValueError(
+            f"fit: variant {row.name!r} applies averaged gradients of older models that the "
+            "store no longer keeps; StalenessDistance needs that model (use Inverse, "
+            "Exponential, TailTau or the async variant)"
+        )
 
 
 def check_devices(devices: Sequence[str] | None) -> list[str] | None:
@@ -219,7 +229,7 @@ class Options:
                 f"fit: {row.name} exchanges models through the store's plain step (no momentum, "
                 "weight decay or step-size policy); it takes its local steps with lr"
             )
-        check_staleness_policy(row, kw["step_size"])
+        check_staleness_policy(row, kw["step_size"], kw["backend"])
         k = kw["k"]
         fixed = row.fixed_k(learners)
         if fixed is not None:

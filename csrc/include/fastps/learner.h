@@ -68,6 +68,12 @@ class Learner {
   /// The chunks push(src, ..., chunk) asks for, in order: shards from this handle's start
   /// shard on (learners start at different shards), each cut into pieces of <= chunk elements.
   std::vector<Chunk> chunk_plan(uint64_t chunk) const;
+  /// Counts the next push's staleness from `updates` versions before the last pull: every
+  /// shard's read version goes back by `updates`, so tau grows by exactly that (a coordinator
+  /// applying a gradient computed on a model `updates` store updates older than its own pull).
+  /// Needs a pull first; refused for StalenessDistance (it would need that older model) and
+  /// beyond a shard's version 0. Validates every shard before changing any.
+  void backdate(uint64_t updates);
   /// What push does with a gradient whose element `index` is NaN or Inf, found by the caller:
   /// throws std::invalid_argument (nan_guard raise) or counts a skip and returns S (skip).
   uint32_t refuse_nonfinite(int64_t index);
