@@ -3,7 +3,10 @@ the dicts that ``Store.config``, checkpoints and ``fastps.ray`` use.
 
 This module is the one place where a configuration is mapped: arguments are type-checked here
 (Python types are the facade's business) and range-checked by the native core
-(``StoreConfig.validate``), the rule that ``Store`` creation applies too.
+(``StoreConfig.validate``), the rule that ``Store`` creation applies too. An integer the native
+field cannot hold at all (``persistence=2**31``) is refused here, by ``check_int``, with the
+message that states the core's range (``INT_ARGS``). A checkpoint header's configuration is
+range-checked by the same rules (``check_header``).
 """
 
 from __future__ import annotations
@@ -94,8 +97,11 @@ def _fill(size: Any, shards: Any, mode: str, lr: Any, policy: _steps.StepSize, m
     cfg.mode = getattr(_core.Mode, mode)
     if lr is None:
         lr = policy.lr if policy.lr is not None else 0.01
-    elif policy.lr is not None and float(np.float32(policy.lr)) != float(np.float32(lr)):
-        raise ValueError(f"{api}: lr={lr} disagrees with the step_size's lr={policy.lr}")
+    else:
+        lr = check_number(api, "lr", lr)
+        with np.errstate(over="ignore"):  # a huge lr: the core says it is not finite in float32
+            if policy.lr is not None and np.float32(policy.lr) != np.float32(lr):
+                raise ValueError(f"{api}: lr={lr} disagrees with the step_size's lr={policy.lr}")
     cfg.lr = check_number(api, "lr", lr)
     cfg.momentum = check_number(api, "momentum", momentum)
     cfg.nesterov = bool(nesterov)
