@@ -3,7 +3,10 @@ the dicts that ``Store.config``, checkpoints and ``fastps.ray`` use.
 
 This module is the one place where a configuration is mapped: arguments are type-checked here
 (Python types are the facade's business) and range-checked by the native core
-(``StoreConfig.validate``), the rule that ``Store`` creation applies too.
+(``StoreConfig.validate``), the rule that ``Store`` creation applies too. An integer the native
+field cannot hold at all (``persistence=2**31``) is refused here, by ``check_int``, with the
+message that states the core's range (``INT_ARGS``). A checkpoint header's configuration is
+range-checked by the same rules (``check_header``).
 """
 
 from __future__ import annotations
@@ -49,11 +52,33 @@ def check_number(api: str, name: str, value: Any) -> float:
     return value
 
 
-def check_int(api: str, name: str, value: Any) -> int:
-    """``value`` as an int; TypeError unless an integer (bool is not one)."""
+INT_ARGS = {
+    "size": (-(2**63), 2**63 - 1, "{api}: size must be in [1, 2^40] (got {got})"),
+    "shards": (0, 2**32 - 1, "{api}: shards must be in [1, {blocks}] for size {size} (one 64-byte "
+               "block at least per shard), got {got}"),
+    "persistence": (-(2**31), 2**31 - 1,
+                    "{api}: persistence must be -1 (never drop) or in [0, 2^31-1] (got {got})"),
+    "max_learners": (0, 2**32 - 1, "{api}: max_learners must be in [1, 1024] (got {got})"),
+    "staleness_bins": (0, 2**32 - 1, "{api}: staleness_bins must be in [1, 65536] (got {got})"),
+}  # fmt: skip
+"""Store's integer arguments: [lowest, highest] the native field can hold (the binding reads a
+C ``long long`` for size, ``int32`` for persistence, ``uint32`` for the rest), and the message
+for a value outside it, which states the core's rule (``StoreConfig.validate`` checks the rule
+for the values inside; tests/test_errors.py checks that both say the same range)."""
+
+
+def check_int(api: str, name: str, value: Any, **context: Any) -> int:
+    """``value`` as an int; TypeError unless an integer (bool is not one). For the arguments
+    in ``INT_ARGS``, ValueError naming the argument and its range when the native field cannot
+    hold ``value`` (``context``: the other values the message names, e.g. ``size``)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{api}: {name} must be an integer (got {type_name(value)})")
-    return int(value)
+    value = int(value)
+    if name in INT_ARGS:
+        low, high, message = INT_ARGS[name]
+        if not low <= value <= high:
+            raise ValueError(message.format(api=api, got=value, **context))
+    return value
 
 
 def _fill(size: Any, shards: Any, mode: str, lr: Any, policy: _steps.StepSize, momentum: Any,
@@ -62,15 +87,21 @@ def _fill(size: Any, shards: Any, mode: str, lr: Any, policy: _steps.StepSize, m
     cfg = _core.StoreConfig()
     # Integer fields narrow natively (ValueError naming the field when out of range).
     cfg.size = check_int(api, "size", size)
-    cfg.shards = default_shards(cfg.size) if shards is None else check_int(api, "shards", shards)
+    if shards is None:
+        cfg.shards = default_shards(cfg.size)
+    else:
+        cfg.shards = check_int(api, "shards", shards, size=cfg.size, blocks=blocks(cfg.size))
     cfg.persistence = check_int(api, "persistence", persistence)
     cfg.max_learners = check_int(api, "max_learners", max_learners)
     cfg.staleness_bins = check_int(api, "staleness_bins", staleness_bins)
     cfg.mode = getattr(_core.Mode, mode)
     if lr is None:
         lr = policy.lr if policy.lr is not None else 0.01
-    elif policy.lr is not None and float(np.float32(policy.lr)) != float(np.float32(lr)):
-        raise ValueError(f"{api}: lr={lr} disagrees with the step_size's lr={policy.lr}")
+    else:
+        lr = check_number(api, "lr", lr)
+        with np.errstate(over="ignore"):  # a huge lr: the core says it is not finite in float32
+            if policy.lr is not None and np.float32(policy.lr) != np.float32(lr):
+                raise ValueError(f"{api}: lr={lr} disagrees with the step_size's lr={policy.lr}")
     cfg.lr = check_number(api, "lr", lr)
     cfg.momentum = check_number(api, "momentum", momentum)
     cfg.nesterov = bool(nesterov)
@@ -166,6 +197,23 @@ def policy_from_header(c: dict[str, Any], step_size: Any, api: str, where: str) 
     for k in STEP_FIELDS:
         setattr(sc, k, step[k])
     return _steps.from_native(sc, c["lr"])
+
+
+def check_header(c: dict[str, Any], where: str) -> None:
+    """Range-check the configuration ``c`` of a checkpoint header (``to_header``'s form, its
+    types already checked) by the rules a Store applies, before anything is built: ValueError
+    ``"<where>: header field 'config' is refused: <the rule>"``."""
+    try:
+        if c["step"]["kind"] == "hook":  # the callable comes with Store.load, not the file
+            policy = _steps.Hook(lr=c["lr"])
+        else:
+            policy = policy_from_header(c, None, "load", where)
+        native_config(c["size"], shards=c["shards"], step_size=policy, api="load",
+                      **store_kwargs(c))  # fmt: skip
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"{where}: header field 'config' is refused: {str(e).removeprefix('load: ')}"
+        ) from None
 
 
 def store_kwargs(c: dict[str, Any]) -> dict[str, Any]:

@@ -282,9 +282,13 @@ class Store:
         """Write parameters, momentum, clock, versions and staleness histograms to ``path``.
 
         Safe while learners keep pushing: each shard is copied at one instant (locked and
-        leashed modes). The file is written to a temporary name, fsynced and renamed into
-        place, so a crash mid-save leaves the previous checkpoint intact. ``metadata``: any
-        JSON-serialisable value, returned as ``store.metadata`` by ``Store.load``.
+        leashed modes). The file is written to a temporary name (``.NAME.HOST.PID.XXXX.tmp``),
+        fsynced and renamed into place, so a crash mid-save leaves the previous checkpoint
+        intact; the next save to ``path`` removes the temporaries of writers that died.
+        ``metadata``: any JSON-serialisable value nesting at most 99 levels, returned as
+        ``store.metadata`` by ``Store.load``. A folder that does not exist or cannot be
+        written raises FileNotFoundError, PermissionError, NotADirectoryError or
+        IsADirectoryError (``path`` is a folder) saying which, before anything is written.
         """
         _ckpt.save(self._s, path, metadata)
 
@@ -303,10 +307,14 @@ class Store:
     ) -> Store:
         """A new store holding the checkpoint at ``path``.
 
-        A truncated, corrupted (checksum), wrong-version file, or one whose layout disagrees
-        with ``size`` / ``shards`` when given, raises ValueError before any store exists.
-        ``mode``, ``shared``, ``max_learners`` and ``nan_guard`` may differ from the saved
-        store; a Python-callable step size must be given again as ``step_size``.
+        The whole file is checked before any store exists: a truncated, corrupted (checksum),
+        wrong-version file, a header that is not what a save writes (a missing key, a wrong
+        type, a value out of range, a TAIL-tau table that is not finite), or a layout that
+        disagrees with ``size`` / ``shards`` when given raises ValueError; a missing file, a
+        folder or a file without read permission raises FileNotFoundError, IsADirectoryError
+        or PermissionError saying which. ``mode``, ``shared``, ``max_learners`` and
+        ``nan_guard`` may differ from the saved store (checked as ``Store(...)`` checks them);
+        a Python-callable step size must be given again as ``step_size``.
         """
         header, params, momentum = _ckpt.read(path)
         c = header["config"]
@@ -317,14 +325,12 @@ class Store:
                 )
         policy = _config.policy_from_header(c, step_size, "load", os.fspath(path))
         kwargs = _config.store_kwargs(c)
-        kwargs.update(mode=mode or c["mode"], nan_guard=nan_guard or c["nan_guard"],
-                      max_learners=max_learners or c["max_learners"])  # fmt: skip
+        for name, value in (("mode", mode), ("nan_guard", nan_guard),
+                            ("max_learners", max_learners)):  # fmt: skip
+            if value is not None:  # "" and 0 are checked (and refused) as Store checks them
+                kwargs[name] = value
         store = cls(c["size"], shards=c["shards"], step_size=policy, shared=shared, **kwargs)
         try:
-            if [list(r) for r in store.shard_ranges()] != header["shard_ranges"]:
-                raise ValueError(
-                    f"load: {os.fspath(path)} has shard ranges this build does not make"
-                )
             store._s.load(params, momentum, _ckpt.counters_from(header))
         except BaseException:
             store.close()

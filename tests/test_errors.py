@@ -291,3 +291,178 @@ def test_attach_to_a_foreign_segment_is_refused(shm_name):
         os.chown(f"/dev/shm/fastps.{shm_name}", 4242, 4242)
         with pytest.raises(ValueError, match=r"belongs to uid 4242, expected uid 0"):
             fastps.Store.attach(shm_name)
+
+
+# -- errors helper (issue 17.7): load overrides, native integer ranges, checkpoint paths --------
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    path = tmp_path / "s.fpsck"
+    with fastps.Store(10, max_learners=4) as s:
+        s.save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "kwargs,msg",
+    [
+        (dict(max_learners=0), r"Store: max_learners must be in \[1, 1024\] \(got 0\)"),
+        (
+            dict(mode=""),
+            r"Store: mode must be one of locked, hogwild, leashed \(got ''\)",
+        ),
+        (dict(nan_guard=""), r"Store: nan_guard must be one of raise, skip, off \(got ''\)"),
+        (
+            dict(max_learners=2**40),
+            r"Store: max_learners must be in \[1, 1024\] \(got 1099511627776\)",
+        ),
+    ],
+)
+def test_load_overrides_are_checked_like_the_constructor(ckpt, shm_name, kwargs, msg):
+    with pytest.raises(ValueError, match=msg):
+        fastps.Store(10, **kwargs)
+    with pytest.raises(ValueError, match=msg):
+        fastps.Store.load(ckpt, shared=shm_name, **kwargs)
+    assert not os.path.exists(f"/dev/shm/fastps.{shm_name}")
+
+
+INT_RANGES = [
+    (dict(size=2**64), r"Store: size must be in \[1, 2\^40\] \(got 18446744073709551616\)"),
+    (dict(size=-(2**70)), r"Store: size must be in \[1, 2\^40\] \(got -1180591620717411303424\)"),
+    (
+        dict(size=10, persistence=2**31),
+        r"Store: persistence must be -1 \(never drop\) or in \[0, 2\^31-1\] \(got 2147483648\)",
+    ),
+    (
+        dict(size=10, persistence=-(2**40)),
+        r"Store: persistence must be -1 \(never drop\) or in \[0, 2\^31-1\] \(got -1099511627776\)",
+    ),
+    (
+        dict(size=10, max_learners=np.int64(2**40)),
+        r"Store: max_learners must be in \[1, 1024\] \(got 1099511627776\)",
+    ),
+    (dict(size=10, max_learners=-1), r"Store: max_learners must be in \[1, 1024\] \(got -1\)"),
+    (
+        dict(size=10, staleness_bins=2**32),
+        r"Store: staleness_bins must be in \[1, 65536\] \(got 4294967296\)",
+    ),
+    (
+        dict(size=100, shards=2**40),
+        r"Store: shards must be in \[1, 7\] for size 100 \(one 64-byte block at least per "
+        r"shard\), got 1099511627776",
+    ),
+]
+
+
+@pytest.mark.parametrize("kwargs,msg", INT_RANGES)
+def test_integers_beyond_the_native_fields_name_the_argument_and_its_range(kwargs, msg):
+    with pytest.raises(ValueError, match=msg):
+        fastps.Store(**kwargs)
+    # RayStore builds its configuration with the same function.
+    kw = dict(kwargs)
+    with pytest.raises(ValueError, match=msg.replace("Store:", "RayStore:")):
+        fastps.config.native_config(kw.pop("size"), api="RayStore", **kw)
+
+
+def test_the_integer_ranges_agree_with_the_core():
+    """check_int's bounds are the core's (which still checks): the last value each accepts is
+    accepted by both, the next refused by both with the same range in the message."""
+    for name, top, rule in (("max_learners", 1024, r"\[1, 1024\]"),
+                            ("staleness_bins", 65536, r"\[1, 65536\]")):  # fmt: skip
+        fastps.config.native_config(16, **{name: top})
+        with pytest.raises(ValueError, match=rf"Store: {name} must be in {rule} \(got {top + 1}\)"):
+            fastps.config.native_config(16, **{name: top + 1})  # the core's message
+        with pytest.raises(ValueError, match=rf"Store: {name} must be in {rule} \(got {2**33}\)"):
+            fastps.config.native_config(16, **{name: 2**33})  # check_int's message
+    with pytest.raises(ValueError, match=r"Store: size \d+ is larger than 2\^40 elements"):
+        fastps.config.native_config(2**40 + 1)
+
+
+def _in_child_as_nobody(fn):
+    """fn() in a forked child that runs as uid 65534 (root passes every permission check):
+    returns (exception type name, message, cause type name)."""
+    import pickle
+    import warnings
+
+    r, w = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: we exec nothing
+        pid = os.fork()
+    if pid == 0:
+        out = ("ok", "", "")
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            fn()
+        except BaseException as e:  # reported to the parent
+            out = (type(e).__name__, str(e), type(e.__cause__).__name__)
+        os.write(w, pickle.dumps(out))
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = pickle.loads(f.read())
+    os.waitpid(pid, 0)
+    return out
+
+
+@pytest.fixture
+def open_folder():
+    """A folder that uid 65534 can reach (pytest's tmp_path is in a 0700 folder of root)."""
+    import pathlib
+    import shutil
+    import tempfile
+
+    path = pathlib.Path(tempfile.mkdtemp(prefix="fastps-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+def test_save_path_errors_say_what_and_where(tmp_path, open_folder):
+    with fastps.Store(10) as s:
+        missing = tmp_path / "no" / "s.fpsck"
+        with pytest.raises(FileNotFoundError) as e:
+            s.save(missing)
+        assert str(e.value) == (
+            f"save: cannot write checkpoint '{missing}': folder '{missing.parent}' does not exist"
+        )
+        assert isinstance(e.value.__cause__, FileNotFoundError) and e.value.errno == 2
+        with pytest.raises(IsADirectoryError) as e:
+            s.save(tmp_path)
+        assert str(e.value) == f"save: cannot write checkpoint '{tmp_path}': it is a folder"
+        (tmp_path / "f").write_bytes(b"")
+        with pytest.raises(NotADirectoryError) as e:
+            s.save(tmp_path / "f" / "s.fpsck")
+        assert str(e.value) == (
+            f"save: cannot write checkpoint '{tmp_path / 'f' / 's.fpsck'}': "
+            f"'{tmp_path / 'f'}' is not a folder"
+        )
+        ro = open_folder / "ro"
+        ro.mkdir(mode=0o555)
+        got = _in_child_as_nobody(lambda: s.save(ro / "s.fpsck"))
+        assert got == (
+            "PermissionError",
+            f"save: cannot write checkpoint '{ro / 's.fpsck'}': no permission to write in "
+            f"folder '{ro}'",
+            "PermissionError",
+        )
+    assert os.listdir(tmp_path) == ["f"] and os.listdir(ro) == []
+
+
+def test_load_path_errors_say_what_and_where(tmp_path, open_folder):
+    missing = tmp_path / "nothing.fpsck"
+    with pytest.raises(FileNotFoundError) as e:
+        fastps.Store.load(missing)
+    assert str(e.value) == f"load: checkpoint '{missing}' does not exist"
+    assert isinstance(e.value.__cause__, FileNotFoundError) and e.value.errno == 2
+    with pytest.raises(IsADirectoryError) as e:
+        fastps.Store.load(tmp_path)
+    assert str(e.value) == f"load: checkpoint '{tmp_path}' is a folder"
+    ckpt = open_folder / "s.fpsck"
+    with fastps.Store(10) as s:
+        s.save(ckpt)
+    os.chmod(ckpt, 0o200)
+    got = _in_child_as_nobody(lambda: fastps.Store.load(ckpt))
+    assert got[0] == "PermissionError" and got[2] == "PermissionError"
+    assert got[1] == f"load: cannot read checkpoint '{ckpt}': permission denied"
