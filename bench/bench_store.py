@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import math
 import os
 import statistics
@@ -80,6 +81,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=H.int_list, default=[1, 2], help="learner threads (1,2)")
     p.add_argument("--shards", type=H.int_list, default=[1, 4, 16], help="shard counts (1,4,16)")
     p.add_argument("--no-torch", action="store_true", help="skip the torch baseline")
+    p.add_argument("--shared-too", action="store_true",
+                   help="also measure every store cell with Store(shared=True) (impl fastps-shm)")  # fmt: skip
     p.add_argument(
         "--omp-spin",
         default=OMP_SPIN,
@@ -148,7 +151,8 @@ class Runner:
             "shards": shards,
             "lr": C.LR,
         }
-        if impl == "fastps":
+        if impl.startswith("fastps"):
+            params["shared"] = impl == "fastps-shm"
             params["max_learners"] = self.a.max_learners
             params["nan_guard"] = C.GUARD_OFF
         if impl == "torch":
@@ -232,44 +236,45 @@ def run_size(r: Runner, n: int, torch: Any) -> None:
             rec = r.cell("torch", "copy_", n, T, [functools.partial(to.copy_, tw)], C.PULL_BYTES)
             pull_base["torch"] = rec["gb_per_s"]
 
-        for mode in a.modes:
-            for S in shard_counts:
-                with fastps.Store(
-                    size=n,
-                    shards=S,
-                    mode=mode,
-                    lr=C.LR,
-                    max_learners=a.max_learners,
-                    nan_guard=C.GUARD_OFF,  # like add_ and the probes: no NaN/Inf check
-                ) as store:
-                    hs = [store.learner() for _ in ids]
-                    for i, h in enumerate(hs):
-                        h.pull(outs[i])
-                    r.cell(
-                        "fastps",
-                        "push",
-                        n,
-                        T,
-                        [functools.partial(h.push, g) for h, g in zip(hs, grads)],
-                        C.PUSH_BYTES,
-                        mode,
-                        S,
-                        push_base,
-                        after=lambda: {"stats": C.stats_brief(store.stats())},
-                    )
-                    r.cell(
-                        "fastps",
-                        "pull",
-                        n,
-                        T,
-                        [functools.partial(h.pull, o) for h, o in zip(hs, outs)],
-                        C.PULL_BYTES,
-                        mode,
-                        S,
-                        pull_base,
-                    )
-                    for h in hs:
-                        h.close()
+        kinds = ("fastps", "fastps-shm") if a.shared_too else ("fastps",)
+        for mode, S, impl in itertools.product(a.modes, shard_counts, kinds):
+            with fastps.Store(
+                size=n,
+                shards=S,
+                mode=mode,
+                lr=C.LR,
+                max_learners=a.max_learners,
+                nan_guard=C.GUARD_OFF,  # like add_ and the probes: no NaN/Inf check
+                shared=impl == "fastps-shm",
+            ) as store:
+                hs = [store.learner() for _ in ids]
+                for i, h in enumerate(hs):
+                    h.pull(outs[i])
+                r.cell(
+                    impl,
+                    "push",
+                    n,
+                    T,
+                    [functools.partial(h.push, g) for h, g in zip(hs, grads)],
+                    C.PUSH_BYTES,
+                    mode,
+                    S,
+                    push_base,
+                    after=lambda: {"stats": C.stats_brief(store.stats())},
+                )
+                r.cell(
+                    impl,
+                    "pull",
+                    n,
+                    T,
+                    [functools.partial(h.pull, o) for h, o in zip(hs, outs)],
+                    C.PULL_BYTES,
+                    mode,
+                    S,
+                    pull_base,
+                )
+                for h in hs:
+                    h.close()
         H.log(f"n={C.pow2(n)} threads={T}: done in {time.perf_counter() - t0:.1f} s")
 
 

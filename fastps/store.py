@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import warnings
+import weakref
 from typing import Any
 
 import numpy as np
@@ -20,7 +22,7 @@ from fastps import step_size as _steps
 from fastps import transfer as _transfer
 from fastps.buffers import grad_view, init_array, is_cuda, out_view, type_name
 from fastps.config import MODES, NAN_GUARDS, default_shards
-from fastps.segments import cleanup
+from fastps.segments import auto_name, check_name, cleanup
 
 __all__ = ["MODES", "NAN_GUARDS", "LearnerHandle", "Store", "cleanup", "default_shards"]
 
@@ -199,9 +201,14 @@ class Store:
             skipped and counted in ``stats()["nonfinite_skipped"]`` (``"skip"``), or not
             checked (``"off"``: saves one read pass over the gradient). Checked before any
             shard changes.
-        shared: put the whole store in the POSIX shared-memory segment with this name
-            (created exclusively, mode 0600, unlinked on close) so other processes can
-            ``Store.attach(name)``.
+        shared: put the whole store in a POSIX shared-memory segment so other processes can
+            ``Store.attach(store.name)`` (or receive the pickled store): ``True`` for a unique
+            generated name (``auto-<pid>-<hex>``), or a name (1 to 200 of A-Z a-z 0-9 . _ -).
+            The segment is created exclusively, mode 0600, and unlinked when the creating
+            process closes the store, drops it, or exits (a SIGKILLed creator leaves it for
+            ``fastps.cleanup()`` or for reclaiming). A name that exists is reclaimed, with a
+            warning, when its creator and its learner processes are all gone; a live one is
+            refused (RuntimeError naming the creator's pid). ``None`` or ``False``: private.
         max_learners: handles open at once; leashed mode reserves 2*max_learners+1 version
             slots per shard (pages are committed only when used).
         staleness_bins: exact staleness counts for tau < staleness_bins, plus one overflow bin.
@@ -221,16 +228,20 @@ class Store:
         weight_decay: float = 0.0,
         persistence: int = -1,
         nan_guard: str = "raise",
-        shared: str | None = None,
+        shared: str | bool | None = None,
         max_learners: int = 16,
         staleness_bins: int = 64,
     ) -> None:
-        if shared is not None and not isinstance(shared, str):
+        if shared is True:
+            shared = auto_name()
+        elif shared is None or shared is False:
+            shared = ""  # the core reads "" as "private"
+        elif isinstance(shared, str):
+            check_name("Store", shared)
+        else:
             raise TypeError(
-                f"Store: shared must be a string name or None (got {type_name(shared)})"
+                f"Store: shared must be a string name, True or None (got {type_name(shared)})"
             )
-        if shared == "":  # the core reads "" as "private"
-            raise ValueError("Store: shared name must have 1 to 200 characters (got 0)")
         init_arr = init_array("Store", init)
         if size is None:
             if init_arr is None:
@@ -247,7 +258,17 @@ class Store:
         """What ``save(metadata=...)`` stored, for a store made by ``Store.load``."""
         self.layout: Any = None
         """The ParamLayout of the model in the store, when fastps.torch.store_from made it."""
-        self._s = _core.Store.create(cfg, init_arr, "" if shared is None else shared)
+        self._s = _core.Store.create(cfg, init_arr, shared)
+        if shared:
+            # Closes (so unlinks) when this object is collected or the interpreter exits.
+            weakref.finalize(self, self._s.close)
+            if self._s.reclaimed_pid:
+                warnings.warn(
+                    f"Store: reclaimed stale shared segment '{shared}' "
+                    f"(creator pid {self._s.reclaimed_pid} is gone)",
+                    UserWarning,
+                    stacklevel=2,
+                )
         if isinstance(self._policy, _steps.Hook) and self._policy.fn is not None:
             self._s.set_step_hook(self._policy.fn)
 
@@ -260,6 +281,7 @@ class Store:
         """
         if not isinstance(name, str):
             raise TypeError(f"attach: name must be a string (got {type_name(name)})")
+        check_name("attach", name)
         self = cls.__new__(cls)
         self.metadata = None
         self.layout = None
@@ -394,8 +416,15 @@ class Store:
 
     @property
     def name(self) -> str | None:
-        """The shared-memory name, or None for a private store."""
+        """The shared-memory name (generated for ``shared=True``), or None for a private store."""
         return self._s.name or None
+
+    def creator_alive(self) -> bool:
+        """True while the process that created this store runs (its pid and start time; a
+        zombie counts as gone); always True for a private store. Cheap (a ``kill(pid, 0)`` and
+        one read of ``/proc/<pid>/stat``): a learner process may ask every few hundred ms and
+        stop when its store's creator has died. RuntimeError once this object is closed."""
+        return self._s.creator_alive()
 
     @property
     def step_size(self) -> _steps.StepSize:
@@ -419,7 +448,8 @@ class Store:
         return self._s.closed
 
     def close(self) -> None:
-        """Close this store object; the creator of a shared store also unlinks its name.
+        """Close this store object; the creator of a shared store also unlinks its name (only
+        in the creating process: a child made by ``os.fork()`` that closes its copy does not).
 
         Handles opened from it raise RuntimeError afterwards. Idempotent.
         """
@@ -435,8 +465,8 @@ class Store:
         """A shared store pickles by name: unpickling attaches (e.g. in a spawned process)."""
         if self.name is None:
             raise TypeError(
-                "Store: a private store cannot be pickled; create it with shared='name' so "
-                "other processes can attach to it"
+                "Store: a private store cannot be pickled; create it with shared=True (or "
+                "shared='name') so other processes can attach to it"
             )
         return (Store.attach, (self.name,))
 

@@ -241,7 +241,7 @@ BAD_ARGS = [
     (
         dict(size=10, shared=5),
         TypeError,
-        r"Store: shared must be a string name or None \(got int\)",
+        r"Store: shared must be a string name, True or None \(got int\)",
     ),
 ]
 
@@ -466,3 +466,52 @@ def test_load_path_errors_say_what_and_where(tmp_path, open_folder):
     got = _in_child_as_nobody(lambda: fastps.Store.load(ckpt))
     assert got[0] == "PermissionError" and got[2] == "PermissionError"
     assert got[1] == f"load: cannot read checkpoint '{ckpt}': permission denied"
+
+
+# -- shared names and read_version (issue 17 item 7, the native parts) ----------------------
+
+
+@pytest.mark.parametrize(
+    "name, problem",
+    [
+        ("é", r"has the character 'é'"),
+        ("a\0b", r"has a NUL character at index 1"),
+        ("ok\udcff", r"is not valid UTF-8 \(byte 0xff at index 2\)"),
+        ("a b", r"has the character ' '"),
+    ],
+)
+def test_a_shared_name_that_is_not_ascii_or_holds_a_nul_is_named_plainly(name, problem):
+    for call, api in ((lambda: fastps.Store(10, shared=name), "Store"),
+                      (lambda: fastps.Store.attach(name), "attach"),
+                      (lambda: fastps.cleanup(name), "cleanup")):  # fmt: skip
+        with pytest.raises(ValueError, match=rf"^{api}: shared name .* {problem}; expected only"):
+            call()
+    with pytest.raises(TypeError, match=r"Store: shared must be a string name, True or None"):
+        fastps.Store(10, shared=1)
+
+
+def test_native_name_messages_stay_ascii_and_whole():
+    from fastps import _core
+
+    with pytest.raises(ValueError, match=r"shared name '\\xc3\\xa9' has the character '\\xc3'"):
+        _core.Store.attach("é")
+    with pytest.raises(ValueError, match=r"shared name 'a\\x00b' has the character '\\x00';"):
+        _core.Store.attach("a\0b")
+
+
+def test_read_version_out_of_range_or_closed():
+    with fastps.Store(48, shards=3) as store:
+        h = store.learner()
+        h.pull(np.empty(48, np.float32))
+        assert [h.read_version(s) for s in range(3)] == [0, 0, 0]
+        for shard in (3, 5, -1):
+            with pytest.raises(
+                ValueError, match=rf"read_version: shard {shard} out of range \[0, 3\)"
+            ):
+                h.read_version(shard)
+        h.close()
+        with pytest.raises(RuntimeError, match=r"read_version: this learner handle is closed"):
+            h.read_version(0)
+        h2 = store.learner()
+    with pytest.raises(RuntimeError, match=r"read_version: the store is closed"):
+        h2.read_version(0)

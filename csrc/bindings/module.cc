@@ -338,6 +338,9 @@ PYBIND11_MODULE(_core, m) {
           },
           py::arg("params"), py::arg("momentum").none(true), py::arg("counters"))
       .def_static("inspect", &Store::inspect, py::arg("name"))
+      .def("creator_alive", &Store::creator_alive)
+      .def_property_readonly("reclaimed_pid", &Store::reclaimed_pid)
+      .def("_hold_cdf_build", &Store::hold_cdf_build)
       .def(
           "set_step_hook",
           [](Store& s, py::function fn) {

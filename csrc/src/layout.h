@@ -96,8 +96,10 @@ struct alignas(kCacheLine) Header {
   // 1 once a CDF is in the table: stored with release by the builder after the table, loaded
   // with acquire by eta(): pairs so that a reader that sees 1 sees a complete table.
   std::atomic<uint32_t> cdf_ready;
-  // Held (CAS 0 -> 1, acquire; store 0, release) by a builder, so two never interleave their
-  // writes; a second would-be builder skips its rebuild.
+  // The pid of the process building the CDF now, 0 when none: taken by the builder (CAS 0 ->
+  // pid, acquire) and given back by it (store 0, release), so two never interleave their
+  // writes and a second would-be builder skips its rebuild; read (acquire) by recovery, which
+  // takes the build over (CAS dead pid -> 0, release) when that process is gone.
   std::atomic<uint32_t> cdf_building;
   std::atomic<uint64_t> cdf_builds;  // statistics only, relaxed
 };

@@ -101,6 +101,14 @@ void Learner::check_open(const char* api) const {
   store_->check_open(api);
 }
 
+uint64_t Learner::read_version(int64_t s) const {
+  check_open("read_version");
+  const auto shards = static_cast<int64_t>(read_versions_.size());
+  FASTPS_CHECK_ARG(s >= 0 && s < shards, "read_version: shard %lld out of range [0, %lld)",
+                   static_cast<long long>(s), static_cast<long long>(shards));
+  return read_versions_[static_cast<size_t>(s)];
+}
+
 float Learner::eta(uint64_t tau, uint32_t s, uint64_t version, const float* w_now,
                    const float* w_read) {
   const Layout& L = *store_->lay_;

@@ -1,5 +1,6 @@
 #include "registry.h"
 
+#include <dirent.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -11,26 +12,60 @@
 #include <thread>
 
 #include "leashed.h"
+#include "step_size.h"
 
 namespace fastps::detail {
 
-uint64_t process_start_time(int32_t pid) {
+namespace {
+
+// Fields 3 (state) and 22 (start time) of /proc/<pid>/stat; false if it cannot be read.
+bool read_stat(int32_t pid, char* state, uint64_t* start_time) {
   std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
   std::string line;
-  if (!std::getline(f, line)) return 0;
+  if (!std::getline(f, line)) return false;
   const size_t close = line.rfind(')');  // the command name may hold spaces and parentheses
-  if (close == std::string::npos) return 0;
+  if (close == std::string::npos || close + 2 >= line.size()) return false;
   std::istringstream rest(line.substr(close + 2));
   std::string field;
-  for (int i = 3; i <= 22 && rest >> field; ++i)
-    if (i == 22) return std::strtoull(field.c_str(), nullptr, 10);
-  return 0;
+  for (int i = 3; i <= 22 && rest >> field; ++i) {
+    if (i == 3) *state = field[0];
+    if (i == 22) {
+      *start_time = std::strtoull(field.c_str(), nullptr, 10);
+      return true;
+    }
+  }
+  return false;
+}
+
+// A zombie's thread-group leader ('Z') is a dead process unless other threads of it still run
+// (a leader that called pthread_exit shows 'Z' too): /proc/<pid>/task lists them.
+bool live_threads(int32_t pid) {
+  DIR* d = opendir(("/proc/" + std::to_string(pid) + "/task").c_str());
+  if (!d) return false;
+  int n = 0;
+  while (const dirent* e = readdir(d))
+    if (e->d_name[0] != '.' && std::atoi(e->d_name) != pid) ++n;
+  closedir(d);
+  return n > 0;
+}
+
+}  // namespace
+
+uint64_t process_start_time(int32_t pid) {
+  char state = 0;
+  uint64_t start = 0;
+  return read_stat(pid, &state, &start) ? start : 0;
 }
 
 bool process_alive(int32_t pid, uint64_t start_time) {
   if (pid == getpid()) return true;
+  if (pid <= 0) return false;
   if (kill(pid, 0) != 0 && errno == ESRCH) return false;
-  const uint64_t now = process_start_time(pid);
+  char state = 0;
+  uint64_t now = 0;
+  if (!read_stat(pid, &state, &now)) return true;  // no /proc: kill() said it exists
+  if (state == 'X') return false;                  // dead, being reaped
+  if (state == 'Z' && !live_threads(pid)) return false;  // killed, not yet reaped by its parent
   return !(start_time && now && now != start_time);  // a different process under a reused pid
 }
 
@@ -78,6 +113,7 @@ uint32_t recover_dead(const Layout& L) {
     release_entry(L, e);
     ++n;
   }
+  recover_cdf_build(L);
   return n;
 }
 

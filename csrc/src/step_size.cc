@@ -1,11 +1,14 @@
 #include "step_size.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "fastps/check.h"
 #include "kernels.h"
+#include "registry.h"
 
 namespace fastps::detail {
 
@@ -13,11 +16,15 @@ namespace {
 
 // TAIL-tau: builds the mid-CDF F(b) = (2 * sum_{i<b} h_i + h_b) / (2 * total) of the summed
 // shard histograms (b = staleness_bins is the overflow bin) and publishes it with cdf_ready.
+// The builder holds cdf_building with its pid, so recovery can tell a builder that died.
 void build_cdf(const Layout& L) {
   Header& H = *L.hdr;
   uint32_t idle = 0;
-  // Pairs with the release store below: a second builder starts after the first has finished.
-  if (!H.cdf_building.compare_exchange_strong(idle, 1, std::memory_order_acquire)) return;
+  // Pairs with the release stores below and in recover_cdf_build(): a second builder starts
+  // after the first has finished (or was found dead).
+  if (!H.cdf_building.compare_exchange_strong(idle, static_cast<uint32_t>(getpid()),
+                                              std::memory_order_acquire))
+    return;
   const uint32_t bins = H.cfg.staleness_bins;
   std::vector<uint64_t> h(bins + 1, 0);
   uint64_t total = 0;
@@ -38,6 +45,27 @@ void build_cdf(const Layout& L) {
 }
 
 }  // namespace
+
+bool recover_cdf_build(const Layout& L) {
+  if (L.hdr->cfg.step.kind != StepKind::kTailTau) return false;
+  Header& H = *L.hdr;
+  // Pairs with the builder's acquire CAS: whoever it is, its pid is the whole of its claim.
+  uint32_t holder = H.cdf_building.load(std::memory_order_acquire);
+  if (holder == 0 || process_alive(static_cast<int32_t>(holder), 0)) return false;
+  // Release pairs with the next builder's acquire CAS. Lost CAS: another recoverer took it over.
+  if (!H.cdf_building.compare_exchange_strong(holder, 0, std::memory_order_release,
+                                              std::memory_order_relaxed))
+    return false;
+  build_cdf(L);  // the build the dead process was elected for (its table may be half written)
+  return true;
+}
+
+bool hold_cdf_build(const Layout& L) {
+  uint32_t idle = 0;
+  // Pairs with the release stores in build_cdf() and recover_cdf_build(), as build_cdf's CAS.
+  return L.hdr->cdf_building.compare_exchange_strong(idle, static_cast<uint32_t>(getpid()),
+                                                     std::memory_order_acquire);
+}
 
 float eta(const Layout& L, const StepHook& hook, const StepInputs& in) {
   const StoreConfig& cfg = L.hdr->cfg;

@@ -20,6 +20,7 @@
 #include "pin_host.h"
 #include "registry.h"
 #include "shard_lock.h"
+#include "step_size.h"
 
 namespace fastps {
 
@@ -107,14 +108,70 @@ void Store::pin_memory() {
   pinned_ = pin_error_.empty();
 }
 
+namespace {
+
+// Arena::reclaim's judge for Store::create: throws (naming who keeps the segment alive) unless
+// `base` is a fastps store whose creator is gone and none of whose registered learner processes
+// runs; then returns the creator's pid.
+int32_t judge_stale(const std::string& name, const char* base, size_t bytes) {
+  const auto* h = reinterpret_cast<const Header*>(base);
+  // Pairs with the release store at the end of init_arena().
+  FASTPS_CHECK(bytes >= sizeof(Header) &&
+                   h->magic.load(std::memory_order_acquire) == detail::kMagic &&
+                   h->format_version == detail::kFormatVersion && h->total_bytes == bytes,
+               "Store: cannot create shared segment '%s': File exists, and /dev/shm/fastps.%s is "
+               "not a fastps store of this version (or is still being created); remove it "
+               "(fastps.cleanup('%s', force=True)) or pick another name",
+               name.c_str(), name.c_str(), name.c_str());
+  FASTPS_CHECK(!detail::process_alive(h->creator_pid, h->creator_start_time),
+               "Store: cannot create shared segment '%s': File exists, and its creator (pid %d) "
+               "is running; attach to it with fastps.Store.attach('%s'), close it there, or pick "
+               "another name (fastps.cleanup() removes segments whose creator is gone)",
+               name.c_str(), h->creator_pid, name.c_str());
+  const Layout L = detail::make_layout(const_cast<char*>(base));
+  for (uint32_t e = 0; e < h->entries; ++e) {
+    // Pairs with claim_entry's release store: start_time is visible with OWNED.
+    const uint64_t w = L.entries[e].word.load(std::memory_order_acquire);
+    const uint32_t st = detail::entry_state(w);
+    const int32_t pid = detail::entry_pid(w);
+    const uint64_t start = st == detail::kEntryOwned ? L.entries[e].start_time : 0;
+    FASTPS_CHECK(st == detail::kEntryFree || !detail::process_alive(pid, start),
+                 "Store: cannot create shared segment '%s': File exists; its creator (pid %d) is "
+                 "gone, but pid %d still uses it as a learner; stop that process, or attach to "
+                 "the store with fastps.Store.attach('%s')",
+                 name.c_str(), h->creator_pid, pid, name.c_str());
+  }
+  return h->creator_pid;
+}
+
+}  // namespace
+
 std::shared_ptr<Store> Store::create(const StoreConfig& cfg, const float* init,
                                      const std::string& shared_name) {
   cfg.validate();
   const detail::ArenaPlan p = detail::plan_arena(cfg);
-  std::shared_ptr<Arena> arena = shared_name.empty() ? Arena::create_private(p.total)
-                                                     : Arena::create_shared(shared_name, p.total);
+  std::shared_ptr<Arena> arena;
+  int32_t reclaimed = 0;
+  for (int tries = 0; !arena; ++tries) {
+    if (shared_name.empty()) {
+      arena = Arena::create_private(p.total);
+      break;
+    }
+    try {
+      arena = Arena::create_shared(shared_name, p.total);
+    } catch (const SegmentExists&) {
+      if (tries == 3) throw;  // reclaimed three times and recreated by others each time
+      int32_t pid = 0;
+      const bool gone = Arena::reclaim(shared_name, [&](const char* base, size_t bytes) {
+        pid = judge_stale(shared_name, base, bytes);
+      });
+      if (gone) reclaimed = pid;
+    }
+  }
   detail::init_arena(arena->base(), p, cfg, init);
-  return std::shared_ptr<Store>(new Store(arena, cfg));
+  std::shared_ptr<Store> st(new Store(arena, cfg));
+  st->reclaimed_pid_ = reclaimed;
+  return st;
 }
 
 std::shared_ptr<Store> Store::attach(const std::string& shared_name) {
@@ -328,6 +385,17 @@ SegmentInfo Store::inspect(const std::string& name) {
   info.mode = h->cfg.mode;
   info.creator_alive = detail::process_alive(h->creator_pid, h->creator_start_time);
   return info;
+}
+
+bool Store::creator_alive() const {
+  check_open("creator_alive");
+  if (!arena_->is_shared()) return true;
+  return detail::process_alive(lay_->hdr->creator_pid, lay_->hdr->creator_start_time);
+}
+
+bool Store::hold_cdf_build() {
+  check_open("hold_cdf_build");
+  return detail::hold_cdf_build(*lay_);
 }
 
 void Store::set_step_hook(StepHook hook) {

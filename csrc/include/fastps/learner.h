@@ -82,8 +82,9 @@ class Learner {
   void close() noexcept;
 
   uint32_t id() const { return id_; }
-  /// Version of shard s read by the last pull (0 before any pull).
-  uint64_t read_version(uint32_t s) const { return read_versions_.at(s); }
+  /// Version of shard s read by the last pull (0 before any pull). Throws std::invalid_argument
+  /// for a shard out of range, std::runtime_error once the handle or its store is closed.
+  uint64_t read_version(int64_t s) const;
   /// Shards applied by the last push call (for error reports when a step hook throws).
   uint32_t last_push_applied() const { return applied_; }
   /// Per shard, the version the last push created (0 where it was dropped or not applied).

@@ -90,6 +90,9 @@ class Store : public std::enable_shared_from_this<Store> {
  public:
   /// Creates a store; `init` (nullable) holds cfg.size floats. `shared_name` empty = private.
   /// Throws std::invalid_argument for a bad config, std::runtime_error if memory is unavailable.
+  /// A shared name that exists is reclaimed (unlinked and created anew, reclaimed_pid() set)
+  /// when it is a store of this user whose creator and registered learner processes are all
+  /// gone; otherwise std::runtime_error names its creator's pid, the live learner or the path.
   static std::shared_ptr<Store> create(const StoreConfig& cfg, const float* init,
                                        const std::string& shared_name);
   /// Attaches to a shared store created (by this user) in any process.
@@ -104,7 +107,8 @@ class Store : public std::enable_shared_from_this<Store> {
   const StoreConfig& config() const { return cfg_; }
   /// The shared name ("" for a private store).
   const std::string& name() const;
-  /// True for the Store object that created the memory (it unlinks a shared name on close).
+  /// True for the Store object that created the memory, in the process that created it (it
+  /// unlinks a shared name on close; a child made by fork() holds a copy and is not the creator).
   bool is_creator() const;
   /// [begin, end) element range of shard s.
   std::pair<uint64_t, uint64_t> shard_range(uint32_t s) const;
@@ -142,6 +146,15 @@ class Store : public std::enable_shared_from_this<Store> {
   void load(const float* params, const float* momentum, const Counters& c);
   /// Reads the header of the shared segment `name` (ownership and format checked as attach).
   static SegmentInfo inspect(const std::string& name);
+  /// True while the process that created this store runs (the pid and start time its header
+  /// records; a zombie counts as gone); true for a private store. Cheap (one kill(), one read
+  /// of /proc/<pid>/stat), thread-safe; throws std::runtime_error once this object is closed.
+  bool creator_alive() const;
+  /// The creator pid of the stale segment create() reclaimed under this name (0 if none).
+  int32_t reclaimed_pid() const { return reclaimed_pid_; }
+  /// Test support: takes TAIL-tau's CDF build for this process as a builder does, without
+  /// building (a test then kills the process); false if it was held. recover() takes it over.
+  bool hold_cdf_build();
 
  private:
   friend class Learner;
@@ -153,6 +166,7 @@ class Store : public std::enable_shared_from_this<Store> {
   std::unique_ptr<detail::Layout> lay_;
   bool stream_versions_ = false;  // leashed: write new versions with non-temporal stores
   StepHook hook_;  // process-local; empty unless set_step_hook() was called
+  int32_t reclaimed_pid_ = 0;  // set once by create(), before the Store is shared
   mutable std::mutex pin_mu_;  // guards pinned_, pin_error_ (process-local)
   bool pinned_ = false;
   std::string pin_error_;
