@@ -188,8 +188,10 @@ class Store:
         shared: put the whole store in the POSIX shared-memory segment with this name
             (created exclusively, mode 0600, unlinked on close) so other processes can
             ``Store.attach(name)``.
-        max_learners: handles open at once; leashed mode reserves 2*max_learners+1 version
-            slots per shard (pages are committed only when used).
+        max_learners: handles open at once; leashed mode keeps 2*max_learners+5 version
+            slots per shard (3*max_learners+5 with StalenessDistance), each a copy of the
+            shard and its momentum: a shared store reserves them all in /dev/shm at creation;
+            a private one commits a slot's pages when first used (``slots_touched``).
         staleness_bins: exact staleness counts for tau < staleness_bins, plus one overflow bin.
     """
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import select
 import struct
 import subprocess
@@ -36,6 +37,8 @@ HEADER_ENTRIES = 140  # u32 registration entries
 HEADER_READER_WORDS = 144  # u32
 HEADER_ENTRIES_OFF = 152  # then readers_off, shards_off, slots_off, hist_off, cdf_off, data_off
 SHARD_DESC_BYTES = 256
+SHARD_LOCK_WORD = 64  # glibc's pthread_mutex_t starts with its lock word
+SHARD_CURRENT = 136  # leashed: (version << 16) | slot
 ENTRY_BYTES = 16
 SLOT_HEADER_BYTES = 64
 
@@ -43,8 +46,8 @@ CASE_TIMEOUT_S = 20.0
 VALUES = (0, 2**31 - 1, 2**32 - 1)
 OK_TYPES = ("ok", "ValueError", "RuntimeError")
 
-# The child: argv = name, checkpoint path, JSON list of [offset, value]; one line per case on
-# stdout. Its address space is capped so that a damaged count cannot make it allocate the
+# The child: argv = name, checkpoint path; stdin: a JSON list of [offset, value]; one line per
+# case on stdout. Its address space is capped so that a damaged count cannot make it allocate the
 # machine's memory (a MemoryError is then a finding like any other).
 CHILD = r"""
 import json, os, resource, sys
@@ -52,7 +55,7 @@ import numpy as np
 import fastps
 
 resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
-name, ckpt, cases = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+name, ckpt, cases = sys.argv[1], sys.argv[2], json.load(sys.stdin)
 path = f"/dev/shm/fastps.{name}"
 fd = os.open(path, os.O_RDWR)
 snapshot = os.pread(fd, os.fstat(fd).st_size, 0)
@@ -134,9 +137,12 @@ def run_cases(name: str, ckpt, cases: list[tuple[int, int]]) -> dict[tuple[int, 
     env = dict(os.environ, PYTHONFAULTHANDLER="")
     while todo:
         child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, name, str(ckpt), json.dumps(todo)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd="/tmp", env=env, text=True,
+            [sys.executable, "-c", CHILD, name, str(ckpt)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd="/tmp", env=env, text=True,
         )  # fmt: skip
+        assert child.stdin is not None
+        child.stdin.write(json.dumps(todo))
+        child.stdin.close()
         done = 0
         deadline = time.monotonic() + CASE_TIMEOUT_S
         assert child.stdout is not None
@@ -240,4 +246,120 @@ def test_a_damaged_slot_count_names_the_field(mode, value, message, shm_name, tm
         outcomes = run_cases(shm_name, tmp_path / "c.fps", [(HEADER_SLOTS, value)])
     assert outcomes[(HEADER_SLOTS, value)] == (
         f"ValueError: attach: store '{shm_name}' is damaged: {message}"
+    )
+
+
+def documented_slots(max_learners: int, distance: bool) -> int:
+    """V as Store's docstring states it: "A*max_learners+B version slots per shard (C*... with
+    StalenessDistance)"."""
+    doc = " ".join((fastps.Store.__doc__ or "").split())
+    found = re.search(
+        r"keeps (\d+)\*max_learners\+(\d+) version slots per shard \((\d+)\*max_learners\+(\d+) "
+        r"with StalenessDistance\)",
+        doc,
+    )
+    assert found, "Store's docstring no longer states the leashed slot count"
+    a, b, c, d = map(int, found.groups())
+    return c * max_learners + d if distance else a * max_learners + b
+
+
+@pytest.mark.parametrize(
+    ("max_learners", "momentum", "distance"),
+    [(1, 0.0, False), (16, 0.0, False), (4, 0.5, False), (4, 0.0, True)],
+)
+def test_leashed_segment_holds_the_documented_slot_count(
+    max_learners, momentum, distance, shm_name
+):
+    """Item 9: a leashed shared segment is V slot blocks per shard (each shard's padded length,
+    parameters then momentum) plus less than 64 KiB of metadata, V as the docstring says; the
+    segment's pages are all reserved in /dev/shm (posix_fallocate)."""
+    n, shards = 2**16, 2
+    step = fastps.StalenessDistance(c=1.0, eta_max=0.1) if distance else None
+    with fastps.Store(
+        n, shards=shards, mode="leashed", max_learners=max_learners, momentum=momentum,
+        step_size=step, shared=shm_name,
+    ):  # fmt: skip
+        path = f"/dev/shm/fastps.{shm_name}"
+        size = os.path.getsize(path)
+        allocated = os.stat(path).st_blocks * 512
+    slots = documented_slots(max_learners, distance)
+    data = slots * n * 4 * (2 if momentum else 1)
+    assert 0 < size - data < 64 << 10, (size, data, slots)
+    assert allocated >= size  # reserved up front, not on first touch
+
+
+def poke(name: str, offset: int, value: int) -> None:
+    """Writes one little-endian 4-byte word of segment `name`."""
+    fd = os.open(f"/dev/shm/fastps.{name}", os.O_RDWR)
+    try:
+        os.pwrite(fd, value.to_bytes(4, "little"), offset)
+    finally:
+        os.close(fd)
+
+
+def test_a_damaged_current_slot_is_refused_by_pin(shm_name, tmp_path):
+    """The slot index in a leashed shard's `current` addresses reader words: bounds-checked."""
+    with make_store(shm_name, "leashed"):
+        at = regions(shm_name)["shards"][0] + SHARD_CURRENT
+        outcomes = run_cases(shm_name, tmp_path / "c.fps", [(at, 0xFFFF)])
+    assert outcomes[(at, 0xFFFF)] == (
+        f"RuntimeError: store '{shm_name}' is damaged: shard 0's current version 0 names slot "
+        "65535, it has 9 slots"
+    )
+
+
+def test_a_nan_in_the_tail_tau_table_is_refused_by_save(shm_name, tmp_path):
+    with make_store(shm_name, "locked"):
+        at = regions(shm_name)["cdf"][0] + 4  # the high word of entry 0
+        outcomes = run_cases(shm_name, tmp_path / "c.fps", [(at, 2**31 - 1)])
+    assert outcomes[(at, 2**31 - 1)] == (
+        f"RuntimeError: store '{shm_name}' is damaged: TAIL-tau table entry 0 is nan, expected "
+        "a value in [0, 1]"
+    )
+
+
+@pytest.mark.timeout(60)
+def test_slots_no_process_writes_end_a_push_at_once(shm_name):
+    """Every slot of shard 0 in a state nobody writes: the writer finds none free and says why
+    instead of waiting forever."""
+    with make_store(shm_name, "leashed") as store:
+        begin, end = regions(shm_name)["slots"]
+        for slot in range(begin, begin + (end - begin) // 3, SLOT_HEADER_BYTES):  # shard 0's
+            poke(shm_name, slot, 0xFF)
+        with store.learner() as h, pytest.raises(RuntimeError) as err:
+            h.push(np.ones(1000, np.float32))
+    assert str(err.value) == (
+        f"store '{shm_name}' is damaged: shard 0's slot 0 has state word 0x1000000ff"
+    )
+
+
+@pytest.mark.timeout(60)
+def test_a_lock_held_by_no_live_thread_ends_the_wait(shm_name):
+    with make_store(shm_name, "locked") as store:
+        poke(shm_name, regions(shm_name)["shards"][0] + SHARD_LOCK_WORD, 0x3FFFFFFE)
+        with pytest.raises(RuntimeError) as err:
+            store.read()
+    assert str(err.value) == (
+        f"store '{shm_name}' is damaged: shard 0's lock is held by thread 1073741822, which "
+        "does not exist"
+    )
+
+
+@pytest.mark.timeout(60)
+def test_a_step_size_hook_that_reads_its_locked_store_gets_an_error_not_a_deadlock():
+    """push holds the shard lock while it asks the hook for eta; read() from the hook would
+    wait for that lock forever."""
+    box = {}
+
+    def hook(tau, stats):
+        box["store"].read()
+        return 0.1
+
+    with fastps.Store(1000, mode="locked", step_size=hook) as store:
+        box["store"] = store
+        with store.learner() as h, pytest.raises(RuntimeError) as err:
+            h.push(np.ones(1000, np.float32))
+    assert str(err.value) == (
+        "store '': shard 0's lock is held by this thread (a step-size hook may not call into its "
+        "own store), or the segment is damaged"
     )

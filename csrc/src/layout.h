@@ -166,6 +166,7 @@ static_assert(offsetof(Header, entries_off) == 152 && offsetof(Header, readers_o
               "segment format changed");
 static_assert(offsetof(ShardDesc, mu) == 64,
               "the immutable part of a shard descriptor is 64 bytes");
+static_assert(offsetof(ShardDesc, current) == 136, "segment format changed");
 static_assert(sizeof(Header) % kCacheLine == 0, "header keeps what follows aligned");
 static_assert(sizeof(ShardDesc) % kCacheLine == 0, "shard descriptors are cache-line sized");
 

@@ -249,6 +249,11 @@ Counters Store::save(float* params, float* momentum) const {
   for (uint32_t b = 0; b < nb; ++b) {
     c.cdf.push_back(L.cdf[b].load(std::memory_order_relaxed));
     c.cdf_hist.push_back(L.cdf_hist[b].load(std::memory_order_relaxed));
+    // A mid-CDF value is in [0, 1] (0 before the first build); anything else is damage, and a
+    // NaN would make a checkpoint that no JSON reader takes.
+    if (!(c.cdf[b] >= 0.0 && c.cdf[b] <= 1.0))
+      detail::throw_damaged(L, "TAIL-tau table entry %u is %g, expected a value in [0, 1]", b,
+                            c.cdf[b]);
   }
   return c;
 }
