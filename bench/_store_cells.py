@@ -35,7 +35,7 @@ def add_store_args(p: argparse.ArgumentParser, *, quick_help: str, sizes: bool =
     """The harness's cell flags (``H.add_cell_args``) and --max-learners."""
     H.add_cell_args(p, quick_help=quick_help, sizes=sizes)
     p.add_argument("--max-learners", type=int, default=16,
-                   help="Store max_learners (leashed: 2*max_learners+1 slots; default 16)")  # fmt: skip
+                   help="Store max_learners (leashed: 2*max_learners+5 slots; default 16)")  # fmt: skip
 
 
 def aligned(n: int, fill: float | np.ndarray = 0.0) -> np.ndarray:

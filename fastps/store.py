@@ -209,8 +209,10 @@ class Store:
             ``fastps.cleanup()`` or for reclaiming). A name that exists is reclaimed, with a
             warning, when its creator and its learner processes are all gone; a live one is
             refused (RuntimeError naming the creator's pid). ``None`` or ``False``: private.
-        max_learners: handles open at once; leashed mode reserves 2*max_learners+1 version
-            slots per shard (pages are committed only when used).
+        max_learners: handles open at once; leashed mode keeps 2*max_learners+5 version
+            slots per shard (3*max_learners+5 with StalenessDistance), each a copy of the
+            shard and its momentum: a shared store reserves them all in /dev/shm at creation;
+            a private one commits a slot's pages when first used (``slots_touched``).
         staleness_bins: exact staleness counts for tau < staleness_bins, plus one overflow bin.
     """
 

@@ -1,6 +1,5 @@
 #include "arena_plan.h"
 
-#include <pthread.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -9,6 +8,8 @@
 
 #include "fastps/check.h"
 #include "registry.h"
+#include "shard_lock.h"
+#include "validate.h"
 
 namespace fastps::detail {
 
@@ -16,20 +17,11 @@ namespace {
 
 uint64_t round_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
 
-void init_shard_lock(pthread_mutex_t* mu) {
-  pthread_mutexattr_t attr;
-  pthread_mutexattr_init(&attr);
-  pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
-  pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-  const int rc = pthread_mutex_init(mu, &attr);
-  pthread_mutexattr_destroy(&attr);
-  FASTPS_CHECK(rc == 0, "Store: cannot initialise a shard lock: %s", std::strerror(rc));
-}
-
 }  // namespace
 
 // Per learner one pinned latest and one WRITING slot, plus (staleness distance) the version its
-// last pull read, kept pinned; one pin per reserved reader entry; the published one.
+// last pull read, kept pinned; one pin per reserved reader entry (kInternalEntries = 4); the
+// published one: V = 2 * max_learners + 5, or 3 * max_learners + 5 under StalenessDistance.
 uint32_t slots_for(const StoreConfig& c) {
   if (c.mode != Mode::kLeashed) return 1;
   return (c.step.kind == StepKind::kDistance ? 3 : 2) * c.max_learners + kInternalEntries + 1;
@@ -62,12 +54,34 @@ ArenaPlan plan_arena(const StoreConfig& c) {
     p.mom_off = c.momentum != 0.0f ? off : 0;
     if (p.mom_off) off += round_up(c.size, kAlignElems) * sizeof(float);
   } else {
-    // Filled per shard in init_arena(): sum over shards of V * block bytes.
+    // V slot blocks per shard (plan_shards()); the shards' padded lengths sum to the padded size.
     const uint64_t per_elem = (c.momentum != 0.0f ? 2 : 1) * sizeof(float);
-    off += uint64_t{p.slots} * (round_up(c.size, kAlignElems) + c.shards * kAlignElems) * per_elem;
+    off += uint64_t{p.slots} * round_up(c.size, kAlignElems) * per_elem;
   }
   p.total = round_up(off, 4096);
   return p;
+}
+
+std::vector<ShardPlan> plan_shards(const StoreConfig& c, const ArenaPlan& p) {
+  const bool leashed = c.mode == Mode::kLeashed;
+  const uint64_t per_elem = (c.momentum != 0.0f ? 2 : 1) * sizeof(float);
+  std::vector<ShardPlan> out;
+  for (const auto& [begin, end] : shard_ranges(c.size, c.shards, "Store")) {
+    ShardPlan d{};
+    d.begin = begin;
+    d.len = end - begin;
+    d.len_padded = round_up(d.len, kAlignElems);
+    if (leashed) {
+      // Every shard before this one is whole 64-byte blocks: their padded lengths sum to begin.
+      d.slot_stride = d.len_padded * per_elem;
+      d.data_off = p.data_off + begin * per_elem * p.slots;
+    } else {
+      d.data_off = p.data_off + begin * sizeof(float);
+      d.mom_off = p.mom_off ? p.mom_off + begin * sizeof(float) : 0;
+    }
+    out.push_back(d);
+  }
+  return out;
 }
 
 void init_arena(char* base, const ArenaPlan& p, const StoreConfig& cfg, const float* init) {
@@ -90,29 +104,22 @@ void init_arena(char* base, const ArenaPlan& p, const StoreConfig& cfg, const fl
   h->mom_off = p.mom_off;
 
   const bool leashed = cfg.mode == Mode::kLeashed;
-  const uint64_t per_elem_floats = cfg.momentum != 0.0f ? 2 : 1;
   const uint64_t bins = cfg.staleness_bins;
-  uint64_t leashed_off = p.data_off;
-  const auto ranges = shard_ranges(cfg.size, cfg.shards, "Store");
+  const std::vector<ShardPlan> shards = plan_shards(cfg, p);
   for (uint32_t s = 0; s < cfg.shards; ++s) {
+    const ShardPlan& sp = shards[s];
     auto* d = new (base + p.shards_off + s * sizeof(ShardDesc)) ShardDesc();
-    d->begin = ranges[s].first;
-    d->len = ranges[s].second - ranges[s].first;
-    d->len_padded = round_up(d->len, kAlignElems);
-    if (leashed) {
-      d->slot_stride = d->len_padded * per_elem_floats * sizeof(float);
-      d->data_off = leashed_off;
-      leashed_off += d->slot_stride * p.slots;
-    } else {
-      d->data_off = p.data_off + d->begin * sizeof(float);
-      d->mom_off = p.mom_off ? p.mom_off + d->begin * sizeof(float) : 0;
-    }
+    d->begin = sp.begin;
+    d->len = sp.len;
+    d->len_padded = sp.len_padded;
+    d->data_off = sp.data_off;
+    d->mom_off = sp.mom_off;
+    d->slot_stride = sp.slot_stride;
     init_shard_lock(&d->mu);
     // current = (version 0, slot 0); slot 0 holds the initial values.
     d->current.store(0, std::memory_order_relaxed);        // published by the magic store below
     d->slots_touched.store(1, std::memory_order_relaxed);  // likewise
   }
-  FASTPS_CHECK(leashed_off <= p.total || !leashed, "Store: internal layout overflow");
   if (leashed) {
     for (uint64_t i = 0; i < uint64_t{cfg.shards} * p.slots; ++i)
       new (base + p.slots_off + i * sizeof(SlotHeader)) SlotHeader();
@@ -136,6 +143,7 @@ void init_arena(char* base, const ArenaPlan& p, const StoreConfig& cfg, const fl
     if (leashed)  // published by the magic store below
       L.slot(s, 0).state.store(make_slot_word(1, 0, kPublished), std::memory_order_relaxed);
   }
+  h->checksum = arena_checksum(base);  // published by the magic store below
   // Pairs with the acquire load in Store::attach(): everything above is visible to attachers.
   h->magic.store(kMagic, std::memory_order_release);
 }
@@ -151,7 +159,9 @@ Layout make_layout(char* base) {
                 reinterpret_cast<std::atomic<uint64_t>*>(base + h->readers_off),
                 cdf,
                 reinterpret_cast<std::atomic<uint64_t>*>(cdf + h->cfg.staleness_bins + 1),
-                base};
+                base,
+                h->slots,
+                h->reader_words};
 }
 
 }  // namespace fastps::detail

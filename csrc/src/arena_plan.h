@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "fastps/config.h"
 #include "layout.h"
@@ -17,11 +18,18 @@ struct ArenaPlan {
       total;
 };
 
+/// Where one shard lives: what init_arena() writes into its ShardDesc and attach compares.
+struct ShardPlan {
+  uint64_t begin, len, len_padded, data_off, mom_off, slot_stride;
+};
+
 /// Slots a leashed shard needs so a writer never waits for one while at most max_learners
 /// handles are open (1 in the other modes).
 uint32_t slots_for(const StoreConfig& c);
 /// The arena plan of a validated config. Pure; thread-safe.
 ArenaPlan plan_arena(const StoreConfig& c);
+/// The ShardPlan of every shard of a validated config under plan p. Pure; thread-safe.
+std::vector<ShardPlan> plan_shards(const StoreConfig& c, const ArenaPlan& p);
 /// Constructs the header, shard descriptors (with their robust process-shared mutexes), slot
 /// headers, reader bits, entries, histograms and the TAIL-tau table at `base` (zeroed memory
 /// of p.total bytes), and copies `init` (nullable, c.size floats) into the first version. The

@@ -11,6 +11,7 @@
 #include <pthread.h>
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 
 #include "fastps/config.h"
@@ -18,7 +19,9 @@
 namespace fastps::detail {
 
 constexpr uint64_t kMagic = 0x3153502d54534146ull;  // "FAST-PS1"
-constexpr uint32_t kFormatVersion = 2;  // 2: Header::creator_start_time
+// 2: Header::creator_start_time. 3: Header::checksum; the leashed data region is exactly V slot
+// blocks per shard (no slack after the last one).
+constexpr uint32_t kFormatVersion = 3;
 constexpr size_t kCacheLine = 64;
 constexpr uint64_t kAlignElems = kCacheLine / sizeof(float);
 
@@ -81,6 +84,9 @@ struct alignas(kCacheLine) Header {
   uint64_t entries_off, readers_off;
   uint64_t shards_off, slots_off, hist_off, cdf_off, data_off, mom_off;
   uint64_t creator_start_time;  // its start time (/proc/<pid>/stat), to detect a reused pid
+  // FNV-1a of the immutable bytes (the header from format_version up to here, and each shard
+  // descriptor up to its lock): written by init_arena() before the magic, checked by attach.
+  uint64_t checksum;
   // Recovery statistics, relaxed: entries whose process died and were recovered, and locked
   // shards whose lock was taken over from a dead owner (their last update may be partial).
   alignas(kCacheLine) std::atomic<uint64_t> recovered;
@@ -148,10 +154,27 @@ struct LearnerEntry {
 };
 
 static_assert(sizeof(SlotHeader) == kCacheLine, "one slot header per cache line");
+static_assert(sizeof(LearnerEntry) == 16, "entries are 16 bytes (tests/test_segment_fuzz.py)");
+// The format of a shared segment, pinned (tests/test_segment_fuzz.py finds the words it damages
+// through these): changing one is a new kFormatVersion.
+static_assert(sizeof(Header) == 512 && sizeof(ShardDesc) == 256, "segment format changed");
+static_assert(offsetof(Header, cfg) == 16 && offsetof(Header, slots) == 120 &&
+                  offsetof(Header, entries) == 140 && offsetof(Header, reader_words) == 144,
+              "segment format changed");
+static_assert(offsetof(Header, entries_off) == 152 && offsetof(Header, readers_off) == 160 &&
+                  offsetof(Header, shards_off) == 168 && offsetof(Header, slots_off) == 176 &&
+                  offsetof(Header, hist_off) == 184 && offsetof(Header, cdf_off) == 192 &&
+                  offsetof(Header, data_off) == 200 && offsetof(Header, checksum) == 224,
+              "segment format changed");
+static_assert(offsetof(ShardDesc, mu) == 64,
+              "the immutable part of a shard descriptor is 64 bytes");
+static_assert(offsetof(ShardDesc, current) == 136, "segment format changed");
 static_assert(sizeof(Header) % kCacheLine == 0, "header keeps what follows aligned");
 static_assert(sizeof(ShardDesc) % kCacheLine == 0, "shard descriptors are cache-line sized");
 
-// Per-process view of an arena: raw pointers derived from the offsets in Header.
+// Per-process view of an arena: raw pointers derived from the offsets in Header, and this
+// process's copies of the counts that address memory (validated by attach, so a word another
+// process writes later cannot move an index out of the mapping).
 struct Layout {
   Header* hdr;
   ShardDesc* shards;
@@ -167,10 +190,13 @@ struct Layout {
   std::atomic<double>* cdf;
   std::atomic<uint64_t>* cdf_hist;
   char* base;
+  uint32_t slot_count;  // V (hdr->slots)
+  uint32_t reader_words;  // hdr->reader_words
+  const char* name = "";  // the store's shared name, for "store '<name>' is damaged" messages
 
-  SlotHeader& slot(uint32_t s, uint32_t i) const { return slots[uint64_t{s} * hdr->slots + i]; }
+  SlotHeader& slot(uint32_t s, uint32_t i) const { return slots[uint64_t{s} * slot_count + i]; }
   std::atomic<uint64_t>* slot_readers(uint32_t s, uint32_t i) const {
-    return readers + (uint64_t{s} * hdr->slots + i) * hdr->reader_words;
+    return readers + (uint64_t{s} * slot_count + i) * reader_words;
   }
   std::atomic<uint64_t>* shard_hist(uint32_t s) const {
     return hist + uint64_t{s} * (hdr->cfg.staleness_bins + 1);

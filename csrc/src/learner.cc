@@ -54,10 +54,13 @@ class HostSink final : public ParamSink {
 constexpr uint64_t kWholeShard = ~uint64_t{0};
 
 // Claims a slot of shard s for writing; yields while all are taken (recovering the slots of
-// dead learners now and then). Cannot wait forever while max_learners bounds the handles.
+// dead learners now and then). Cannot wait forever while max_learners bounds the handles; a
+// damaged segment ends the wait with std::runtime_error (check_no_slot).
 detail::Claim claim_slot(const Layout& L, uint32_t s, uint32_t entry) {
   detail::Claim c{};
+  uint64_t since = 0;
   for (uint32_t round = 0; !detail::try_claim(L, s, entry, &c); ++round) {
+    detail::check_no_slot(L, s, round, since);  // throws on damage, never waits forever
     L.shards[s].slot_waits.fetch_add(1, std::memory_order_relaxed);  // statistics only
     if (round % 64 == 63) detail::recover_dead(L);  // slots held by a dead learner come back
     std::this_thread::yield();

@@ -29,7 +29,11 @@
 // that dies is simply replaced by the next one.
 #include "leashed.h"
 
+#include <string>
+
 #include "fastps/check.h"
+#include "shard_lock.h"
+#include "validate.h"
 
 namespace fastps::detail {
 
@@ -61,7 +65,7 @@ void try_reclaim(const Layout& L, uint32_t s, uint32_t i) {
   const uint64_t w = h.state.load(std::memory_order_seq_cst);
   if (slot_state(w) != kPublished || current_slot(L.shards[s]) == i) return;
   const std::atomic<uint64_t>* bits = L.slot_readers(s, i);
-  for (uint32_t k = 0; k < L.hdr->reader_words; ++k)
+  for (uint32_t k = 0; k < L.reader_words; ++k)
     if (bits[k].load(std::memory_order_seq_cst) != 0) return;
   uint64_t expected = w;  // superseded, unread: PUBLISHED -> FREE
   h.state.compare_exchange_strong(expected, make_slot_word(slot_gen(w), 0, kFree),
@@ -84,6 +88,11 @@ uint64_t pin(const Layout& L, uint32_t s, uint32_t entry, uint32_t role) {
   for (;;) {
     const uint64_t c = d.current.load(std::memory_order_seq_cst);
     const auto slot = static_cast<uint32_t>(c & kSlotMask);
+    // Only a publishing CAS writes `current`, always with a slot below V: anything else is damage,
+    // and would address reader words outside the mapping.
+    if (slot >= L.slot_count) [[unlikely]]
+      throw_damaged(L, "shard %u's current version %llu names slot %u, it has %u slots", s,
+                    static_cast<unsigned long long>(c >> kSlotBits), slot, L.slot_count);
     L.slot_readers(s, slot)[b.word].fetch_or(b.mask, std::memory_order_seq_cst);
     if (d.current.load(std::memory_order_seq_cst) == c) {
       // Current at the re-load and pinned since: PUBLISHED, or WRITING just before its
@@ -97,7 +106,7 @@ uint64_t pin(const Layout& L, uint32_t s, uint32_t entry, uint32_t role) {
 
 bool try_claim(const Layout& L, uint32_t s, uint32_t entry, Claim* out) {
   // Lowest free slot first, so a store touches (and commits memory for) few slots.
-  for (uint32_t i = 0; i < L.hdr->slots; ++i) {
+  for (uint32_t i = 0; i < L.slot_count; ++i) {
     SlotHeader& h = L.slot(s, i);
     uint64_t w = h.state.load(std::memory_order_seq_cst);
     if (slot_state(w) != kFree) continue;
@@ -116,6 +125,46 @@ bool try_claim(const Layout& L, uint32_t s, uint32_t entry, Claim* out) {
   return false;
 }
 
+void check_no_slot(const Layout& L, uint32_t s, uint32_t round, uint64_t& since_ns) {
+  if (round == 0) {
+    since_ns = now_ns();
+    // What try_claim() saw taken: a state or an owner nobody writes, or a reader bit beyond
+    // the registration entries, keeps a slot from coming back ever (relaxed: a diagnosis).
+    const uint32_t entries = L.hdr->cfg.max_learners + kInternalEntries;  // validated by attach
+    const uint32_t bits = entries * kRolesPerEntry;
+    for (uint32_t i = 0; i < L.slot_count; ++i) {
+      const uint64_t w = L.slot(s, i).state.load(std::memory_order_relaxed);
+      const uint32_t st = slot_state(w), owner = slot_owner(w);
+      const bool ok = st == kWriting ? owner >= 1 && owner <= entries
+                                     : (st == kFree || st == kPublished) && owner == 0;
+      if (!ok)
+        throw_damaged(L, "shard %u's slot %u has state word %#llx", s, i,
+                      static_cast<unsigned long long>(w));
+      const std::atomic<uint64_t>* r = L.slot_readers(s, i);
+      for (uint32_t k = 0; k < L.reader_words; ++k) {
+        const uint64_t x = r[k].load(std::memory_order_relaxed);
+        const uint64_t valid = bits >= 64 * (k + 1) ? ~uint64_t{0}
+                               : bits <= 64 * k     ? 0
+                                                    : (uint64_t{1} << (bits - 64 * k)) - 1;
+        if (x & ~valid)
+          throw_damaged(L, "shard %u's slot %u has reader word %u = %#llx (%u entries)", s, i, k,
+                        static_cast<unsigned long long>(x), entries);
+      }
+    }
+    return;
+  }
+  if (round % 64 != 0 || now_ns() - since_ns < uint64_t{kSlotWaitLimitS} * 1'000'000'000) return;
+  std::string held;
+  for (uint32_t i = 0; i < L.slot_count && i < 16; ++i)
+    held += format(" %#llx", static_cast<unsigned long long>(
+                                 L.slot(s, i).state.load(std::memory_order_relaxed)));  // diagnosis
+  throw_damaged(L,
+                "shard %u has had no free version slot for %d s (%u slots for %u learners; "
+                "state words:%s%s)",
+                s, kSlotWaitLimitS, L.slot_count, L.hdr->cfg.max_learners, held.c_str(),
+                L.slot_count > 16 ? " ..." : "");
+}
+
 bool publish(const Layout& L, uint32_t s, uint64_t seen, const Claim& mine, uint32_t entry) {
   FASTPS_DCHECK(is_mine(L, s, mine, entry));
   const auto latest = static_cast<uint32_t>(seen & kSlotMask);
@@ -130,7 +179,7 @@ bool publish(const Layout& L, uint32_t s, uint64_t seen, const Claim& mine, uint
   FASTPS_DCHECK(is_mine(L, s, mine, entry));
   L.slot(s, mine.slot)
       .state.store(make_slot_word(mine.gen, 0, kPublished), std::memory_order_seq_cst);
-  unpin(L, s, latest, entry);   // and try to reclaim it: superseded just now
+  unpin(L, s, latest, entry);  // and try to reclaim it: superseded just now
   try_reclaim(L, s, mine.slot);  // superseded already, before PUBLISHED was stored?
   return true;
 }
@@ -145,7 +194,7 @@ void abandon(const Layout& L, uint32_t s, const Claim& mine, uint32_t entry) {
 void recover_slots(const Layout& L, uint32_t e) {
   FASTPS_DCHECK(entry_state(L.entries[e].word.load(std::memory_order_relaxed)) ==
                 kEntryRecovering);  // taken over by the caller
-  const uint32_t V = L.hdr->slots;
+  const uint32_t V = L.slot_count;
   for (uint32_t s = 0; s < L.hdr->cfg.shards; ++s) {
     for (uint32_t i = 0; i < V; ++i) {
       for (uint32_t role = 0; role < kRolesPerEntry; ++role) {

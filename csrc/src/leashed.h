@@ -24,6 +24,13 @@ void unpin(const Layout& L, uint32_t s, uint32_t slot, uint32_t entry, uint32_t 
 /// Step 2: claims the lowest FREE slot of shard s for `entry` (FREE -> WRITING); false when
 /// every slot is taken (the caller yields, recovers dead learners and tries again).
 bool try_claim(const Layout& L, uint32_t s, uint32_t entry, Claim* out);
+/// For a writer that found no free slot in shard s: call after each failed try_claim(), with
+/// `round` counting from 0 and `since_ns` (the caller's, 0 at the start). Throws
+/// std::runtime_error "store '<name>' is damaged: ..." on the first round if a slot's state word
+/// or reader words hold a value no process writes, and once no slot has come free for
+/// kSlotWaitLimitS seconds (the V slots are more than max_learners handles can hold at once).
+void check_no_slot(const Layout& L, uint32_t s, uint32_t round, uint64_t& since_ns);
+constexpr int kSlotWaitLimitS = 10;
 /// Step 3: publishes the claimed slot written from the version `seen` (a word pin() returned):
 /// CAS current from `seen` to (version + 1, mine). On success stores PUBLISHED in it and returns
 /// true; either way unpins seen's slot. On failure the claim stays the caller's, for a retry.

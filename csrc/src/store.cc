@@ -21,6 +21,7 @@
 #include "registry.h"
 #include "shard_lock.h"
 #include "step_size.h"
+#include "validate.h"
 
 namespace fastps {
 
@@ -90,7 +91,9 @@ bool stream_versions(const StoreConfig& cfg) {
 Store::Store(std::shared_ptr<Arena> arena, const StoreConfig& cfg)
     : arena_(std::move(arena)), cfg_(cfg),
       lay_(std::make_unique<Layout>(detail::make_layout(arena_->base()))),
-      stream_versions_(stream_versions(cfg)) {}
+      stream_versions_(stream_versions(cfg)) {
+  lay_->name = arena_->name().c_str();  // arena_ outlives lay_ (declared first)
+}
 
 Store::~Store() {
   if (pinned_) unpin_host(arena_->base());
@@ -176,21 +179,9 @@ std::shared_ptr<Store> Store::create(const StoreConfig& cfg, const float* init,
 
 std::shared_ptr<Store> Store::attach(const std::string& shared_name) {
   std::shared_ptr<Arena> arena = Arena::attach(shared_name);
-  FASTPS_CHECK_ARG(arena->bytes() >= sizeof(Header),
-                   "attach: shared segment '%s' has %zu bytes, too small for a fastps store",
-                   shared_name.c_str(), arena->bytes());
-  const Header* h = arena->at<Header>(0);
-  // Pairs with the release store at the end of init_arena().
-  FASTPS_CHECK_ARG(h->magic.load(std::memory_order_acquire) == detail::kMagic,
-                   "attach: shared segment '%s' is not a fastps store (or is still being created)",
-                   shared_name.c_str());
-  FASTPS_CHECK_ARG(h->format_version == detail::kFormatVersion,
-                   "attach: store '%s' has format version %u, expected %u", shared_name.c_str(),
-                   h->format_version, detail::kFormatVersion);
-  FASTPS_CHECK_ARG(h->total_bytes == arena->bytes(),
-                   "attach: store '%s' is %zu bytes, its header says %llu", shared_name.c_str(),
-                   arena->bytes(), static_cast<unsigned long long>(h->total_bytes));
-  std::shared_ptr<Store> st(new Store(arena, h->cfg));
+  // Every immutable word checked before anything is dereferenced.
+  const StoreConfig cfg = detail::check_arena(arena->base(), arena->bytes(), shared_name);
+  std::shared_ptr<Store> st(new Store(arena, cfg));
   detail::recover_dead(*st->lay_);  // a restarted learner attaching cleans up after its predecessor
   return st;
 }
@@ -255,7 +246,7 @@ Stats Store::stats() const {
     if (cfg_.mode == Mode::kLeashed) {
       st.slots_touched =
           std::max(st.slots_touched, d.slots_touched.load(std::memory_order_relaxed));
-      for (uint32_t i = 0; i < L.hdr->slots; ++i)
+      for (uint32_t i = 0; i < L.slot_count; ++i)
         st.slots_in_use +=
             detail::slot_state(L.slot(s, i).state.load(std::memory_order_relaxed)) != detail::kFree;
     }
@@ -315,6 +306,11 @@ Counters Store::save(float* params, float* momentum) const {
   for (uint32_t b = 0; b < nb; ++b) {
     c.cdf.push_back(L.cdf[b].load(std::memory_order_relaxed));
     c.cdf_hist.push_back(L.cdf_hist[b].load(std::memory_order_relaxed));
+    // A mid-CDF value is in [0, 1] (0 before the first build); anything else is damage, and a
+    // NaN would make a checkpoint that no JSON reader takes.
+    if (!(c.cdf[b] >= 0.0 && c.cdf[b] <= 1.0))
+      detail::throw_damaged(L, "TAIL-tau table entry %u is %g, expected a value in [0, 1]", b,
+                            c.cdf[b]);
   }
   return c;
 }

@@ -59,7 +59,9 @@ struct StoreConfig {
   float weight_decay = 0.0f;
   int32_t persistence = -1;  ///< leashed: failed CAS attempts before a drop; -1 = never drop
   NanGuard nan_guard = NanGuard::kRaise;
-  uint32_t max_learners = 16;  ///< open handles at once; leashed keeps 2*max_learners+5 slots
+  /// Open handles at once. Leashed keeps 2*max_learners+5 version slots per shard
+  /// (3*max_learners+5 under StalenessDistance): see slots_for() in csrc/src/arena_plan.cc.
+  uint32_t max_learners = 16;
   uint32_t staleness_bins = 64;  ///< exact staleness counts for tau < staleness_bins, + overflow
   StepConfig step;  ///< eta(tau); lr is eta0
 
