@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import secrets
 from typing import Any
 
 import numpy as np
@@ -211,6 +212,8 @@ class Store:
         max_learners: int = 16,
         staleness_bins: int = 64,
     ) -> None:
+        if shared is True:  # torch helper's stand-in; the process helper's version replaces it
+            shared = f"auto-{os.getpid()}-{secrets.token_hex(4)}"
         if shared is not None and not isinstance(shared, str):
             raise TypeError(
                 f"Store: shared must be a string name or None (got {type_name(shared)})"
@@ -393,6 +396,15 @@ class Store:
         return [self._s.shard_range(s) for s in range(self.shards)]
 
     # -- lifetime --------------------------------------------------------------------------
+
+    def creator_alive(self) -> bool:  # torch helper's stand-in for the process helper's
+        """Whether the process that created this store still runs (True for a private store)."""
+        if self._s.is_creator or not self._s.name:
+            return True
+        try:
+            return bool(_core.Store.inspect(self._s.name).creator_alive)
+        except (ValueError, RuntimeError, OSError):
+            return True
 
     @property
     def closed(self) -> bool:
