@@ -170,12 +170,24 @@ def test_a_learner_whose_parent_was_killed_stops():
             fastps.cleanup(name, force=True)
 
 
-def test_a_default_store_takes_more_than_sixteen_learners():
-    """17 learner processes used to crash one child ("max_learners") while 16 trained on."""
-    model = torch.nn.Linear(8, 3)
-    with ft.store_from(model, lr=0.01) as store:
-        opts = [ft.AsyncOptimizer(torch.nn.Linear(8, 3), store) for _ in range(64)]
-        assert store.stats()["learners"] == 64
+@pytest.mark.parametrize("mode", ["locked", "hogwild"])
+def test_a_default_store_takes_more_than_sixteen_learners(mode):
+    """17 learner processes used to crash one child ("max_learners") while 16 trained on; in
+    locked and hogwild an unused learner place costs bytes, so store_from gives 1024."""
+    with ft.store_from(torch.nn.Linear(8, 3), lr=0.01, mode=mode) as store:
+        assert store.config["max_learners"] == 1024
+        opts = [ft.AsyncOptimizer(torch.nn.Linear(8, 3), store) for _ in range(100)]
+        assert store.stats()["learners"] == 100
         for opt in opts:
             opt.close()
-    assert fastps.Store(16).config["max_learners"] == 64
+        assert store.stats()["learners"] == 0
+
+
+def test_leashed_keeps_sixteen_places_and_the_seventeenth_learner_is_told():
+    with ft.store_from(torch.nn.Linear(8, 3), lr=0.01, mode="leashed") as store:
+        opts = [ft.AsyncOptimizer(torch.nn.Linear(8, 3), store) for _ in range(16)]
+        with pytest.raises(RuntimeError, match=r"max_learners is 16 \(close a handle or create"):
+            ft.AsyncOptimizer(torch.nn.Linear(8, 3), store)
+        assert store.stats()["learners"] == 16
+        for opt in opts:
+            opt.close()

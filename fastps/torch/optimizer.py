@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import torch
 
 from fastps.layout import ParamLayout
@@ -79,13 +80,13 @@ class AsyncOptimizer(torch.optim.Optimizer):
         _check_store(store)
         stores.check_float32("AsyncOptimizer", params)
         layout = ParamLayout.from_shapes((n, p.shape) for n, p in params.items())
+        if module is not None:
+            stores.check_against_store(module, layout, store)
         if layout.size != store.size:
             raise ValueError(
                 f"AsyncOptimizer: the model needs {layout.size} store elements, the store has "
                 f"{store.size} (create it with fastps.torch.store_from(model))"
             )
-        if module is not None:
-            stores.check_against_store(module, layout, store)
         devices = {p.device for p in params.values()}
         if len(devices) > 1:
             raise ValueError(
@@ -243,7 +244,7 @@ class AsyncOptimizer(torch.optim.Optimizer):
 def _check_setting(key: str, value: Any, known: Any) -> None:
     if value is None or known is None:
         return
-    if (bool(value) != bool(known)) if key == "nesterov" else float(value) != float(known):
+    if (bool(value) != bool(known)) if key == "nesterov" else np.float32(value) != np.float32(known):
         raise ValueError(
             f"AsyncOptimizer: {key}={value!r}, but {key} lives in the store ({known!r}), shared "
             "by every learner and fixed when the store is created"

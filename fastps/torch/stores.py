@@ -95,14 +95,16 @@ def settings(store: Any) -> dict[str, Any]:
     """The store's lr, momentum, weight_decay and nesterov (None where the store does not say:
     a duck-typed store)."""
     if isinstance(store, Store):
-        c = store.config
-        return {k: c[k] for k in SETTINGS}
-    known = getattr(store, "optimizer_settings", None)
-    if isinstance(known, Mapping):
-        return {k: known.get(k) for k in SETTINGS}
-    policy = getattr(store, "step_size", None)
-    return {"lr": getattr(policy, "lr", None), "momentum": None, "weight_decay": None,
-            "nesterov": None}  # fmt: skip
+        known: Any = store.config
+    else:
+        known = getattr(store, "optimizer_settings", None)
+        if not isinstance(known, Mapping):
+            known = {"lr": getattr(getattr(store, "step_size", None), "lr", None)}
+    out = {k: known.get(k) for k in SETTINGS}
+    for k in ("lr", "momentum", "weight_decay"):  # the store keeps float32: show 0.9, not 0.8999...
+        if out[k] is not None:
+            out[k] = float(str(np.float32(out[k])))
+    return out
 
 
 def check_float32(api: str, params: Mapping[str, torch.Tensor]) -> None:
