@@ -40,7 +40,9 @@ def loss_and_accuracy(model, x, y):
 def train(rank, model, store, x, y, epochs):
     """mnist_hogwild's train(), with the optimizer line switched to fastps."""
     torch.manual_seed(1 + rank)
-    opt = ft.AsyncOptimizer(model, store)  # was: optim.SGD(model.parameters(), lr=..., momentum=...)
+    opt = ft.AsyncOptimizer(
+        model, store
+    )  # was: optim.SGD(model.parameters(), lr=..., momentum=...)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     for _ in range(epochs):
         for idx in torch.randperm(len(xt)).split(32):

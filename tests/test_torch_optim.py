@@ -80,8 +80,11 @@ def test_constructor_arguments():
     assert opt.param_groups[0]["lr"] == 0.02
     with pytest.raises(ValueError, match=r"momentum=0.5, but momentum lives in the store"):
         ft.AsyncOptimizer(mlp(), store, momentum=0.5)
-    with pytest.raises(TypeError, match=r"store must be a fastps.Store or fastps.ray.RayStore "
-                                        r"\(got NoneType\); make one with fastps.torch.store_from"):
+    with pytest.raises(
+        TypeError,
+        match=r"store must be a fastps.Store or fastps.ray.RayStore "
+        r"\(got NoneType\); make one with fastps.torch.store_from",
+    ):
         ft.AsyncOptimizer(mlp(), None)
     with pytest.raises(TypeError, match=r"the first argument must be the model .* \(got int\)"):
         ft.AsyncOptimizer(3, store)
@@ -118,7 +121,9 @@ def test_a_layer_replaced_after_store_from_is_refused():
     with pytest.raises(ValueError, match=r"changed after store_from"):
         ft.AsyncOptimizer(model, store)
     model[2].weight = torch.nn.Parameter(torch.zeros(5, 3))  # another layout, the same size
-    with pytest.raises(ValueError, match=r"the model's layout differs from the store's \(at 2.weight \(5, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"the model's layout differs from the store's \(at 2.weight \(5, 3\)"
+    ):
         ft.AsyncOptimizer(model, store)
 
 
@@ -153,7 +158,9 @@ def test_the_creator_check_raises_at_most_every_quarter_second(monkeypatch):
         monkeypatch.setattr(store, "creator_alive", lambda: calls.append(1) or False)
         opt._liveness.alive = store.creator_alive
         opt._liveness.next_check = 0.0
-        with pytest.raises(RuntimeError, match=rf"the store's creator process \(pid \d+\) has exited"):
+        with pytest.raises(
+            RuntimeError, match=r"the store's creator process \(pid \d+\) has exited"
+        ):
             opt.step()
         before = store.stats()["pushes"]
         for _ in range(50):

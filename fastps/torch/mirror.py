@@ -108,4 +108,6 @@ class Liveness:
         self.next_check = now + CHECK_EVERY_S
         if not self.alive():
             who = f" (pid {self.pid})" if self.pid is not None else ""
-            raise RuntimeError(f"AsyncOptimizer: the store's creator process{who} has exited; stopping")
+            raise RuntimeError(
+                f"AsyncOptimizer: the store's creator process{who} has exited; stopping"
+            )

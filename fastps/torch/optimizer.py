@@ -39,7 +39,9 @@ def _named_params(model: Any) -> tuple[torch.nn.Module | None, dict[str, torch.T
 
 
 def _check_store(store: Any) -> None:
-    if not callable(getattr(store, "learner", None)) or not isinstance(getattr(store, "size", None), int):
+    if not callable(getattr(store, "learner", None)) or not isinstance(
+        getattr(store, "size", None), int
+    ):
         raise TypeError(
             f"AsyncOptimizer: store must be a fastps.Store or fastps.ray.RayStore (got "
             f"{type(store).__name__}); make one with fastps.torch.store_from(model)"
@@ -220,7 +222,7 @@ class AsyncOptimizer(torch.optim.Optimizer):
         return self._scratch
 
     def _check_binding(self) -> None:
-        for i, (p, gview) in enumerate(self._params):
+        for i, (p, _) in enumerate(self._params):
             spec = self.layout.specs[i]
             if p.dtype != torch.float32:
                 raise RuntimeError(
@@ -244,7 +246,11 @@ class AsyncOptimizer(torch.optim.Optimizer):
 def _check_setting(key: str, value: Any, known: Any) -> None:
     if value is None or known is None:
         return
-    if (bool(value) != bool(known)) if key == "nesterov" else np.float32(value) != np.float32(known):
+    if (
+        (bool(value) != bool(known))
+        if key == "nesterov"
+        else np.float32(value) != np.float32(known)
+    ):
         raise ValueError(
             f"AsyncOptimizer: {key}={value!r}, but {key} lives in the store ({known!r}), shared "
             "by every learner and fixed when the store is created"

@@ -53,7 +53,9 @@ def store_from(
     init = layout.flatten(params)
     if backend == "ray":
         if shared is not True:
-            raise ValueError("store_from: shared is for backend='local' (a RayStore lives in actors)")
+            raise ValueError(
+                "store_from: shared is for backend='local' (a RayStore lives in actors)"
+            )
         from fastps.ray import RayStore
 
         store: Any = RayStore(init=init, **store_kwargs)
