@@ -545,9 +545,12 @@ def test_local_sgd_with_pareto_steps_has_no_closed_form_and_says_so():
 @pytest.mark.parametrize("kwargs,msg", [
     (dict(variant="sync", local_steps=4), r"local_steps applies to local-sgd only \(got "
                                           r"variant='sync', local_steps=4\)"),
-    (dict(variant="local-sgd", local_steps=0), r"local_steps must be an integer >= 1 \(got 0\)"),
-    (dict(variant="local-sgd", local_steps=2.5), r"local_steps must be an integer >= 1 \(got "
-                                                 r"2.5\)"),
+    (dict(variant="local-sgd", local_steps=0), r"local_steps must be an integer in \[1, 1000000\] "
+                                               r"\(got 0\)"),
+    (dict(variant="local-sgd", local_steps=2.5), r"local_steps must be an integer in \[1, "
+                                                 r"1000000\] \(got 2.5\)"),
+    (dict(variant="local-sgd", local_steps=10**6 + 1), r"local_steps must be an integer in "
+                                                       r"\[1, 1000000\] \(got 1000001\)"),
     (dict(variant="local-sgd", k=2), r"variant 'local-sgd' fixes k = 8 \(got k=2\)"),
     (dict(variant="local-sgd", model="quadratic"), r"local-sgd has no model: on the simulator's "
                                                    r"quadratic"),

@@ -23,17 +23,17 @@ def erlang_max(p: int, tau: int) -> float:
     1 - F(u) = e^-u sum_(n<tau) u^n/n! (integer tau), by Simpson's rule. numpy only; tau = 1
     gives H_p, p = 1 gives tau.
 
-    Below lo = tau - 12 sqrt(tau) - 10, F(u) < e^-60 and the integrand is 1; past the grid's end
-    p (1 - F) < 1e-20. On the grid, the Poisson terms u^n e^-u/n! with n < lo - 40 sqrt(end)
-    are below e^-800 of the sum and skipped, so the cost grows as sqrt(tau)."""
+    Below lo = tau - 11 sqrt(tau) - 10, F(u) < e^-60 and the integrand is 1; past the grid's end
+    p (1 - F) < 1e-20. On the grid, the Poisson terms u^n e^-u/n! with n < lo - 10 sqrt(end)
+    are each below e^-50 of the largest and skipped, so the cost grows as sqrt(tau)."""
     if p == 1:
         return float(tau)
-    lo = max(0.0, tau - 12.0 * math.sqrt(tau) - 10.0)
+    lo = max(0.0, tau - 11.0 * math.sqrt(tau) - 10.0)
     end = tau + 12.0 * math.sqrt(tau) + 50.0 + math.log(p)
-    u = np.linspace(lo, end, 40_001 if tau < 400 else 8_001)  # features of width sqrt(tau)
+    u = np.linspace(lo, end, 40_001 if tau < 50 else 8_001)  # features of width sqrt(tau)
     logu = np.log(np.maximum(u, 1e-300))
     tail = np.zeros_like(u)  # 1 - F(u), summed term by term in logs (no overflow at large tau)
-    for n in range(max(0, int(lo - 40.0 * math.sqrt(end))), tau):
+    for n in range(max(0, int(lo - 10.0 * math.sqrt(end))), tau):
         tail += np.exp(n * logu - u - math.lgamma(n + 1)) if n else np.exp(-u)
     h = -np.expm1(p * np.log1p(-np.minimum(tail, 1.0 - 1e-16)))  # 1 - F^p, exact for small tails
     w = np.ones_like(u)

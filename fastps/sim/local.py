@@ -11,25 +11,32 @@ step) is (E[Y_(P:P)] + E[D]) / (E[Ybar_(P:P)] + E[D]/tau). E[Ybar_(P:P)] is Dela
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from fastps.sim.delays import Cycles, Delay
 from fastps.sim.traces import Trace
 
 
-def exchanges(comm: Delay | None, n: int, rng: np.random.Generator) -> np.ndarray:
-    """D of the first n exchanges: zero, fixed, or exponential from its own stream (``rng``),
-    so the learners' step times are those of the other variants whatever the kind of D."""
-    if comm is None:
-        return np.zeros(n)
-    return comm.sample(rng, (n,))
+class Exchanges:
+    """D of the exchanges in order: zero, fixed, or exponential from its own stream (``rng``), so
+    the learners' step times are those of the other variants whatever the kind of D. Drawn in
+    chunks (``take``), the values do not depend on the chunk sizes."""
+
+    def __init__(self, comm: Delay | None, rng: np.random.Generator) -> None:
+        self.comm, self.rng = comm, rng
+
+    def take(self, n: int) -> np.ndarray:
+        return np.zeros(n) if self.comm is None else self.comm.sample(self.rng, (n,))
 
 
-def local_sgd(cyc: Cycles, p: int, tau: int, n: int, d: np.ndarray) -> Trace:
-    """n rounds of tau local steps: round r ends max_l sum_k Y_(l, r tau + k) + d[r] after the
-    previous one. Every model averaged was started from the last average (staleness 0); nothing
-    is cancelled or dropped; a learner idles from the end of its tau steps to the slowest's."""
-    times, idle = [], []
+def rounds(
+    cyc: Cycles, p: int, tau: int, n: int, d: Exchanges
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Rounds 0..n-1 in chunks: (durations, idle learner time) of each. Round r lasts
+    max_l sum_k Y_(l, r tau + k) + D_r; a learner idles from the end of its tau steps to the
+    slowest's."""
     step = max(1, cyc.block // tau)
     for r0 in range(0, n, step):
         r1 = min(n, r0 + step)
@@ -37,12 +44,29 @@ def local_sgd(cyc: Cycles, p: int, tau: int, n: int, d: np.ndarray) -> Trace:
         cyc.release(r1 * tau)
         s = x.reshape(p, r1 - r0, tau).sum(2)  # (P, R): each learner's round of tau steps
         top = s.max(0)
-        times.append(top + d[r0:r1])
-        idle.append((top[None, :] - s).sum(0))
+        yield top + d.take(r1 - r0), (top[None, :] - s).sum(0)
+
+
+def local_sgd(cyc: Cycles, p: int, tau: int, n: int, d: Exchanges) -> Trace:
+    """n rounds of tau local steps (``rounds``). Every model averaged was started from the last
+    average (staleness 0); nothing is cancelled or dropped."""
+    times, idle = zip(*rounds(cyc, p, tau, n, d))
     zi = np.zeros(n, np.int64)
     return Trace(np.cumsum(np.concatenate(times)), np.full(n, p), np.zeros(n * p, np.int64),
                  np.tile(np.arange(p), n), np.concatenate(idle), np.zeros(n), zi,
                  zi.copy())  # fmt: skip
+
+
+def sync_time(cyc: Cycles, p: int, n: int, skip: int, d: Exchanges) -> float:
+    """Sync in the same model (tau = 1, one D per step) over steps skip..n-1, streamed: the
+    simulated time those steps take (for local-sgd's speedup, on its step times)."""
+    total, done = 0.0, 0
+    for dur, _ in rounds(cyc, p, 1, n, d):
+        lo = max(0, skip - done)
+        done += len(dur)
+        if lo < len(dur):
+            total += float(dur[lo:].sum())
+    return total
 
 
 def predict_local(
@@ -72,4 +96,4 @@ def predict_local(
     return out, form
 
 
-__all__ = ["exchanges", "local_sgd", "predict_local"]
+__all__ = ["Exchanges", "local_sgd", "predict_local", "rounds", "sync_time"]

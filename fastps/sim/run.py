@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from fastps.sim.delays import COMM_KINDS, DELAYS, Cycles, Delay
-from fastps.sim.local import exchanges, local_sgd, predict_local
+from fastps.sim.local import Exchanges, local_sgd, predict_local, sync_time
 from fastps.sim.quadratic import MODELS, Quadratic, adasync
 from fastps.sim.result import SimResult, predict
 from fastps.sim.traces import k_async, k_batch_async, k_batch_sync, rounds
@@ -20,6 +20,7 @@ from fastps.train.variants import SIMULATED, TABLE
 # periodic averaging (fastps.sim.local), which is no point of the spectrum.
 PERIODIC = ("local-sgd",)
 VARIANTS = (*SIMULATED, *PERIODIC)
+MAX_LOCAL_STEPS = 1_000_000  # a round's P x tau step times are held at once
 # How each variant's events are generated (adasync: fastps.sim.quadratic.adasync).
 TRACES = {"sync": rounds, "k-sync": rounds, "k-batch-sync": k_batch_sync, "async": k_batch_async,
           "k-async": k_async, "k-batch-async": k_batch_async}  # fmt: skip
@@ -94,8 +95,9 @@ def simulate(
     if variant in PERIODIC:
         local_steps = 4 if local_steps is None else local_steps
         _check(isinstance(local_steps, int) and not isinstance(local_steps, bool)
-               and local_steps >= 1,
-               f"local_steps must be an integer >= 1 (got {local_steps!r})")  # fmt: skip
+               and 1 <= local_steps <= MAX_LOCAL_STEPS,
+               f"local_steps must be an integer in [1, {MAX_LOCAL_STEPS}] (got "
+               f"{local_steps!r})")  # fmt: skip
         _check(model == "none", "local-sgd has no model: on the simulator's quadratic (the same "
                "for every learner, gradients linear in w) the average of the local models is "
                "exactly sync SGD's, so it would hide the cost of tau")  # fmt: skip
@@ -159,7 +161,7 @@ def simulate(
     losses = None
     tau = local_steps if local_steps is not None else 1
     if variant in PERIODIC:  # the exchanges' D from their own stream: the step times stay shared
-        trace = local_sgd(cyc, p, tau, updates, exchanges(comm, updates, _exchange_rng(seed)))
+        trace = local_sgd(cyc, p, tau, updates, Exchanges(comm, _exchange_rng(seed)))
     elif quad is not None and row.adapts == "k":  # adasync (checked above: it has the model)
         trace, losses = adasync(cyc, p, k, updates, quad, interval, model_rng)
     else:
@@ -215,12 +217,10 @@ def simulate(
         res.mean_time_per_local_step = elapsed / ((updates - w) * tau)
         res.predicted_time_per_local_step = local["step"]
         # sync on the same step times: tau = 1, one D per step (the first D's are the rounds')
-        n1 = updates * tau
-        base = trace if tau == 1 else local_sgd(
-            Cycles(p, np.random.default_rng([seed, 0]), compute, comm, slow, table), p, 1, n1,
-            exchanges(comm, n1, _exchange_rng(seed)))  # fmt: skip
-        b0 = base.times[w * tau - 1] if w else 0.0
-        res.sync_time_per_step = float(base.times[-1] - b0) / ((updates - w) * tau)
+        base = elapsed if tau == 1 else sync_time(
+            Cycles(p, np.random.default_rng([seed, 0]), compute, comm, slow, table), p,
+            updates * tau, w * tau, Exchanges(comm, _exchange_rng(seed)))  # fmt: skip
+        res.sync_time_per_step = base / ((updates - w) * tau)
         res.speedup = res.sync_time_per_step / res.mean_time_per_local_step
         res.predicted_speedup = local["speedup"]
     if quad is not None and losses is not None:
