@@ -403,8 +403,8 @@ def _sim_table(r: Any) -> str:
         x += f", slowdown {','.join(f'{v:g}' for v in c['slowdown'])}"
     d = f"D {c['comm_kind']} {c['comm_delay']:g}" if c["comm_delay"] else "no communication delay"
     warm = f" (after {c['warmup']} warm-up)" if c["warmup"] else ""
-    tau = f", tau={r.local_steps}" if r.local_steps is not None else ""
-    lines = [f"fastps simulate: {r.variant}, P={r.learners}, K={r.k}{tau}, X ~ {x}, {d}, "
+    steps = f", tau={r.local_steps}" if r.local_steps is not None else ""
+    lines = [f"fastps simulate: {r.variant}, P={r.learners}, K={r.k}{steps}, X ~ {x}, {d}, "
              f"{r.updates} updates{warm}, seed {c['seed']}", "",
              f"{'':<28}{'simulated':>12}{'closed form':>14}  formula"]  # fmt: skip
 

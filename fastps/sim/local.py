@@ -87,9 +87,8 @@ def predict_local(
     gamma = "Gamma(tau, scale 1/(mu tau))"  # E[max] by its CDF: Delay.mean_max
     text = {"exp": f"Ybar ~ {gamma}", "shifted-exp": f"Ybar ~ Delta + {gamma}",
             "fixed": "Ybar = 1/mu"}[compute.kind]  # fmt: skip
-    out["step"] = ybar + dmean / tau
-    out["time"] = tau * ybar + dmean
-    out["speedup"] = (y1 + dmean) / out["step"]
+    step = ybar + dmean / tau
+    out["step"], out["time"], out["speedup"] = step, tau * ybar + dmean, (y1 + dmean) / step
     form["step"] = f"E[Ybar_(m:m)] + E[D]/tau, {text}"
     form["time"] = "tau E[Ybar_(m:m)] + E[D]"
     form["speedup"] = "(E[Y_(m:m)] + E[D]) / (E[Ybar_(m:m)] + E[D]/tau)"
