@@ -264,6 +264,8 @@ def _simulate_parser(sub: Any) -> None:
     s.add_argument("--k", type=int, default=None,
                    help="gradients per update (k-sync, k-async: 1..P; k-batch-*: any; adasync: "
                         "K0); sync and async fix it")  # fmt: skip
+    s.add_argument("--local-steps", type=int, default=None, metavar="TAU",
+                   help="local-sgd: local steps per averaging round (default 4)")  # fmt: skip
     s.add_argument("--delay", default="exp", choices=DELAYS,
                    help="compute time X: exp(mu), shift + exp(mu), Pareto with mean 1/mu, or "
                         "fixed 1/mu")  # fmt: skip
@@ -401,7 +403,8 @@ def _sim_table(r: Any) -> str:
         x += f", slowdown {','.join(f'{v:g}' for v in c['slowdown'])}"
     d = f"D {c['comm_kind']} {c['comm_delay']:g}" if c["comm_delay"] else "no communication delay"
     warm = f" (after {c['warmup']} warm-up)" if c["warmup"] else ""
-    lines = [f"fastps simulate: {r.variant}, P={r.learners}, K={r.k}, X ~ {x}, {d}, "
+    steps = f", tau={r.local_steps}" if r.local_steps is not None else ""
+    lines = [f"fastps simulate: {r.variant}, P={r.learners}, K={r.k}{steps}, X ~ {x}, {d}, "
              f"{r.updates} updates{warm}, seed {c['seed']}", "",
              f"{'':<28}{'simulated':>12}{'closed form':>14}  formula"]  # fmt: skip
 
@@ -409,7 +412,13 @@ def _sim_table(r: Any) -> str:
         p = f"{pred:>14.4f}" if pred is not None else f"{'-':>14}"
         lines.append(f"{name:<28}{sim:>12.4f}{p}  {r.formulas.get(key, '')}".rstrip())
 
-    row("time per update", r.mean_time_per_update, r.predicted_time_per_update, "time")
+    if r.local_steps is not None:
+        row("time per local step", r.mean_time_per_local_step, r.predicted_time_per_local_step,
+            "step")  # fmt: skip
+        row("time per round", r.mean_time_per_update, r.predicted_time_per_update, "time")
+        row("speedup over sync", r.speedup, r.predicted_speedup, "speedup")
+    else:
+        row("time per update", r.mean_time_per_update, r.predicted_time_per_update, "time")
     row("mean staleness", r.mean_staleness, r.predicted_mean_staleness, "staleness")
     row("fresh fraction (tau = 0)", r.fresh_fraction, r.predicted_fresh_fraction, "fresh")
     if r.error_final is not None:
@@ -447,7 +456,7 @@ def simulate(args: argparse.Namespace) -> int:
             alpha=args.alpha, comm_delay=args.comm_delay, comm_kind=args.comm_kind,
             slowdown=args.slowdown, updates=args.updates, warmup=args.warmup, seed=args.seed,
             model=args.model, lr=args.lr, dim=args.dim, noise=args.noise, interval=args.interval,
-            points=args.points)  # fmt: skip
+            points=args.points, local_steps=args.local_steps)  # fmt: skip
     print(json.dumps(r.to_dict()) if args.json else _sim_table(r))
     return 0
 

@@ -12,7 +12,7 @@ import pytest
 
 from fastps.cli import main
 from fastps.sim import Delay, Quadratic, harmonic, simulate
-from fastps.sim.delays import Cycles
+from fastps.sim.delays import Cycles, erlang_max
 from fastps.sim.traces import k_async
 
 P = 8
@@ -426,5 +426,167 @@ def test_simulate_help_documents_every_option(tmp_path):
     for opt in ("--variant", "--learners", "--k", "--delay", "--mu", "--shift", "--alpha",
                 "--comm-delay", "--comm-kind", "--slowdown", "--updates", "--warmup", "--seed",
                 "--model", "--lr", "--dim", "--noise", "--interval", "--points",
-                "--json"):  # fmt: skip
+                "--local-steps", "--json"):  # fmt: skip
         assert opt in r.stdout
+
+
+# -- local-sgd: periodic averaging (research/sync-async-spectrum.md 3.3) --------------------------
+
+
+def exact_mean_max(m, tau):
+    """E[max of m means of tau exp(1) draws], exactly: the mean Ybar = S/tau with S ~ Erlang(tau, 1)
+    and 1 - F_S(u)^m = sum_j C(m, j) (-1)^(j+1) e^(-j u) P(u)^j, P(u) = sum_(n<tau) u^n/n!, so
+    E[max S] = sum_j C(m, j) (-1)^(j+1) sum_n [u^n]P^j n!/j^(n+1) (rational arithmetic)."""
+    from fractions import Fraction
+
+    base = [Fraction(1, math.factorial(n)) for n in range(tau)]
+    total, power = Fraction(0), [Fraction(1)]
+    for j in range(1, m + 1):
+        nxt = [Fraction(0)] * (len(power) + tau - 1)
+        for a, ca in enumerate(power):
+            for b, cb in enumerate(base):
+                nxt[a + b] += ca * cb
+        power = nxt
+        integral = sum(c * math.factorial(n) / Fraction(j) ** (n + 1) for n, c in enumerate(power))
+        total += (-1) ** (j + 1) * math.comb(m, j) * integral
+    return float(total / tau)
+
+
+@pytest.mark.parametrize("m,tau", [(1, 1), (1, 7), (4, 1), (8, 1), (2, 2), (4, 10), (8, 10),
+                                   (3, 25), (16, 4)])  # fmt: skip
+def test_the_erlang_mean_of_the_slowest_learner_matches_the_exact_sum(m, tau):
+    # numpy quadrature of the Erlang CDF (the simulator has no scipy) against rational arithmetic;
+    # tau = 1 is H_m (the max of m exponentials), m = 1 the mean, 1
+    assert erlang_max(m, tau) / tau == pytest.approx(exact_mean_max(m, tau), rel=1e-9)
+    d = Delay("exp", mu=2.0)
+    assert d.mean_max(m, tau) == pytest.approx(exact_mean_max(m, tau) / 2.0, rel=1e-9)
+    if tau == 1:  # the order statistic itself: H_m / mu
+        assert d.mean_max(m, 1) == harmonic(m) / 2.0 and erlang_max(m, 1) == pytest.approx(H(m))
+    assert Delay("shifted-exp", 2.0, 1.5).mean_max(m, tau) == pytest.approx(
+        1.5 + exact_mean_max(m, tau) / 2.0, rel=1e-9)  # fmt: skip
+    assert Delay("fixed", 2.0).mean_max(m, tau) == 0.5
+    pareto = Delay("pareto", 2.0)
+    assert pareto.mean_max(m, tau) == (pareto.order_stat(m, m) if tau == 1 else None)
+
+
+@pytest.mark.parametrize("delay,m,tau,d,kind", [
+    ("exp", 4, 10, 0.5, "fixed"),  # the notes' m = 4, E[Y] = 1, tau = 10
+    ("exp", 4, 10, 4.0, "fixed"),
+    ("exp", 8, 10, 0.0, "fixed"),
+    ("exp", 2, 3, 1.0, "exp"),
+    ("exp", 16, 2, 2.0, "exp"),
+    ("shifted-exp", 4, 10, 0.5, "fixed"),
+    ("shifted-exp", 8, 5, 2.0, "exp"),
+    ("fixed", 4, 10, 4.0, "fixed"),
+    ("fixed", 3, 7, 1.0, "exp"),
+])  # fmt: skip
+def test_local_sgd_time_per_local_step_matches_the_closed_form(delay, m, tau, d, kind):
+    # a round = max_l sum of tau step times + D: per local step E[Ybar_(m:m)] + E[D]/tau
+    r = simulate("local-sgd", m, delay=delay, local_steps=tau, comm_delay=d, comm_kind=kind,
+                 updates=20_000, seed=11)  # fmt: skip
+    ybar = {"exp": exact_mean_max(m, tau), "shifted-exp": 1 + exact_mean_max(m, tau),
+            "fixed": 1.0}[delay]  # fmt: skip
+    assert r.predicted_time_per_local_step == pytest.approx(ybar + d / tau, rel=1e-9)
+    assert r.predicted_time_per_update == pytest.approx(tau * ybar + d, rel=1e-9)
+    assert r.mean_time_per_local_step == pytest.approx(ybar + d / tau, rel=0.03)
+    assert r.mean_time_per_update == pytest.approx(tau * r.mean_time_per_local_step, rel=1e-12)
+    assert (r.k, r.local_steps, r.updates, r.gradients) == (m, tau, 20_000, 20_000 * m)
+    assert r.mean_staleness == 0 and r.cancelled == r.dropped == 0
+    y1 = {"exp": H(m), "shifted-exp": 1 + H(m), "fixed": 1.0}[delay]  # E[Y_(m:m)]
+    assert r.predicted_speedup == pytest.approx((y1 + d) / (ybar + d / tau), rel=1e-9)
+    assert r.speedup == pytest.approx(r.predicted_speedup, rel=0.03)
+    if delay == "fixed" and kind == "fixed":  # constant Y and D: (1 + a)/(1 + a/tau), a = D/Y
+        assert r.speedup == pytest.approx((1 + d) / (1 + d / tau), rel=1e-12)
+
+
+@pytest.mark.parametrize("d,speedup", [(0.5, 1.86), (4.0, 3.50)])
+def test_local_sgd_reproduces_the_notes_speedups_over_sync(d, speedup):
+    # sync-async-spectrum.md 3.3: m = 4, E[Y] = 1, tau = 10
+    r = simulate("local-sgd", 4, local_steps=10, comm_delay=d, updates=20_000, seed=12)
+    assert r.predicted_speedup == pytest.approx(speedup, abs=0.005)  # the notes' two digits
+    assert r.speedup == pytest.approx(speedup, rel=0.03)
+    s = simulate("sync", 4, comm_delay=d, updates=200_000, seed=12)  # the same step times
+    assert r.sync_time_per_step == pytest.approx(s.mean_time_per_update, rel=1e-12)
+
+
+@pytest.mark.parametrize("d", [0.0, 0.5])
+def test_local_sgd_with_one_local_step_is_sync_update_for_update(d):
+    # the same seed gives the same step times: tau = 1 makes the same rounds as sync
+    a = simulate("local-sgd", 5, local_steps=1, comm_delay=d, updates=3000, seed=13)
+    b = simulate("sync", 5, comm_delay=d, updates=3000, seed=13)
+    np.testing.assert_array_equal(a.update_times, b.update_times)
+    assert a.speedup == 1.0 and a.predicted_speedup == pytest.approx(1.0, rel=1e-12)
+    assert a.predicted_time_per_update == b.predicted_time_per_update
+
+
+def test_local_sgd_waits_for_the_slowest_learner_not_the_mean():
+    # m = 8 exponential learners, tau = 10: E[max Ybar] = 1.4918..., the mean learner takes 1
+    r = simulate("local-sgd", 8, local_steps=10, updates=20_000, seed=14)
+    assert r.predicted_time_per_local_step == pytest.approx(exact_mean_max(8, 10), rel=1e-9)
+    assert r.predicted_time_per_local_step > 1.4
+    assert r.mean_time_per_local_step == pytest.approx(r.predicted_time_per_local_step, rel=0.03)
+    # scripted: learner 0 takes 1, 3, 1, 3, ...; learner 1 takes 2; learner 2 takes 1; tau = 3,
+    # D = 0.5: round sums (5, 6, 3) then (7, 6, 3): rounds of 6.5 and 7.5 (the sums of the
+    # per-step maxima, 7 and 8, would give 7.5 and 8.5); idle: (1 + 0 + 3) + (0 + 1 + 4) a pair
+    r = simulate("local-sgd", 3, times=[[1, 3], [2, 2], [1, 1]], local_steps=3, comm_delay=0.5,
+                 updates=4)  # fmt: skip
+    assert r.update_times.tolist() == [6.5, 14.0, 20.5, 28.0]
+    assert r.idle_fraction == pytest.approx((4 + 5) * 2 / (3 * 28.0), rel=1e-12)
+    assert r.predicted_time_per_local_step is None and r.predicted_speedup is None
+    assert r.sync_time_per_step == pytest.approx((3 * 2.5 + 3 * 3.5) / 6, rel=1e-12)
+
+
+def test_local_sgd_with_pareto_steps_has_no_closed_form_and_says_so():
+    r = simulate("local-sgd", 4, delay="pareto", local_steps=5, updates=2000)
+    assert r.predicted_time_per_local_step is None and r.predicted_speedup is None
+    assert r.formulas["time"] == "none for pareto step times (E[Ybar_(m:m)] has no closed form)"
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    (dict(variant="sync", local_steps=4), r"local_steps applies to local-sgd only \(got "
+                                          r"variant='sync', local_steps=4\)"),
+    (dict(variant="local-sgd", local_steps=0), r"local_steps must be an integer in \[1, 1000000\] "
+                                               r"\(got 0\)"),
+    (dict(variant="local-sgd", local_steps=2.5), r"local_steps must be an integer in \[1, "
+                                                 r"1000000\] \(got 2.5\)"),
+    (dict(variant="local-sgd", local_steps=10**6 + 1), r"local_steps must be an integer in "
+                                                       r"\[1, 1000000\] \(got 1000001\)"),
+    (dict(variant="local-sgd", k=2), r"variant 'local-sgd' fixes k = 8 \(got k=2\)"),
+    (dict(variant="local-sgd", model="quadratic"), r"local-sgd has no model: on the simulator's "
+                                                   r"quadratic"),
+])  # fmt: skip
+def test_local_sgd_bad_arguments_are_refused(kwargs, msg):
+    args = {"learners": P, "k": None, "updates": 100, **kwargs}
+    with pytest.raises(ValueError, match=msg):
+        simulate(args.pop("variant"), args.pop("learners"), args.pop("k"), **args)
+
+
+def test_local_sgd_defaults_to_fits_four_local_steps_and_lists_after_the_spectrum():
+    from fastps.sim import VARIANTS
+    from fastps.train.variants import SIMULATED
+
+    assert simulate("local-sgd", 4, updates=10).local_steps == 4
+    assert simulate("sync", 4, updates=10).local_steps is None
+    assert VARIANTS == (*SIMULATED, "local-sgd")  # the spectrum's order, then periodic averaging
+
+
+def test_the_cli_simulates_local_sgd(capsys):
+    argv = ["simulate", "--variant", "local-sgd", "--learners", "4", "--local-steps", "10",
+            "--comm-delay", "4", "--updates", "20000", "--seed", "12"]  # fmt: skip
+    assert main([*argv, "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    direct = simulate("local-sgd", 4, local_steps=10, comm_delay=4.0, updates=20_000, seed=12)
+    assert r["mean_time_per_local_step"] == direct.mean_time_per_local_step
+    assert r["speedup"] == direct.speedup and r["local_steps"] == 10
+    assert r["predicted_speedup"] == pytest.approx(3.50, abs=0.005)
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "local-sgd, P=4, K=4, tau=10" in out
+    for row in ("time per local step", "time per round", "speedup over sync"):
+        assert row in out
+    assert "E[Ybar_(m:m)] + E[D]/tau" in out
+    assert main(["simulate", "--variant", "sync", "--local-steps", "2"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "fastps simulate: simulate: local_steps applies to local-sgd only (got variant='sync', "
+        "local_steps=2)"
+    )

@@ -22,6 +22,9 @@ k-batch-async  K from any learners, any model          a pusher pulls whatever i
                                                        once (the new model if its push made the
                                                        update), never waits
 adasync        k-sync with K = min(P, ceil(K0 sqrt(F0/F))) re-set every ``interval`` time units
+local-sgd      the P models after ``local_steps`` (tau)  everyone starts the next round on the
+               local steps each, averaged by one       average (local.py: learner l's k-th
+               exchange of delay D                     step of round r is entry r*tau + k)
 ============== ======================================= ========================================
 
 Staleness of a gradient used in update j (0-based) = j - the version it was computed on.
@@ -32,15 +35,17 @@ exactly async and with K = P exactly sync.
 
 Each variant has one exact implementation: order statistics per round (sync, k-sync,
 k-batch-sync), merged renewal processes (async, k-batch-async), a heap of finish times
-(k-async), a round loop (adasync). ``simulate`` returns a SimResult with the measurements and,
-where one exists, the closed form (research/sync-async-spectrum.md, section 2.2).
+(k-async), a round loop (adasync), per-round sums of tau step times (local-sgd: a round takes
+max_l sum_k Y_(l,k) + D). ``simulate`` returns a SimResult with the measurements and, where one
+exists, the closed form (research/sync-async-spectrum.md, sections 2.2 and 3.3).
 Optionally each update is also applied as an SGD step to a noisy quadratic, which gives the error
 against simulated wall-clock time (``model="quadratic"``).
 
 The rooms: delays.py (Delay, the per-learner streams Cycles, harmonic), traces.py (the
 variants' event sequences), quadratic.py (Quadratic, adasync), result.py (SimResult and the
-closed forms), run.py (simulate). Which variants exist and how each fixes or bounds K is the
-variant table's (fastps.train.variants), shared with fit() and the CLI.
+closed forms), local.py (local-sgd's rounds, its sync baseline and closed forms), run.py
+(simulate). Which variants exist and how each fixes or bounds K is the variant table's
+(fastps.train.variants), shared with fit() and the CLI.
 """
 
 from fastps.sim.delays import COMM_KINDS, DELAYS, Delay, harmonic

@@ -18,6 +18,29 @@ def harmonic(n: int) -> float:
     return math.fsum(1.0 / i for i in range(1, n + 1))
 
 
+def erlang_max(p: int, tau: int) -> float:
+    """E[max of p independent Erlang(tau, rate 1) sums] = integral_0^inf (1 - F(u)^p) du, with
+    1 - F(u) = e^-u sum_(n<tau) u^n/n! (integer tau), by Simpson's rule. numpy only; tau = 1
+    gives H_p, p = 1 gives tau.
+
+    Below lo = tau - 11 sqrt(tau) - 10, F(u) < e^-60 and the integrand is 1; past the grid's end
+    p (1 - F) < 1e-20. On the grid, the Poisson terms u^n e^-u/n! with n < lo - 10 sqrt(end)
+    are each below e^-50 of the largest and skipped, so the cost grows as sqrt(tau)."""
+    if p == 1:
+        return float(tau)
+    lo = max(0.0, tau - 11.0 * math.sqrt(tau) - 10.0)
+    end = tau + 12.0 * math.sqrt(tau) + 50.0 + math.log(p)
+    u = np.linspace(lo, end, 40_001 if tau < 50 else 8_001)  # features of width sqrt(tau)
+    logu = np.log(np.maximum(u, 1e-300))
+    tail = np.zeros_like(u)  # 1 - F(u), summed term by term in logs (no overflow at large tau)
+    for n in range(max(0, int(lo - 10.0 * math.sqrt(end))), tau):
+        tail += np.exp(n * logu - u - math.lgamma(n + 1)) if n else np.exp(-u)
+    h = -np.expm1(p * np.log1p(-np.minimum(tail, 1.0 - 1e-16)))  # 1 - F^p, exact for small tails
+    w = np.ones_like(u)
+    w[1:-1:2], w[2:-1:2] = 4.0, 2.0
+    return lo + float(np.dot(w, h) * (u[1] - u[0]) / 3.0)
+
+
 @dataclass(frozen=True)
 class Delay:
     """A learner's time per gradient: ``kind`` with mean ``1/mu`` (plus ``shift`` for shifted-exp).
@@ -42,6 +65,20 @@ class Delay:
             xm = (self.alpha - 1.0) / (self.alpha * self.mu)
             return xm * (1.0 + rng.pareto(self.alpha, shape))
         return np.full(shape, 1.0 / self.mu)
+
+    def mean_max(self, p: int, tau: int) -> float | None:
+        """E[Ybar_(p:p)], the largest of p learners' means of tau draws (a local-SGD round's
+        compute per step); None for pareto with tau > 1 (no closed form of the mean's law).
+
+        exp: the mean is Gamma(tau, scale 1/(mu tau)), so (1/(mu tau)) E[max of p Erlang(tau)];
+        shifted-exp adds the shift; fixed: 1/mu. tau = 1 is order_stat(p, p) (Pareto's too)."""
+        if tau == 1:
+            return self.order_stat(p, p)
+        if self.kind in ("exp", "shifted-exp"):
+            return self.shift + erlang_max(p, tau) / (self.mu * tau)
+        if self.kind == "fixed":
+            return 1.0 / self.mu
+        return None
 
     def order_stat(self, k: int, p: int) -> float | None:
         """E[X_{k:p}], the k-th smallest of p draws (None where no closed form is used)."""
@@ -103,4 +140,4 @@ class Cycles:
             self.base += self.block
 
 
-__all__ = ["COMM_KINDS", "DELAYS", "Cycles", "Delay", "harmonic"]
+__all__ = ["COMM_KINDS", "DELAYS", "Cycles", "Delay", "erlang_max", "harmonic"]

@@ -22,6 +22,12 @@ class SimResult:
     spent on work that was cancelled or dropped. The raw per-update arrays are kept
     (``update_times``, ``update_k``, per gradient ``staleness`` and ``learner``) but left out of
     ``to_dict``.
+
+    local-sgd only (None otherwise): ``local_steps`` (tau); ``mean_time_per_local_step`` (the
+    time per update is per round of tau steps); ``sync_time_per_step``, sync's time per step on
+    the same step times (tau = 1, one D per step); ``speedup`` = sync_time_per_step /
+    mean_time_per_local_step; and the closed forms ``predicted_time_per_local_step``,
+    ``predicted_speedup``.
     """
 
     variant: str
@@ -50,6 +56,12 @@ class SimResult:
     error_tail: float | None = None
     predicted_error_floor: float | None = None
     error_curve: list[list[float]] | None = None
+    local_steps: int | None = None
+    mean_time_per_local_step: float | None = None
+    predicted_time_per_local_step: float | None = None
+    sync_time_per_step: float | None = None
+    speedup: float | None = None
+    predicted_speedup: float | None = None
     update_times: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     update_k: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
     staleness: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)

@@ -10,12 +10,17 @@ from typing import Any
 import numpy as np
 
 from fastps.sim.delays import COMM_KINDS, DELAYS, Cycles, Delay
+from fastps.sim.local import Exchanges, local_sgd, predict_local, sync_time
 from fastps.sim.quadratic import MODELS, Quadratic, adasync
 from fastps.sim.result import SimResult, predict
 from fastps.sim.traces import k_async, k_batch_async, k_batch_sync, rounds
 from fastps.train.variants import SIMULATED, TABLE
 
-VARIANTS = SIMULATED  # the variant table's rows that the simulator models (sync ... adasync)
+# The variant table's rows that the simulator models: the spectrum (sync ... adasync), then
+# periodic averaging (fastps.sim.local), which is no point of the spectrum.
+PERIODIC = ("local-sgd",)
+VARIANTS = (*SIMULATED, *PERIODIC)
+MAX_LOCAL_STEPS = 1_000_000  # a round's P x tau step times are held at once
 # How each variant's events are generated (adasync: fastps.sim.quadratic.adasync).
 TRACES = {"sync": rounds, "k-sync": rounds, "k-batch-sync": k_batch_sync, "async": k_batch_async,
           "k-async": k_async, "k-batch-async": k_batch_async}  # fmt: skip
@@ -24,6 +29,10 @@ TRACES = {"sync": rounds, "k-sync": rounds, "k-batch-sync": k_batch_sync, "async
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ValueError(f"simulate: {msg}")
+
+
+def _exchange_rng(seed: int) -> np.random.Generator:
+    return np.random.default_rng([seed, 2])  # [seed, 0]: the learners; [seed, 1]: the model
 
 
 def simulate(
@@ -48,6 +57,7 @@ def simulate(
     noise: float = 4.0,
     interval: float = 10.0,
     points: int = 50,
+    local_steps: int | None = None,
 ) -> SimResult:
     """Simulate ``updates`` PS updates of ``variant`` with ``learners`` (P) learners (see above).
 
@@ -62,6 +72,12 @@ def simulate(
     of variance ``noise`` (see Quadratic) and report the error F(w) against time (needed by
     adasync, whose K follows F; ``interval``: time between K changes). ``points``: entries of
     ``error_curve``.
+
+    local-sgd: ``updates`` rounds of ``local_steps`` (tau, 4 by default as in fit) local steps
+    per learner, then one exchange of delay D (``comm_delay``, ``comm_kind``) that averages the
+    P models (fastps.sim.local); K is P. Besides the time per update (per round) it reports the
+    time per local step, sync's time per step on the same step times (tau = 1, one D per step)
+    and the speedup over it, each with its closed form. It has no quadratic model.
     """
     _check(variant in VARIANTS, f"variant must be one of {', '.join(VARIANTS)} (got {variant!r})")
     _check(isinstance(learners, int) and not isinstance(learners, bool) and learners >= 1,
@@ -76,6 +92,18 @@ def simulate(
               and (bound is None or k <= bound)):  # fmt: skip
         shown = "any" if bound is None else str(bound)
         raise ValueError(f"simulate: variant {variant!r} needs k in [1, {shown}] (got k={k!r})")
+    if variant in PERIODIC:
+        local_steps = 4 if local_steps is None else local_steps
+        _check(isinstance(local_steps, int) and not isinstance(local_steps, bool)
+               and 1 <= local_steps <= MAX_LOCAL_STEPS,
+               f"local_steps must be an integer in [1, {MAX_LOCAL_STEPS}] (got "
+               f"{local_steps!r})")  # fmt: skip
+        _check(model == "none", "local-sgd has no model: on the simulator's quadratic (the same "
+               "for every learner, gradients linear in w) the average of the local models is "
+               "exactly sync SGD's, so it would hide the cost of tau")  # fmt: skip
+    else:
+        _check(local_steps is None, f"local_steps applies to {', '.join(PERIODIC)} only (got "
+               f"variant={variant!r}, local_steps={local_steps!r})")  # fmt: skip
     _check(delay in DELAYS, f"delay must be one of {', '.join(DELAYS)} (got {delay!r})")
     _check(math.isfinite(mu) and mu > 0, f"mu must be > 0 (got {mu})")
     if shift is None:
@@ -131,7 +159,10 @@ def simulate(
     quad = Quadratic(dim=dim, noise=noise, lr=lr) if model == "quadratic" else None
     model_rng = np.random.default_rng([seed, 1])
     losses = None
-    if quad is not None and row.adapts == "k":  # adasync (checked above: it has the model)
+    tau = local_steps if local_steps is not None else 1
+    if variant in PERIODIC:  # the exchanges' D from their own stream: the step times stay shared
+        trace = local_sgd(cyc, p, tau, updates, Exchanges(comm, _exchange_rng(seed)))
+    elif quad is not None and row.adapts == "k":  # adasync (checked above: it has the model)
         trace, losses = adasync(cyc, p, k, updates, quad, interval, model_rng)
     else:
         # k-async with K = 1 is async: the merged renewal processes are exact for both
@@ -147,13 +178,21 @@ def simulate(
     t_start = trace.times[w - 1] if w else 0.0
     elapsed = float(trace.times[-1] - t_start)
     hist = np.bincount(stal).tolist() if stal.size else [0]
-    pred, form = predict(variant, p, k, compute, comm, slow, table is not None)
+    if variant in PERIODIC:
+        uniform = table is None and bool(np.all(slow == 1.0))
+        local, form = predict_local(p, tau, compute, comm, uniform)
+        pred = {"time": local["time"], "staleness": 0.0, "fresh": 1.0}
+        form["staleness"] = "0 (every model averaged started from the last average)"
+    else:
+        pred, form = predict(variant, p, k, compute, comm, slow, table is not None)
     config = {"variant": variant, "learners": p, "k": k, "delay": delay, "mu": mu, "shift": shift,
               "alpha": alpha if delay == "pareto" else None, "comm_delay": comm_delay,
               "comm_kind": comm_kind if comm_delay > 0 else None,
               "slowdown": None if slowdown is None else slow.tolist(),
               "scripted": table is not None, "updates": updates, "warmup": warmup, "seed": seed,
               "model": model}  # fmt: skip
+    if variant in PERIODIC:
+        config.update(local_steps=tau)
     if quad is not None:
         adaptive = interval if variant == "adasync" else None
         config.update(lr=lr, dim=dim, noise=noise, interval=adaptive)
@@ -173,6 +212,17 @@ def simulate(
         mean_k=float(trace.k[w:].mean()), update_times=trace.times, update_k=trace.k,
         staleness=trace.staleness, learner=trace.learner,
     )  # fmt: skip
+    if variant in PERIODIC:
+        res.local_steps = tau
+        res.mean_time_per_local_step = elapsed / ((updates - w) * tau)
+        res.predicted_time_per_local_step = local["step"]
+        # sync on the same step times: tau = 1, one D per step (the first D's are the rounds')
+        base = elapsed if tau == 1 else sync_time(
+            Cycles(p, np.random.default_rng([seed, 0]), compute, comm, slow, table), p,
+            updates * tau, w * tau, Exchanges(comm, _exchange_rng(seed)))  # fmt: skip
+        res.sync_time_per_step = base / ((updates - w) * tau)
+        res.speedup = res.sync_time_per_step / res.mean_time_per_local_step
+        res.predicted_speedup = local["speedup"]
     if quad is not None and losses is not None:
         res.error = losses
         res.error_final = float(losses[-1])
