@@ -143,7 +143,17 @@ def test_a_closed_store_and_its_handles_fail_at_once_with_its_name():
             call()
         assert time.monotonic() - t < 1.0
     st.close()  # idempotent
+    h.close()  # the store took the learner's place with it
+    with pytest.raises(RuntimeError, match=r"push: this learner handle is closed"):
+        h.push(np.ones(256, np.float32))
     ray.kill(a, no_restart=True)
+
+
+def test_a_name_is_open_again_for_a_new_store_after_close():
+    for round_ in (1, 2):
+        with fray.RayStore(64, servers=1, lr=1.0, server_cpus=0, name="reused") as st:
+            st.learner().push(np.ones(64, np.float32))
+            assert st.read().tolist() == [-1.0] * 64, round_
 
 
 # -- issue 17.12: restarts without arguments in the object store ------------------------------

@@ -154,11 +154,15 @@ class RayLearnerHandle:
         return list(self._last_acks)
 
     def close(self) -> None:
-        """Give back this learner's place on every server. Later calls raise RuntimeError."""
+        """Give back this learner's place on every server. Later calls raise RuntimeError.
+        Idempotent; a handle of a closed store has no place left to give back."""
         if self._closed:
             return
-        servers = self._servers("close")
-        self._gather(lambda j: servers[j].close_learner.remote(self._lid), "close")
+        try:
+            servers = self._servers("close")
+            self._gather(lambda j: servers[j].close_learner.remote(self._lid), "close")
+        except session.StoreClosed:
+            pass
         self._closed = True
 
     def __enter__(self) -> RayLearnerHandle:

@@ -88,9 +88,13 @@ def actor_name(store: str, j: int) -> str:
     return f"fastps/{store}/server{j}"
 
 
-def closed_error(api: str, store: str, why: str = "") -> RuntimeError:
+class StoreClosed(RuntimeError):
+    """A call to a RayStore that was closed (a RuntimeError: callers need not know this class)."""
+
+
+def closed_error(api: str, store: str, why: str = "") -> StoreClosed:
     """The one message of a call to a closed RayStore (``why``: how this process knows)."""
-    return RuntimeError(f"{api}: RayStore {store!r} is closed{why}")
+    return StoreClosed(f"{api}: RayStore {store!r} is closed{why}")
 
 
 def actors(store: str, servers: int, api: str) -> list[Any]:
@@ -110,9 +114,11 @@ def actors(store: str, servers: int, api: str) -> list[Any]:
 
 
 def register(store: str, handles: list[Any]) -> None:
-    """Remember the server actors this process started for the RayStore named ``store``."""
+    """Remember the server actors this process started for the RayStore named ``store`` (a
+    name that an earlier, closed store had is open again)."""
     with _ACTORS_LOCK:
         _ACTORS[store] = handles
+        _CLOSED.discard(store)
 
 
 def forget(store: str) -> None:
