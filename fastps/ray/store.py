@@ -361,16 +361,15 @@ class RayStore:
     # -- lifetime --------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop the servers (only in the process that created the store; a copy elsewhere
-        only stops using them). Idempotent, and never starts Ray: after ``ray.shutdown()``
+        """Stop the servers (only in the process that created the store; an unpickled copy
+        only stops itself). Idempotent, and never starts Ray: after ``ray.shutdown()``
         the servers are gone already. Every later call on the store or its handles, here or
         in any actor, raises RuntimeError("... RayStore 'NAME' is closed") at once."""
         self._closed = True
-        if hasattr(self, "name"):
-            session.forget(self.name)
         if not self._owner:
             return
         self._owner = False
+        session.forget(self.name)
         if not ray.is_initialized():  # ray.shutdown() took the servers and the group with it
             self._pg = None
             return
