@@ -9,8 +9,10 @@ Implementations (all in the same run, interleaved round by round, order rotated)
 
 * ``fastps-S``: a ``fastps.ray.RayStore`` with S ShardServer actors (leashed, lr 0.01); a round
   trip is ``handle.pull(w)`` then ``handle.push(g)``: 2 calls to each server, in parallel.
-* ``fastps-S-pp``: the same store and learner, ``handle.push_pull(g, w)``: one call to each
-  server that pushes and returns the range (what ray-ps's single call does).
+  ``fastps-S-cC``: the same with ``server_cpus=C`` (each server reserves C CPUs; the plain name
+  is the default, 0): ``--server-cpus 0,1`` puts both in one run.
+* ``fastps-S-pp``: the same store, a learner of its own, ``handle.push_pull(g, w)``: one call to
+  each server that pushes and returns the range (what ray-ps's single call does).
 * ``ray-ps``: Ray's parameter-server example pattern: one actor holds the model as a numpy
   array; ``apply_gradients(g)`` does ``w -= lr * g`` and returns the new weights, so a round trip
   is one call (``ray.get(ps.apply_gradients.remote(g))``). As in the example the actor runs one
@@ -29,6 +31,7 @@ they never assert.
 
     python bench/bench_ray.py --quick
     python bench/bench_ray.py --sizes 65536,1048576 --learners 1,2 --out /tmp/bench_ray.jsonl
+    python bench/bench_ray.py --quick --servers 2 --server-cpus 0,1
 """
 
 from __future__ import annotations
@@ -118,6 +121,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--learners", type=H.int_list, default=[1, 2], help="P values (default 1,2)")
     p.add_argument("--servers", type=H.int_list, default=[1, 2],
                    help="ShardServer counts S for fastps (default 1,2)")  # fmt: skip
+    p.add_argument("--server-cpus", type=lambda v: [float(x) for x in v.split(",")], default=[0.0],
+                   help="server_cpus values for fastps, each a store of its own (default 0)")  # fmt: skip
     p.add_argument("--calls", type=int, default=0,
                    help="round trips per learner per repeat (default: about 0.3 s worth)")  # fmt: skip
     p.add_argument("--repeats", type=int, default=7)
@@ -134,9 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ray = _ray()
     cores = H.env(1)["cores"] or 1
     pmax = max(a.learners)
-    # Logical CPUs: one per learner actor; servers take none (server_cpus=0), the machine's
-    # cores are shared by all of them.
-    fray.init(num_cpus=max(cores, pmax))
+    # Logical CPUs: one per learner actor, plus what the servers reserve (none by default); the
+    # machine's cores are shared by all of them.
+    reserved = sum(s * c for s in a.servers for c in a.server_cpus)
+    fray.init(num_cpus=int(max(cores, pmax) + reserved + 0.999))
     files: list[IO[str]] = [a.out] if a.out else []
     H.log(f"fastps {fastps.__version__}, ray {ray.__version__}: N {a.sizes}, P {a.learners}, "
           f"S {a.servers}, {a.repeats} repeats, {cores} cores")  # fmt: skip
@@ -159,19 +165,19 @@ def bench_size(a: argparse.Namespace, n: int, learners: list[Any],
     ray = _ray()
     ps = ray.remote(ParameterServer).options(num_cpus=0).remote(n)
     bare = ray.remote(Bare).options(num_cpus=0).remote(n)
-    stores = {f"fastps-{s}": fray.RayStore(init=np.zeros(n, np.float32), servers=s, lr=LR,
-                                           server_cpus=0, max_learners=max(a.learners) + 1)
-              for s in a.servers}  # fmt: skip
+    stores = {f"fastps-{s}" + (f"-c{c:g}" if c else ""): fray.RayStore(
+                  init=np.zeros(n, np.float32), servers=s, lr=LR, server_cpus=c,
+                  max_learners=2 * max(a.learners) + 1)
+              for s in a.servers for c in a.server_cpus}  # fmt: skip
     out = []
     try:
         for actor in learners:  # each learner's view of every implementation, at size n
             ray.get(actor.resize.remote(n))
             ray.get(actor.add.remote("ray-ps", ps))
             ray.get(actor.add.remote("bare", bare))
-            for name, st in stores.items():
-                h = st.learner()
-                ray.get(actor.add.remote(name, h))
-                ray.get(actor.add.remote(name + "-pp", h))  # the same learner, one call
+            for name, st in stores.items():  # a handle for each: one place per handle
+                ray.get(actor.add.remote(name, st.learner()))
+                ray.get(actor.add.remote(name + "-pp", st.learner()))
         ray.get([lr.loop.remote(name, 3) for lr in learners for name in ("bare", "ray-ps")])
         for P in a.learners:
             team = learners[:P]
@@ -192,6 +198,7 @@ def bench_size(a: argparse.Namespace, n: int, learners: list[Any],
                 ratio_ps = H.paired(per[nm], per["ray-ps"], lambda x, y: x / y)
                 rec = H.record("ray", {"impl": nm, "n": n, "learners": P,
                                        "servers": int(nm.split("-")[1]) if nm.startswith("fastps") else 1,
+                                       "server_cpus": _cpus(nm),
                                        "calls": "push_pull" if nm.endswith("-pp") else (
                                            "pull+push" if nm.startswith("fastps") else "one")},
                                per[nm], items_per_call=P, threads=P,
@@ -211,6 +218,12 @@ def bench_size(a: argparse.Namespace, n: int, learners: list[Any],
         ray.kill(ps)
         ray.kill(bare)
     return out
+
+
+def _cpus(name: str) -> float:
+    """The server_cpus of a fastps implementation's name (``fastps-S[-cC][-pp]``), else 0."""
+    part = [p for p in name.split("-")[2:] if p.startswith("c")]
+    return float(part[0][1:]) if part else 0.0
 
 
 def _calls_for(team: list[Any], n: int, target_s: float = 0.3) -> int:

@@ -10,6 +10,7 @@ function says so; torch is never imported here unless the caller already importe
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,16 +74,28 @@ def host_array(api: str, arg: str, x: Any) -> np.ndarray:
         ) from None
 
 
+_FLATTEN = (
+    "flatten a model's parameters with torch.nn.utils.parameters_to_vector(model.parameters()), "
+    "or build the store with fastps.torch.store_from(model)"
+)
+
+
 def init_array(api: str, init: Any) -> np.ndarray | None:
     """Initial parameters as a contiguous float32 copy: any 1-D array-like of real numbers
     (numpy, torch on any device, lists); None stays None."""
     if init is None:
         return None
+    if isinstance(init, Mapping):  # a state dict: named tensors, not one vector
+        raise ValueError(
+            f"{api}: init must be a flat 1-D vector (got a {type_name(init)}: a state dict? "
+            f"{_FLATTEN})"
+        )
     if is_torch(init):
         init = init.detach().cpu().numpy()
     arr = np.asarray(init)
     if arr.ndim != 1:
-        raise ValueError(f"{api}: init must be 1-D (got shape {arr.shape})")
+        hint = "pass init.ravel()" if arr.ndim > 1 else f"a {type_name(init)}: {_FLATTEN}"
+        raise ValueError(f"{api}: init must be a flat 1-D vector (got shape {arr.shape}; {hint})")
     if arr.dtype.kind not in "fiu" or arr.dtype.kind == "f" and arr.dtype.itemsize > 8:
         raise TypeError(f"{api}: init has dtype {arr.dtype}, expected real numbers")
     return np.ascontiguousarray(arr, dtype=np.float32)
@@ -93,7 +106,7 @@ def grad_view(api: str, grad: Any, dtype: str | None = None) -> tuple[np.ndarray
 
     bfloat16 has no numpy dtype: a torch bfloat16 tensor travels as its raw 16-bit view, and a
     16-bit integer numpy array is taken as bfloat16 bits when ``dtype="bfloat16"``. None lets
-    the native call read the dtype of the array (float32 or float16).
+    the native call read the dtype of the array (float32 or float16; bfloat16 as said).
     """
     if dtype is not None and dtype != "bfloat16":
         raise ValueError(f"{api}: dtype must be None or 'bfloat16' (got {dtype!r})")
@@ -186,7 +199,7 @@ def flat_grad(api: str, grad: Any, size: int, nan_guard: str) -> tuple[np.ndarra
         if arr.dtype not in (np.float32, np.float16):
             raise TypeError(
                 f"{api}: grad has dtype {arr.dtype}, expected float32, float16 or bfloat16 "
-                "(a torch tensor)"
+                "(bfloat16 as a torch tensor)"
             )
         name, finite = arr.dtype.name, True
     if not arr.flags.c_contiguous:

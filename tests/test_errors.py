@@ -191,7 +191,11 @@ BAD_ARGS = [
         ValueError,
         r"Store: init has 11 elements, expected size=10",
     ),
-    (dict(init=np.zeros((2, 2))), ValueError, r"Store: init must be 1-D \(got shape \(2, 2\)\)"),
+    (
+        dict(init=np.zeros((2, 2))),
+        ValueError,
+        r"Store: init must be a flat 1-D vector \(got shape \(2, 2\); pass init.ravel\(\)\)",
+    ),
     (dict(init=np.array(["a"])), TypeError, r"Store: init has dtype <U1, expected real numbers"),
     (dict(size=10, shards=0), ValueError, r"Store: shards must be in \[1, 1\] for size 10"),
     (

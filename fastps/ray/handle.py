@@ -3,12 +3,16 @@
 
 A pull fetches every range into ``out``; a push is checked whole (length, dtype, NaN) before
 anything is sent, then each range travels as a zero-copy slice to its server. Every push carries
-this learner's id and sequence number and every call the pushes each server acknowledged, which
-is what lets a restarted server skip a retried push and count the pushes it lost (server.py).
+this learner's id, its sequence number and the id of this copy of the handle, and every call the
+pushes each server acknowledged: a restarted server skips a retried push and counts the pushes
+it lost (server.py). A handle restored from a pickle (in a task, or in an actor's constructor,
+which Ray runs again on a restart) first asks the servers where the learner's sequence stands,
+so its pushes continue it instead of repeating numbers the servers took for retries.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,17 +25,21 @@ from fastps.ray import session
 class RayLearnerHandle:
     """One learner's connection to a RayStore: ``pull(out)``, ``push(grad)``, like
     ``fastps.LearnerHandle``. Passed to a Ray task or actor it pickles by name (the store's
-    name, this learner's id and its sequence numbers), never by value; use each handle in one
-    place at a time, one handle per learner.
+    name, this learner's id and its sequence numbers), never by value. An unpickled copy
+    continues the learner's push sequence where the servers have it. Use each handle in one
+    place at a time: a push that another copy already sent under the same number raises
+    RuntimeError (one handle per learner: ``store.learner()`` for each).
     """
 
     def __init__(self, meta: dict[str, Any], lid: str, acked: Sequence[int] | None = None,
-                 tokens: Sequence[str | None] | None = None) -> None:  # fmt: skip
+                 tokens: Sequence[str | None] | None = None, rejoin: bool = False) -> None:  # fmt: skip
         self._meta = meta
         self._lid = lid
         n = len(meta["ranges"])
         self._acked = list(acked) if acked is not None else [0] * n  # pushes acked per server
         self._tokens: list[str | None] = list(tokens) if tokens is not None else [None] * n
+        self._copy = uuid.uuid4().hex[:12]  # this copy of the handle: a retry comes from it
+        self._rejoin = rejoin  # restored from a pickle: ask the servers before the first call
         self._last_acks: list[tuple[str, int]] = []
         self._versions: list[int] = []
         self._pushed: list[int] = []  # versions the last push created, per native shard
@@ -43,25 +51,39 @@ class RayLearnerHandle:
         return self._lid
 
     @property
+    def size(self) -> int:
+        """The store's number of parameters (``grad`` and ``out`` have this many elements)."""
+        return int(self._meta["size"])
+
+    @property
     def pushes(self) -> int:
         """Pushes acknowledged by every server (retried ones counted once)."""
         return min(self._acked)
 
-    def _servers(self) -> list[Any]:
+    def _servers(self, api: str) -> list[Any]:
         if self._closed:
-            raise RuntimeError("RayLearnerHandle: the handle is closed")
-        return session.actors(self._meta["name"], len(self._meta["ranges"]))
+            raise RuntimeError(f"{api}: this learner handle is closed")
+        servers = session.actors(self._meta["name"], len(self._meta["ranges"]), api)
+        if self._rejoin:
+            # A copy restored from a pickle carries the sequence of the moment it was pickled;
+            # the servers know how far this learner got since (an actor's earlier incarnation,
+            # an earlier task). Continue from there (the larger count: a server that lost
+            # pushes to a restart then counts them as lost).
+            last = self._gather(lambda j: servers[j].join.remote(self._lid), api)
+            self._acked = [max(a, int(b)) for a, b in zip(self._acked, last)]
+            self._rejoin = False
+        return servers
 
-    def _gather(self, submit: Callable[[int], Any]) -> list[Any]:
+    def _gather(self, submit: Callable[[int], Any], api: str) -> list[Any]:
         n = len(self._meta["ranges"])
-        return session.gather(submit, n, self._meta["retry_timeout_s"])
+        return session.gather(submit, n, self._meta["retry_timeout_s"], self._meta["name"], api)
 
     def pull(self, out: Any) -> Any:
         """Fetch every range in parallel into ``out`` (float32, ``store.size`` elements: numpy,
         or torch on the CPU or a GPU); returns ``out``. Records each range's versions."""
-        servers = self._servers()
         target = flat_out("pull", out, self._meta["size"])
-        replies = self._gather(lambda j: servers[j].pull.remote(self._lid, self._acked[j]))
+        servers = self._servers("pull")
+        replies = self._gather(lambda j: servers[j].pull.remote(self._lid, self._acked[j]), "pull")
         self._took(target, replies)
         return out
 
@@ -88,20 +110,22 @@ class RayLearnerHandle:
         return self._send("push_pull", grad, flat_out("pull", out, self._meta["size"]))
 
     def _send(self, method: str, grad: Any, target: tuple[np.ndarray | None, Any] | None) -> int:
-        servers = self._servers()
-        arr, dtype, finite = flat_grad("push", grad, self._meta["size"], self._meta["nan_guard"])
+        arr, dtype, finite = flat_grad(method, grad, self._meta["size"], self._meta["nan_guard"])
         payload: np.ndarray | None = arr
         if not finite:
             if self._meta["nan_guard"] == "raise":
-                raise ValueError("push: grad holds NaN or Inf (nan_guard='raise'); nothing applied")
+                raise ValueError(
+                    f"{method}: grad holds NaN or Inf (nan_guard='raise'); nothing applied"
+                )
             payload = None  # "skip": every server counts the push, none applies it
+        servers = self._servers(method)
         ranges = self._meta["ranges"]
         seqs = [a + 1 for a in self._acked]
         replies = self._gather(
             lambda j: getattr(servers[j], method).remote(
-                self._lid, seqs[j], self._tokens[j],
+                self._lid, seqs[j], self._copy, self._tokens[j],
                 None if payload is None else payload[ranges[j][0] : ranges[j][1]], dtype,
-            )
+            ), method,
         )  # fmt: skip
         self._acked = seqs
         self._last_acks = [(r[0], r[2]) for r in replies]
@@ -130,11 +154,15 @@ class RayLearnerHandle:
         return list(self._last_acks)
 
     def close(self) -> None:
-        """Give back this learner's place on every server. Later calls raise RuntimeError."""
+        """Give back this learner's place on every server. Later calls raise RuntimeError.
+        Idempotent; a handle of a closed store has no place left to give back."""
         if self._closed:
             return
-        servers = self._servers()
-        self._gather(lambda j: servers[j].close_learner.remote(self._lid))
+        try:
+            servers = self._servers("close")
+            self._gather(lambda j: servers[j].close_learner.remote(self._lid), "close")
+        except session.StoreClosed:
+            pass
         self._closed = True
 
     def __enter__(self) -> RayLearnerHandle:
@@ -144,7 +172,7 @@ class RayLearnerHandle:
         self.close()
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return (RayLearnerHandle, (self._meta, self._lid, self._acked, self._tokens))
+        return (RayLearnerHandle, (self._meta, self._lid, self._acked, self._tokens, True))
 
     def __repr__(self) -> str:
         return f"fastps.ray.RayLearnerHandle(store={self._meta['name']!r}, id={self._lid!r})"

@@ -3,13 +3,19 @@
 
 Fault tolerance (docs/ray.md):
 
-1. Servers are restartable actors. With ``checkpoint_dir`` each server saves its range there
-   (``Store.save``: atomic, checksummed) every ``checkpoint_every_s`` seconds, while pushes wait
-   for the few milliseconds a save takes, so a checkpoint is one instant of the server.
-2. Every push carries the learner's id and sequence number; the checkpoint records, per learner,
-   the last sequence number applied. A restarted server loads its latest checkpoint.
+1. Servers are restartable actors, built from small arguments passed inline (Ray keeps them
+   with the actor, so no restart can lose them); the initial values come afterwards through
+   ``start(init)``. With ``checkpoint_dir`` each server saves its range there at once and
+   every ``checkpoint_every_s`` seconds (``Store.save``: atomic, checksummed), while pushes wait
+   for the few milliseconds a save takes, so a checkpoint is one instant of the server. Without
+   it, a server given initial values saves them once to a file on its node (``init_path``).
+2. Every push carries the learner's id, its sequence number and the id of the handle's copy;
+   the checkpoint records, per learner, the last sequence number applied and the copy that
+   sent it. A restarted server loads its latest checkpoint, else its initial values.
 3. Learners retry a call whose server died (Ray resubmits it; the handle retries too, for
-   ``retry_timeout_s``). A retried push already in the checkpoint is not applied twice.
+   ``retry_timeout_s``). A retried push already in the checkpoint is not applied twice. A push
+   whose number was already applied from another copy of the handle is no retry: it raises
+   (two copies in use at once), so a push is applied once or refused, never dropped silently.
 4. Each call also carries how many pushes the server acknowledged to this learner. A restarted
    server that finds a learner's acknowledged count above its own record has lost those pushes:
    it adds the difference to ``stats()["lost_updates"]`` once. Lost updates are counted, not
@@ -23,6 +29,7 @@ for the pushes and pulls in flight and holds new ones back).
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 import uuid
 import warnings
@@ -60,9 +67,13 @@ class ShardServer:
     a checkpoint wait for the pushes in flight and holds new ones back while it saves.
     """
 
-    def __init__(self, index: int, begin: int, end: int, init: list[Any],
-                 store_kwargs: dict[str, Any], checkpoint_path: str | None,
-                 checkpoint_every_s: float | None, load_path: str | None = None) -> None:  # fmt: skip
+    def __init__(self, index: int, begin: int, end: int, store_kwargs: dict[str, Any],
+                 checkpoint_path: str | None, checkpoint_every_s: float | None,
+                 load_path: str | None = None, keep_init: str | None = None) -> None:  # fmt: skip
+        """``keep_init``: the store's name when this server keeps its initial values in a file
+        on its node (``init_path``: no ``checkpoint_path``, and values that are not zeros or
+        ``load_path``'s). Every argument is small and passed inline; the values come with
+        ``start(init)``."""
         self.index, self.begin, self.end = index, begin, end
         self.token = uuid.uuid4().hex[:12]  # this incarnation of the server
         self._kwargs = store_kwargs
@@ -74,28 +85,62 @@ class ShardServer:
         self._locks: dict[str, threading.Lock] = {}
         self._fresh: set[str] = set()  # learners whose read versions belong to this incarnation
         self._last: dict[str, int] = {}  # learner id -> last push sequence number applied
+        self._sender: dict[str, str] = {}  # learner id -> the handle copy that sent that push
         self._lost = 0
         self._checkpoints = 0
         self._checkpoint_clock: int | None = None
+        self._init_path = None if keep_init is None else init_path(keep_init, index)
+        self._every_s = checkpoint_every_s
+        self._store: Store  # set by _started: here from a checkpoint, else by start(init)
+        self._has_store = False
+        self._provisional = False  # a restart's zeros, which a resubmitted start() replaces
+        self._stop = threading.Event()
         self.reconstructed = _reconstructed()
         self.restored_clock: int | None = None
-        source = load_path
-        if self.reconstructed and checkpoint_path and os.path.exists(checkpoint_path):
-            source = checkpoint_path
-        if source is not None:
-            self._store = self._load(source)
-            self.restored_clock = self._store.stats()["clock"]
-        else:
-            ref = init[0]  # [ObjectRef] or [None]
-            self._store = Store(end - begin, init=None if ref is None else ray.get(ref),
-                                **store_kwargs)  # fmt: skip
-        self._applied = self._store.stats()["pushes"]
-        if checkpoint_path and not self.reconstructed:
+        if self.reconstructed:
+            for source in (checkpoint_path, self._init_path, load_path):
+                if source is not None and os.path.exists(source):
+                    self._started(self._load(source))
+                    self.restored_clock = self._applied
+                    return
+            if self._init_path is not None:  # a restart on another node: the values are not here
+                raise RuntimeError(
+                    f"ShardServer {index}: restarted without its initial values "
+                    f"({self._init_path} "
+                    "is not on this node; give RayStore a checkpoint_dir on shared storage)"
+                )
+            # Zeros, or a restart before start() finished (Ray resubmits it: it replaces these).
+            self._started(Store(end - begin, **store_kwargs))
+            self._provisional = True
+        elif load_path is not None:
+            self._started(self._load(load_path))
+
+    def start(self, init: np.ndarray | None) -> None:
+        """Build the range's Store from its initial values (None: zeros), once; a server made
+        from a checkpoint (load, restart) has one already."""
+        if self._has_store and not self._provisional:
+            return
+        replacing = self._provisional
+        if replacing:
+            self._provisional = False
+            self._store.close()
+        store = Store(self.end - self.begin, init=init, **self._kwargs)
+        if init is not None and self._init_path is not None:
+            os.makedirs(os.path.dirname(self._init_path), exist_ok=True)
+            store.save(self._init_path, metadata={"range": [self.begin, self.end],
+                                                  "server": self.index})  # fmt: skip
+        self._started(store, fresh=True, thread=not replacing)
+
+    def _started(self, store: Store, *, fresh: bool = False, thread: bool = True) -> None:
+        """Serve ``store``; ``fresh``: new values (not a checkpoint's), saved at once."""
+        self._store = store
+        self._has_store = True
+        self._applied = store.stats()["pushes"]
+        if self._ckpt and (fresh or not self.reconstructed):
             self.checkpoint()  # replaces any older file: a restart never loads another run
-        self._stop = threading.Event()
-        if checkpoint_path and checkpoint_every_s:
-            threading.Thread(target=self._every, args=(checkpoint_every_s,), daemon=True,
-                             name=f"fastps-checkpoint-{index}").start()  # fmt: skip
+        if thread and self._ckpt and self._every_s:
+            threading.Thread(target=self._every, args=(self._every_s,), daemon=True,
+                             name=f"fastps-checkpoint-{self.index}").start()  # fmt: skip
 
     def _load(self, path: str) -> Store:
         store = Store.load(path, max_learners=self._kwargs.get("max_learners"),
@@ -108,6 +153,7 @@ class ShardServer:
                 f"{[self.begin, self.end]}"
             )
         self._last = {str(k): int(v) for k, v in meta.get("last", {}).items()}
+        self._sender = {str(k): str(v) for k, v in meta.get("sender", {}).items()}
         self._lost = int(meta.get("lost", 0))
         return store
 
@@ -159,6 +205,8 @@ class ShardServer:
 
     def ready(self) -> tuple[str, int]:
         """(incarnation token, process id): returns once the server is up."""
+        if not self._has_store:
+            raise RuntimeError(f"ShardServer {self.index}: ready before start")
         return self.token, os.getpid()
 
     def join(self, lid: str) -> int:
@@ -183,22 +231,30 @@ class ShardServer:
             self._leave()
         return self.token, out, versions
 
-    def push(self, lid: str, seq: int, read_token: str | None, grad: np.ndarray | None,
-             dtype: str) -> tuple[str, int, int, list[int]]:  # fmt: skip
-        """Apply push number ``seq`` of learner ``lid``; (token, shard updates not applied,
-        this server's applied-push count, the versions it created per shard (0: none)).
-        ``grad``: this range of the gradient, ``dtype`` its element type ("float32",
-        "float16", or "bfloat16": raw 16-bit bits); None: a push the learner skipped (NaN)."""
+    def push(self, lid: str, seq: int, copy: str, read_token: str | None,
+             grad: np.ndarray | None, dtype: str) -> tuple[str, int, int, list[int]]:  # fmt: skip
+        """Apply push number ``seq`` of learner ``lid``, sent by the handle copy ``copy``;
+        (token, shard updates not applied, this server's applied-push count, the versions it
+        created per shard (0: none)). ``grad``: this range of the gradient, ``dtype`` its
+        element type ("float32", "float16", or "bfloat16": raw 16-bit bits); None: a push the
+        learner skipped (NaN). RuntimeError when another copy already sent number ``seq``."""
         with self._lock(lid):
-            return self._push(lid, seq, read_token, grad, dtype)
+            return self._push(lid, seq, copy, read_token, grad, dtype)
 
-    def _push(self, lid: str, seq: int, read_token: str | None, grad: np.ndarray | None,
-              dtype: str) -> tuple[str, int, int, list[int]]:  # fmt: skip
+    def _push(self, lid: str, seq: int, copy: str, read_token: str | None,
+              grad: np.ndarray | None, dtype: str) -> tuple[str, int, int, list[int]]:  # fmt: skip
         self._enter()
         try:
             self._account(lid, seq - 1)
-            if seq <= self._last.get(lid, 0):  # a retry of a push the checkpoint already holds
-                return self.token, 0, self._applied, [0] * self._store.shards
+            last = self._last.get(lid, 0)
+            if seq <= last:
+                if self._sender.get(lid, copy) != copy:  # not a retry: two copies at once
+                    raise RuntimeError(
+                        f"push: learner {lid} pushed number {seq} from two copies of its handle "
+                        f"(this server applied up to {last} from another): use one handle per "
+                        "place, store.learner() for each; nothing applied"
+                    )
+                return self.token, 0, self._applied, [0] * self._store.shards  # a retry
             h = self._handle(lid)
             if read_token is not None and read_token != self.token and lid not in self._fresh:
                 # The learner read from an incarnation that is gone: its versions mean nothing
@@ -210,17 +266,19 @@ class ShardServer:
             else:  # float32 or float16 as they are; bfloat16 arrives as its raw 16-bit bits
                 dropped = h.push(grad, dtype="bfloat16" if dtype == "bfloat16" else None)
             self._last[lid] = seq
+            self._sender[lid] = copy
             self._applied += 1
             return self.token, dropped, self._applied, list(h.last_push_versions())
         finally:
             self._leave()
 
-    def push_pull(self, lid: str, seq: int, read_token: str | None, grad: np.ndarray | None,
+    def push_pull(self, lid: str, seq: int, copy: str, read_token: str | None,
+                  grad: np.ndarray | None,
                   dtype: str) -> tuple[str, int, int, list[int], np.ndarray, list[int]]:  # fmt: skip
         """push, then pull, in one call: (token, not applied, applied count, versions created,
         params, versions read)."""
         with self._lock(lid):
-            token, dropped, applied, pushed = self._push(lid, seq, read_token, grad, dtype)
+            token, dropped, applied, pushed = self._push(lid, seq, copy, read_token, grad, dtype)
             _, out, versions = self._pull(lid, seq)
         return token, dropped, applied, pushed, out, versions
 
@@ -248,7 +306,8 @@ class ShardServer:
                 self._cv.wait()
         try:
             meta = {"range": [self.begin, self.end], "server": self.index,
-                    "last": dict(self._last), "lost": self._lost, "user": metadata}  # fmt: skip
+                    "last": dict(self._last), "sender": dict(self._sender), "lost": self._lost,
+                    "user": metadata}  # fmt: skip
             self._store.save(path, metadata=meta)
             applied = self._applied
             if path == self._ckpt:
@@ -269,8 +328,21 @@ class ShardServer:
         return s
 
     def shutdown(self) -> None:
+        """Stop checkpointing, close the Store and remove the node-local initial values."""
         self._stop.set()
         for h in self._handles.values():
             h.close()
         self._handles.clear()
-        self._store.close()
+        if self._has_store:
+            self._store.close()
+        if self._init_path is not None:
+            try:
+                os.unlink(self._init_path)
+            except FileNotFoundError:
+                pass
+
+
+def init_path(store: str, index: int) -> str:
+    """Where server ``index`` of the RayStore named ``store`` keeps its initial values on its
+    node when the store has no checkpoint_dir (a restart in place reloads them)."""
+    return os.path.join(tempfile.gettempdir(), "fastps-ray", f"{store}-server{index}.fpsck")

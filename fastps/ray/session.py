@@ -79,6 +79,7 @@ def _neutral_cwd() -> Iterator[None]:
 # -- the servers of a store, by name -------------------------------------------------------------
 
 _ACTORS: dict[str, list[Any]] = {}  # RayStore name -> server actor handles, per process
+_CLOSED: set[str] = set()  # RayStores closed by this process
 _ACTORS_LOCK = threading.Lock()
 
 
@@ -87,33 +88,64 @@ def actor_name(store: str, j: int) -> str:
     return f"fastps/{store}/server{j}"
 
 
-def actors(store: str, servers: int) -> list[Any]:
-    """The server actor handles of the RayStore named ``store`` (looked up once per process)."""
+class StoreClosed(RuntimeError):
+    """A call to a RayStore that was closed (a RuntimeError: callers need not know this class)."""
+
+
+def closed_error(api: str, store: str, why: str = "") -> StoreClosed:
+    """The one message of a call to a closed RayStore (``why``: how this process knows)."""
+    return StoreClosed(f"{api}: RayStore {store!r} is closed{why}")
+
+
+def actors(store: str, servers: int, api: str) -> list[Any]:
+    """The server actor handles of the RayStore named ``store`` (looked up once per process).
+    RuntimeError at once when the store is closed (here, or its servers are gone)."""
     with _ACTORS_LOCK:
+        if store in _CLOSED:
+            raise closed_error(api, store)
         found = _ACTORS.get(store)
         if found is None:
-            found = _ACTORS[store] = [ray.get_actor(actor_name(store, j)) for j in range(servers)]
+            try:
+                found = [ray.get_actor(actor_name(store, j)) for j in range(servers)]
+            except ValueError:  # Ray's "Failed to look up actor": no such server any more
+                raise closed_error(api, store, " (its servers are gone)") from None
+            _ACTORS[store] = found
         return found
 
 
 def register(store: str, handles: list[Any]) -> None:
-    """Remember the server actors this process started for the RayStore named ``store``."""
+    """Remember the server actors this process started for the RayStore named ``store`` (a
+    name that an earlier, closed store had is open again)."""
     with _ACTORS_LOCK:
         _ACTORS[store] = handles
+        _CLOSED.discard(store)
 
 
 def forget(store: str) -> None:
-    """Drop the remembered actors of the RayStore named ``store`` (it was closed)."""
+    """The RayStore named ``store`` was closed by this process: its calls here fail at once."""
     with _ACTORS_LOCK:
         _ACTORS.pop(store, None)
+        _CLOSED.add(store)
 
 
-def gather(submit: Callable[[int], Any], n: int, timeout_s: float) -> list[Any]:
+def _gone(store: str, j: int) -> bool:
+    """Whether server ``j`` is gone for good: a restarting actor keeps its name; a dead one
+    (closed, killed with no_restart, or out of restarts) has released it."""
+    try:
+        ray.get_actor(actor_name(store, j))
+    except ValueError:
+        return True
+    return False
+
+
+def gather(submit: Callable[[int], Any], n: int, timeout_s: float, store: str,
+           api: str) -> list[Any]:  # fmt: skip
     """Submit one call per server, wait for all; resubmit a call whose server died until it
-    answers (a restarted server) or ``timeout_s`` passes (then RuntimeError)."""
+    answers (a restarted server) or ``timeout_s`` passes (then RuntimeError). A server that is
+    gone for good (the store was closed) fails the call at once, with RuntimeError."""
     refs = {j: submit(j) for j in range(n)}
     try:
-        return list(ray.get([refs[j] for j in range(n)]))  # the common case: one wait for all
+        return list(_get([refs[j] for j in range(n)]))  # the common case: one wait for all
     except RETRYABLE:
         pass
     out: list[Any] = [None] * n
@@ -121,14 +153,27 @@ def gather(submit: Callable[[int], Any], n: int, timeout_s: float) -> list[Any]:
     while refs:
         for j in list(refs):
             try:
-                out[j] = ray.get(refs[j])
+                out[j] = _get(refs[j])
                 del refs[j]
             except RETRYABLE as e:
+                if _gone(store, j):
+                    raise closed_error(api, store, f" (its server {j} is gone for good)") from e
                 if time.monotonic() > deadline:
                     raise RuntimeError(
-                        f"RayStore: server {j} did not answer within retry_timeout_s="
-                        f"{timeout_s:g} ({type(e).__name__})"
+                        f"{api}: RayStore {store!r}: server {j} did not answer within "
+                        f"retry_timeout_s={timeout_s:g} ({type(e).__name__})"
                     ) from e
                 time.sleep(0.05)
                 refs[j] = submit(j)
     return out
+
+
+def _get(refs: Any) -> Any:
+    """``ray.get``, with a server's own ValueError, TypeError or RuntimeError raised as it is
+    (its message, without Ray's remote traceback around it)."""
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, (ValueError, TypeError, RuntimeError)):
+            raise e.cause from None
+        raise

@@ -16,6 +16,7 @@ import json
 import os
 import time
 import uuid
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,9 +72,10 @@ class RayStore:
         address: Ray to use when it is not initialised yet (see ``fastps.ray.init``); None
             starts a local instance on 127.0.0.1.
         name: the store's name among Ray's named actors (default: a fresh one).
-        server_cpus: CPUs each server reserves (its placement-group bundle); 0 reserves the
-            memory of its range instead and takes no CPU slot (servers mostly wait on the
-            network; a small cluster then keeps its CPUs for learners).
+        server_cpus: CPUs each server reserves (its placement-group bundle). 0 (the default)
+            reserves the memory of its range instead and takes no CPU slot: servers mostly wait
+            on the network, and the cluster keeps its CPUs for learners. A UserWarning says so
+            when the servers' CPUs would be every CPU of the cluster.
         placement: the placement group's strategy: "SPREAD" (default: across nodes where
             possible), "STRICT_SPREAD", "PACK" or "STRICT_PACK".
         max_restarts: how often Ray restarts a dead server (-1: always).
@@ -97,7 +99,7 @@ class RayStore:
         checkpoint_every_s: float | None = None,
         address: str | None = None,
         name: str | None = None,
-        server_cpus: float = 1.0,
+        server_cpus: float = 0.0,
         placement: str = "SPREAD",
         max_restarts: int = -1,
         retry_timeout_s: float = 120.0,
@@ -147,6 +149,7 @@ class RayStore:
         if ckdir is not None:
             os.makedirs(ckdir, exist_ok=True)
         self._init_ray = session.init(address)
+        self._closed = False
         self.name = name or f"rs-{uuid.uuid4().hex[:10]}"
         self._meta = {"name": self.name, "size": size, "ranges": ranges, "mode": mode,
                       "nan_guard": bound["nan_guard"], "lr": bound["lr"], "checkpoint_dir": ckdir,
@@ -167,10 +170,11 @@ class RayStore:
                max_restarts: int) -> None:  # fmt: skip
         cls = ray.remote(ShardServer)
         actors: list[Any] = []
-        # Each range goes to the object store once and reaches its server as a nested ref, which
-        # this object keeps alive: a restarted server is built from the same arguments.
-        self._init_refs = [None if init_arr is None else ray.put(init_arr[b:e])
-                           for b, e in self._meta["ranges"]]  # fmt: skip
+        # The constructor's arguments are small and inline, so Ray keeps them with the actor and
+        # a restart cannot lose them (arguments in the object store could be). The initial
+        # values come with start(); a server keeps them in its checkpoint, else in a file on
+        # its node, for a restart.
+        keep = self.name if init_arr is not None and ckdir is None else None
         for j, (b, e) in enumerate(self._meta["ranges"]):
             actors.append(cls.options(
                 name=session.actor_name(self.name, j), num_cpus=cpus, max_restarts=max_restarts,
@@ -178,12 +182,13 @@ class RayStore:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     self._pg, placement_group_bundle_index=j),
             ).remote(
-                j, b, e, [self._init_refs[j]], kwargs,
-                os.path.join(ckdir, f"server-{j}.fpsck") if ckdir else None, every_s,
-                os.path.join(load_dir, f"server-{j}.fpsck") if load_dir else None,
+                j, b, e, kwargs, os.path.join(ckdir, f"server-{j}.fpsck") if ckdir else None,
+                every_s, os.path.join(load_dir, f"server-{j}.fpsck") if load_dir else None, keep,
             ))  # fmt: skip
         session.register(self.name, actors)
         self._actors = actors
+        ray.get([a.start.remote(None if init_arr is None else init_arr[b:e])
+                 for a, (b, e) in zip(actors, self._meta["ranges"])])  # fmt: skip
         ray.get([a.ready.remote() for a in actors])
 
     @classmethod
@@ -206,9 +211,10 @@ class RayStore:
                 raise ValueError(f"load: {k} comes from the checkpoint")
         self = cls.__new__(cls)
         self._owner = False
+        self._closed = False
         ckdir = kwargs.pop("checkpoint_dir", None)
         every = kwargs.pop("checkpoint_every_s", None)
-        cpus = kwargs.pop("server_cpus", 1.0)
+        cpus = kwargs.pop("server_cpus", 0.0)
         max_restarts = kwargs.pop("max_restarts", -1)
         retry = kwargs.pop("retry_timeout_s", 120.0)
         address = kwargs.pop("address", None)
@@ -245,21 +251,24 @@ class RayStore:
     def learner(self, name: str | None = None) -> RayLearnerHandle:
         """A learner handle. ``name`` makes it rejoinable: a handle opened later with the same
         name (a restarted learner actor) continues that learner's push sequence."""
+        servers = self._servers("learner")
         if name is None:
             return RayLearnerHandle(self._meta, uuid.uuid4().hex[:12])
         lid = f"named:{name}"
-        servers = self._servers()
-        acked = session.gather(lambda j: servers[j].join.remote(lid), len(servers),
-                        self._meta["retry_timeout_s"])  # fmt: skip
+        acked = self._gather(lambda j: servers[j].join.remote(lid), "learner")
         return RayLearnerHandle(self._meta, lid, acked)
 
-    def _servers(self) -> list[Any]:
-        return session.actors(self.name, len(self._meta["ranges"]))
+    def _servers(self, api: str) -> list[Any]:
+        if self._closed:
+            raise session.closed_error(api, self.name)
+        return session.actors(self.name, len(self._meta["ranges"]), api)
+
+    def _gather(self, submit: Any, api: str) -> list[Any]:
+        return session.gather(submit, self.servers, self._meta["retry_timeout_s"], self.name, api)
 
     def _all(self, method: str, *args: Any) -> list[Any]:
-        servers = self._servers()
-        return session.gather(lambda j: getattr(servers[j], method).remote(*args), len(servers),
-                       self._meta["retry_timeout_s"])  # fmt: skip
+        servers = self._servers(method)
+        return self._gather(lambda j: getattr(servers[j], method).remote(*args), method)
 
     def read(self, out: Any = None) -> Any:
         """A copy of the parameters (each range consistent as in the local store); written
@@ -287,10 +296,9 @@ class RayStore:
 
         path = os.fspath(path)
         os.makedirs(path, exist_ok=True)
-        servers = self._servers()
-        session.gather(lambda j: servers[j].checkpoint.remote(
-            os.path.join(path, f"server-{j}.fpsck"), metadata), len(servers),
-            self._meta["retry_timeout_s"])  # fmt: skip
+        servers = self._servers("save")
+        self._gather(lambda j: servers[j].checkpoint.remote(
+            os.path.join(path, f"server-{j}.fpsck"), metadata), "save")  # fmt: skip
         man = {"size": self.size, "ranges": [list(r) for r in self._meta["ranges"]],
                "metadata": metadata, "saved_unix_s": time.time()}  # fmt: skip
         tmp = os.path.join(path, f".manifest.{uuid.uuid4().hex[:8]}.tmp")
@@ -348,22 +356,31 @@ class RayStore:
 
     def server_actors(self) -> list[Any]:
         """The ShardServer actor handles (for ``ray.kill`` in fault drills, or placement)."""
-        return list(self._servers())
+        return list(self._servers("server_actors"))
 
     # -- lifetime --------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop the servers (only in the process that created the store). Idempotent."""
+        """Stop the servers (only in the process that created the store; an unpickled copy
+        only stops itself). Idempotent, and never starts Ray: after ``ray.shutdown()``
+        the servers are gone already. Every later call on the store or its handles, here or
+        in any actor, raises RuntimeError("... RayStore 'NAME' is closed") at once."""
+        self._closed = True
         if not self._owner:
             return
         self._owner = False
-        for a in getattr(self, "_actors", []):
+        session.forget(self.name)
+        if not ray.is_initialized():  # ray.shutdown() took the servers and the group with it
+            self._pg = None
+            return
+        actors = getattr(self, "_actors", [])
+        for ref in [a.shutdown.remote() for a in actors]:
             try:
-                ray.get(a.shutdown.remote(), timeout=10)
+                ray.get(ref, timeout=10)
             except Exception:  # noqa: BLE001 -- a dead server has nothing left to close
                 pass
+        for a in actors:
             ray.kill(a, no_restart=True)
-        session.forget(getattr(self, "name", ""))
         if getattr(self, "_pg", None) is not None:
             remove_placement_group(self._pg)
             self._pg = None
@@ -398,6 +415,14 @@ def _check_room(servers: int, cpus: float) -> None:
             f"RayStore: {servers} servers with server_cpus={cpus:g} need {servers * cpus:g} "
             f"CPUs; the Ray cluster has {have:g} (lower server_cpus or add nodes)"
         )
+    if cpus > 0 and have == servers * cpus:
+        warnings.warn(
+            f"RayStore: {servers} servers with server_cpus={cpus:g} take all {have:g} CPUs of "
+            "the Ray cluster: an actor or task that needs a CPU (a learner) will not start "
+            "until the store is closed (server_cpus=0 reserves none)",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _wait_placed(pg: Any, servers: int, cpus: float, timeout_s: float) -> None:
@@ -413,6 +438,7 @@ def _wait_placed(pg: Any, servers: int, cpus: float, timeout_s: float) -> None:
 def _attach(meta: dict[str, Any], policy: StepSize) -> RayStore:
     self = RayStore.__new__(RayStore)
     self._owner = False
+    self._closed = False
     self._meta = meta
     self.name = meta["name"]
     self._policy = policy
