@@ -52,6 +52,18 @@ def test_fastps_train_without_torch_is_one_line_not_a_traceback():
                         'pip install "fastps[train]"\n')  # fmt: skip
 
 
+@pytest.mark.parametrize(("package", "module", "extra"), [
+    ("fastps.ray", "ray", "ray"),
+    ("fastps.torch", "torch", "torch"),
+])  # fmt: skip
+def test_an_adapter_without_its_dependency_names_its_extra(package, module, extra):
+    r = run_blocked(module, f"import {package}")
+    assert r.returncode == 1
+    last = r.stderr.strip().splitlines()[-1]
+    assert last == (f"ModuleNotFoundError: {package}: needs the module {module!r}, which is not "
+                    f'installed: pip install "fastps[{extra}]"')  # fmt: skip
+
+
 def test_a_bug_of_fastps_itself_is_not_dressed_as_a_missing_extra():
     assert extras.hint(ModuleNotFoundError("x", name="fastps._gone"), "who") is None
     assert extras.hint(ModuleNotFoundError("x", name="numpyy"), "who") is None  # a typo

@@ -23,17 +23,13 @@ Imports run one way: ``store`` -> ``handle``, ``server``, ``session``; ``handle`
 ``server`` and ``session`` import no other room.
 """
 
-try:
-    import ray  # noqa: F401 -- the optional dependency, checked once for every room
-except ImportError as _e:  # pragma: no cover - exercised without the extra installed
-    raise ImportError(
-        "fastps.ray needs Ray, an optional dependency: pip install 'fastps[ray]' "
-        "(or pip install 'ray>=2.60,<3')"
-    ) from _e
+from fastps import extras
 
-from fastps.ray.handle import RayLearnerHandle
-from fastps.ray.server import ShardServer
-from fastps.ray.session import init
-from fastps.ray.store import RayStore, server_ranges
+extras.require("ray", "fastps.ray")  # the optional dependency: one line naming its extra
+
+from fastps.ray.handle import RayLearnerHandle  # noqa: E402
+from fastps.ray.server import ShardServer  # noqa: E402
+from fastps.ray.session import init  # noqa: E402
+from fastps.ray.store import RayStore, server_ranges  # noqa: E402
 
 __all__ = ["RayLearnerHandle", "RayStore", "ShardServer", "init", "server_ranges"]

@@ -19,8 +19,12 @@ store), ``mirror.py`` (writing the store back into a shared model, the creator's
 ``optimizer.py`` (AsyncOptimizer, a ``torch.optim.Optimizer``).
 """
 
-from fastps.layout import ParamLayout
-from fastps.torch.optimizer import AsyncOptimizer
-from fastps.torch.stores import store_from
+from fastps import extras
+
+extras.require("torch", "fastps.torch")  # the optional dependency: one line naming its extra
+
+from fastps.layout import ParamLayout  # noqa: E402
+from fastps.torch.optimizer import AsyncOptimizer  # noqa: E402
+from fastps.torch.stores import store_from  # noqa: E402
 
 __all__ = ["AsyncOptimizer", "ParamLayout", "store_from"]

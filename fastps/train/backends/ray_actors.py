@@ -247,7 +247,7 @@ class RayBackend(Backend):
             if o.address is None:
                 servers = self.store_kwargs.get("servers", 2)
                 cpus = max(os.cpu_count() or 1,
-                           math.ceil(o.learners + servers * self.store_kwargs.get("server_cpus", 1.0)))  # fmt: skip
+                           math.ceil(o.learners + servers * self.store_kwargs.get("server_cpus", 0.0)))  # fmt: skip
             self.started = fray.init(o.address, num_cpus=cpus)
 
     def create_store(self, layout: ParamLayout, init: np.ndarray) -> Any:
@@ -255,7 +255,7 @@ class RayBackend(Backend):
 
         o = self.opts
         self.have = _ray().cluster_resources()
-        server_cpus = self.store_kwargs.get("server_cpus", 1.0)
+        server_cpus = self.store_kwargs.get("server_cpus", 0.0)
         need = o.learners + self.store_kwargs.get("servers", 2) * server_cpus
         if self.have.get("CPU", 0) < need:
             raise ValueError(
