@@ -167,7 +167,7 @@ def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[str]:
     path = Path(path)
     prefix = _tmp_prefix(path)
     pattern = re.compile(r"(\d+)\.[A-Za-z0-9_]+\.tmp")
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(path.parent)
     except OSError:
@@ -260,12 +260,16 @@ def _read_bytes(name: str) -> bytes:
     try:
         return Path(name).read_bytes()
     except FileNotFoundError as e:
-        raise _new(FileNotFoundError, e.errno, f"load: checkpoint '{name}' does not exist") from e
+        raise _new(
+            FileNotFoundError, errno.ENOENT, f"load: checkpoint '{name}' does not exist"
+        ) from e
     except IsADirectoryError as e:
-        raise _new(IsADirectoryError, e.errno, f"load: checkpoint '{name}' is a folder") from e
+        raise _new(IsADirectoryError, errno.EISDIR, f"load: checkpoint '{name}' is a folder") from e
     except PermissionError as e:
         raise _new(
-            PermissionError, e.errno, f"load: cannot read checkpoint '{name}': permission denied"
+            PermissionError,
+            e.errno or errno.EACCES,
+            f"load: cannot read checkpoint '{name}': permission denied",
         ) from e
     except OSError as e:
         raise _new(type(e), e.errno or 0,
