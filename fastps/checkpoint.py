@@ -45,8 +45,8 @@ _CRC = struct.Struct("<I")
 
 
 MAX_DEPTH = 100
-"""The deepest nesting a header may have (its metadata: 99 levels); Python's JSON parser would
-raise RecursionError somewhere past 900."""
+"""The deepest nesting a header may have: its metadata nests at most 99 levels (checked on save
+and on load). Python's JSON parser raises RecursionError somewhere past 900 levels."""
 
 U64 = 2**64 - 1
 _STEP_KINDS = tuple(_core.StepKind.__members__)
@@ -167,7 +167,7 @@ def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[str]:
     path = Path(path)
     prefix = _tmp_prefix(path)
     pattern = re.compile(r"(\d+)\.[A-Za-z0-9_]+\.tmp")
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(path.parent)
     except OSError:
@@ -235,8 +235,8 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], np.ndarray, np.n
         _damaged(where, data, head_end, header)  # cut or changed: raises
     # The bytes are those a writer wrote; now the header must be what save writes.
     ckpt = f"load: checkpoint '{name}'"
-    if header is _TOO_DEEP or _depth(header, MAX_DEPTH) > MAX_DEPTH:
-        raise ValueError(f"{ckpt}: header nests deeper than {MAX_DEPTH} levels")
+    if header is _TOO_DEEP:
+        raise ValueError(f"{ckpt}: header nests deeper than Python's JSON parser allows")
     if header is None:
         raise ValueError(f"{ckpt}: header is not JSON text")
     check_header(header, ckpt)
@@ -260,12 +260,16 @@ def _read_bytes(name: str) -> bytes:
     try:
         return Path(name).read_bytes()
     except FileNotFoundError as e:
-        raise _new(FileNotFoundError, e.errno, f"load: checkpoint '{name}' does not exist") from e
+        raise _new(
+            FileNotFoundError, errno.ENOENT, f"load: checkpoint '{name}' does not exist"
+        ) from e
     except IsADirectoryError as e:
-        raise _new(IsADirectoryError, e.errno, f"load: checkpoint '{name}' is a folder") from e
+        raise _new(IsADirectoryError, errno.EISDIR, f"load: checkpoint '{name}' is a folder") from e
     except PermissionError as e:
         raise _new(
-            PermissionError, e.errno, f"load: cannot read checkpoint '{name}': permission denied"
+            PermissionError,
+            e.errno or errno.EACCES,
+            f"load: cannot read checkpoint '{name}': permission denied",
         ) from e
     except OSError as e:
         raise _new(type(e), e.errno or 0,
@@ -360,13 +364,16 @@ def check_header(header: Any, where: str) -> None:
         fail("shard_ranges", f"must be {split} (the split of size {c['size']} into {S} shards), "
                              f"got {header['shard_ranges']}")  # fmt: skip
     cdf = header["counters"]["cdf"]
-    for i, F in enumerate(cdf):
-        if not 0.0 <= F <= 1.0:
-            fail(f"counters.cdf[{i}]", f"must be finite, in [0, 1] (got {F})")
-    for i in range(1, len(cdf)):
-        if cdf[i] < cdf[i - 1]:
-            fail("counters.cdf", f"must be non-decreasing ({cdf[i - 1]} at {i - 1}, "
-                                 f"{cdf[i]} at {i})")  # fmt: skip
+    table = np.array(cdf, np.float64)
+    if not np.all((table >= 0.0) & (table <= 1.0)):  # NaN fails both
+        i = int(np.flatnonzero(~((table >= 0.0) & (table <= 1.0)))[0])
+        fail(f"counters.cdf[{i}]", f"must be finite, in [0, 1] (got {cdf[i]})")
+    if np.any(np.diff(table) < 0):
+        i = int(np.flatnonzero(np.diff(table) < 0)[0]) + 1
+        fail("counters.cdf", f"must be non-decreasing ({cdf[i - 1]} at {i - 1}, "
+                             f"{cdf[i]} at {i})")  # fmt: skip
+    if _depth(header["metadata"], MAX_DEPTH - 1) > MAX_DEPTH - 1:
+        fail("metadata", f"nests deeper than {MAX_DEPTH - 1} levels")
     arrays = ["params"] + (["momentum"] if np.float32(c["momentum"]) else [])
     if header["arrays"] != arrays:
         mu = np.float32(c["momentum"])
@@ -416,10 +423,12 @@ def _check(v: Any, rule: tuple[Any, ...], field: str, where: str, lengths: dict[
                 f"{where}: header field '{field}' must have {lengths[rule[2]]} entries "
                 f"(got {len(v)})"
             )
-        item = rule[1]
-        if item[0] == "int" and all(type(x) is int for x in v):  # the common case, at once
+        item, types = rule[1], set(map(type, v))
+        if item[0] == "int" and types <= {int}:  # the common cases at C speed
             if not v or item[1] is None or item[1] <= min(v) and max(v) <= item[2]:
                 return
+        if item == ("num", False) and types <= {int, float}:
+            return
         for i, x in enumerate(v):
             _check(x, rule[1], f"{field}[{i}]", where, lengths)
 
