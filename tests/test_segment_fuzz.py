@@ -363,3 +363,15 @@ def test_a_step_size_hook_that_reads_its_locked_store_gets_an_error_not_a_deadlo
         "store '': shard 0's lock is held by this thread (a step-size hook may not call into its "
         "own store), or the segment is damaged"
     )
+
+
+@pytest.mark.timeout(60)
+def test_entries_no_process_writes_are_recovered(shm_name):
+    """Every reserved reader entry holding a state no process writes: read() would wait for one
+    forever; recovery frees them like a dead process's."""
+    with make_store(shm_name, "leashed") as store:
+        begin, _ = regions(shm_name)["entries"]
+        for e in range(2, 6):  # the 4 entries after max_learners=2 handles
+            poke(shm_name, begin + e * ENTRY_BYTES + 4, 0x7FFFFFFF)  # state word, pid 0
+        assert store.read()[999] == 999.0
+        assert store.stats()["recovered"] == 4

@@ -103,7 +103,10 @@ uint32_t recover_dead(const Layout& L) {
     // OWNED: the owner's start time identifies it. CLAIMING: not yet written, pid only.
     // RECOVERING: pid is the recoverer's; if it died, take over (recovery is idempotent).
     const uint64_t start = st == kEntryOwned ? en.start_time : 0;
-    if (process_alive(pid, start)) continue;
+    // A pid <= 0 or an unknown state is written by no process (damage): recover it like a dead
+    // owner's, or a reader waiting for an entry (InternalEntry) would wait forever.
+    const bool damaged = pid <= 0 || st > kEntryRecovering;
+    if (!damaged && process_alive(pid, start)) continue;
     if (!en.word.compare_exchange_strong(w, make_entry_word(kEntryRecovering, me),
                                          std::memory_order_acq_rel))
       continue;  // someone else got there first
