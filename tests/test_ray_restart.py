@@ -52,6 +52,9 @@ class Restartable:
             self.h.push(g)
         return self.h.pushes
 
+    def pid(self):
+        return os.getpid()
+
     def push_timed(self):
         t = time.monotonic()
         try:
@@ -59,6 +62,21 @@ class Restartable:
         except RuntimeError as e:
             return time.monotonic() - t, str(e)
         return time.monotonic() - t, "applied"
+
+
+def restart(actor, timeout_s=60.0):
+    """ray.kill(actor, no_restart=False), then wait until the restarted incarnation answers.
+
+    ray.kill is asynchronous: a task submitted at once may start on the old incarnation and die
+    with it half done (a push that reached one server of two), and Ray then retries the whole
+    task on the new one. The restart is what these tests are about, not that race."""
+    before = ray.get(actor.pid.remote())
+    ray.kill(actor, no_restart=False)
+    deadline = time.monotonic() + timeout_s
+    while ray.get(actor.pid.remote()) == before:
+        if time.monotonic() > deadline:
+            raise AssertionError("the actor was not restarted")
+        time.sleep(0.05)
 
 
 # -- issue 17.10: a push reaches the store once or raises -----------------------------------------
@@ -72,7 +90,7 @@ def test_a_handle_in_a_restarted_actor_applies_every_push_once(named):
         h = st.learner(name="rank0") if named else st.learner()
         a = Restartable.remote(h)
         assert ray.get(a.push.remote(30)) == 30
-        ray.kill(a, no_restart=False)
+        restart(a)
         assert ray.get(a.push.remote(30)) == 60
         np.testing.assert_array_equal(st.read(), np.full(1024, -60, np.float32))
         s = st.stats()
