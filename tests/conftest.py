@@ -1,5 +1,6 @@
 import os
 import threading
+import time
 import types
 import uuid
 
@@ -29,6 +30,27 @@ def shm_name():
     path = f"/dev/shm/fastps.{name}"
     if os.path.exists(path):
         os.unlink(path)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray instance with 2 CPUs for one test module (tests/test_ray*.py use it through
+    ``pytestmark``), shut down after the module."""
+    ray = pytest.importorskip("ray")
+    fray = pytest.importorskip("fastps.ray")
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    assert fray.init(num_cpus=2) is True
+    yield
+    ray.shutdown()
+
+
+def create_shared_and_wait(name, ready, size=1000):
+    """A spawned process's target: create the shared store ``name``, set ``ready`` and wait to
+    be killed (the store is never closed by a live creator)."""
+    store = fastps.Store(size, shared=name)
+    ready.set()
+    time.sleep(60)
+    store.close()
 
 
 def reference_apply(w, m, g, *, lr, momentum=0.0, nesterov=False, weight_decay=0.0):

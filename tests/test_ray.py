@@ -19,15 +19,7 @@ from fastps.config import shard_ranges
 ray = pytest.importorskip("ray")
 fray = pytest.importorskip("fastps.ray")
 
-pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    assert fray.init(num_cpus=2) is True
-    yield
-    ray.shutdown()
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("ray_local")]
 
 
 def test_the_local_instance_listens_on_loopback_only():

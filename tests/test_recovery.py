@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import CONSISTENT
+from conftest import CONSISTENT, create_shared_and_wait
 
 import fastps
 
@@ -141,17 +141,10 @@ def test_a_killed_learner_not_yet_reaped_is_recovered_and_its_place_reused(mode,
             assert store.stats()["slots_in_use"] == 1  # its read pin went with it
 
 
-def _create_and_wait(name, started):
-    store = fastps.Store(64, shared=name)
-    started.set()
-    time.sleep(60)
-    store.close()
-
-
 def test_creator_alive_turns_false_when_the_creator_is_killed_even_before_it_is_reaped(shm_name):
     ctx = mp.get_context("spawn")
     started = ctx.Event()
-    p = ctx.Process(target=_create_and_wait, args=(shm_name, started))
+    p = ctx.Process(target=create_shared_and_wait, args=(shm_name, started))
     p.start()
     assert started.wait(60)
     with fastps.Store.attach(shm_name) as store:

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import CONSISTENT
+from conftest import CONSISTENT, create_shared_and_wait
 
 import fastps
 
@@ -105,17 +105,10 @@ def test_a_private_store_refuses_to_pickle():
             pickle.dumps(store)
 
 
-def _create_and_die(name, ready):
-    store = fastps.Store(1000, shared=name)  # never closed: the process is killed
-    ready.set()
-    time.sleep(60)
-    store.close()
-
-
 def test_cleanup_removes_the_segment_of_a_crashed_creator(shm_name):
     ctx = mp.get_context("spawn")
     ready = ctx.Event()
-    p = ctx.Process(target=_create_and_die, args=(shm_name, ready))
+    p = ctx.Process(target=create_shared_and_wait, args=(shm_name, ready))
     p.start()
     assert ready.wait(60)
     path = f"/dev/shm/fastps.{shm_name}"
@@ -272,7 +265,7 @@ def _attach_and_hold(name, started):
 def test_a_live_segment_is_refused_naming_its_creator_then_its_learner(shm_name):
     ctx = mp.get_context("spawn")
     ready, held = ctx.Event(), ctx.Event()
-    creator = ctx.Process(target=_create_and_die, args=(shm_name, ready))
+    creator = ctx.Process(target=create_shared_and_wait, args=(shm_name, ready))
     creator.start()
     assert ready.wait(60)
     learner = ctx.Process(target=_attach_and_hold, args=(shm_name, held))
