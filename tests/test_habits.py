@@ -228,3 +228,20 @@ def test_pre_commit_runs_the_same_checks():
     config = (ROOT / ".pre-commit-config.yaml").read_text()
     for hook in ("ruff check", "ruff format", "clang-format", "lint-imports", "test_habits.py"):
         assert hook in config, f"pre-commit lacks {hook}"
+
+
+def test_every_test_the_reliability_promises_name_exists():
+    """docs/reliability.md's table names the test behind each promise: a renamed or deleted test
+    fails here, so the table stays current."""
+    import re
+
+    text = (ROOT / "docs" / "reliability.md").read_text()
+    table = text[text.index("## Promises and how each is tested") :]
+    files = set(re.findall(r"(test_[a-z0-9_]+\.py)", table))
+    names = set(re.findall(r"`(test_[a-z0-9_]+)", table))
+    assert len(names) > 40 and files
+    for f in files:
+        assert (ROOT / "tests" / f).exists(), f
+    defined = "".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
+    missing = sorted(n for n in names if f"def {n}(" not in defined)
+    assert not missing, f"docs/reliability.md names tests that do not exist: {missing}"
