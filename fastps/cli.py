@@ -206,7 +206,7 @@ def _check_train_args(t: argparse.ArgumentParser, args: argparse.Namespace) -> N
         from fastps.train.options import check_staleness_policy
 
         try:  # the store would only see tau = 0 (fit's rule, said as a usage error)
-            check_staleness_policy(row, _policy(args.step_size, args.lr), args.backend)
+            check_staleness_policy(row, _policy(args.step_size, args.lr))
         except ValueError as e:
             t.error(f"--step-size {args.step_size}: {str(e).removeprefix('fit: ')}")
     if row.takes("k") and args.k is None:

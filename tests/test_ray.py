@@ -336,6 +336,25 @@ def test_fit_with_ray_keeps_each_variants_rule(variant):
     assert h.final_accuracy > 0.85
 
 
+def test_fit_k_async_on_ray_gives_the_servers_the_gradients_staleness():
+    """k-async with a staleness policy on the ray backend: every server's histogram counts each
+    update's oldest gradient (the coordinator backdates its push on every server)."""
+    torch = pytest.importorskip("torch")
+    from collections import Counter
+
+    from fastps.train.fit import fit
+
+    h = fit(functools.partial(torch.nn.Linear, 8, 3), blobs(), learners=2, variant="k-async",
+            k=1, backend="ray", lr=0.1, batch_size=32, servers=2, server_cpus=0, updates=40,
+            step_size=fastps.Inverse(), mode="locked")  # fmt: skip
+    applied = Counter(u["tau_applied"] for u in h.updates)
+    shards, hist = h.stats["shards"], h.stats["staleness_hist"]
+    assert sum(hist) == 40 * shards
+    for tau, n in applied.items():
+        assert hist[tau] == n * shards, (tau, hist[: max(applied) + 1], applied)
+    assert sum(n for tau, n in applied.items() if tau > 0) > 0  # two learners: some stale
+
+
 def test_a_killed_learner_actor_is_restarted_and_makes_only_the_rest_of_its_quota():
     import threading
 
@@ -383,3 +402,32 @@ def test_fit_with_ray_checkpoints_to_a_folder_and_resumes_only_the_missing_updat
     again = fit(model, blobs(), updates=100, resume_from=tmp_path / "ck", **kw)
     assert again.config["resumed_at"] == 60 and again.stats["clock"] == 100
     assert sum(ln["updates"] for ln in again.learners) == 40
+
+
+def test_a_ray_handle_backdates_its_next_push_on_every_server():
+    """fit's coordinator on a RayStore (k-async): the next push counts its staleness from N
+    updates before the last pull, on each server, exactly as a local handle does."""
+    with fray.RayStore(1024, servers=2, mode="locked", lr=1.0, step_size=fastps.Inverse(),
+                       server_cpus=0) as st:  # fmt: skip
+        a, b = st.learner(), st.learner()
+        w = np.empty(1024, np.float32)
+        zero = np.zeros(1024, np.float32)
+        with pytest.raises(ValueError, match=r"backdate: needs a pull first"):
+            a.backdate(1)
+        for _ in range(4):
+            b.pull(w)
+            b.push(zero)
+        a.pull(w)  # version 4 of every shard
+        for _ in range(2):
+            b.pull(w)
+            b.push(zero)
+        with pytest.raises(
+            ValueError, match=r"backdate: shard 0 was read at version 4, fewer than 5"
+        ):
+            a.backdate(5)
+        a.backdate(3)
+        before = st.read()
+        a.push(np.ones(1024, np.float32))
+        np.testing.assert_allclose(st.read(), before - 1 / (1 + 5), rtol=1e-6)  # Inverse, tau 5
+        hist = st.stats()["staleness_hist"]
+        assert hist[5] == st.stats()["shards"]  # every native shard of every server at tau 5

@@ -44,8 +44,6 @@ def test_k_async_takes_staleness_policies_but_not_the_distance_rule(name):
                 check_staleness_policy(TABLE[name], policy)
         else:
             check_staleness_policy(TABLE[name], policy)  # the store sees the true tau
-            with pytest.raises(ValueError, match=r"backend='ray' cannot pass"):
-                check_staleness_policy(TABLE[name], policy, "ray")
 
 
 @pytest.mark.parametrize("policy", [None, fastps.Constant(), fastps.Constant(lr=0.5)])

@@ -43,6 +43,7 @@ class RayLearnerHandle:
         self._last_acks: list[tuple[str, int]] = []
         self._versions: list[int] = []
         self._pushed: list[int] = []  # versions the last push created, per native shard
+        self._backdate = 0  # sent with the next push (LearnerHandle.backdate's rule)
         self._closed = False
 
     @property
@@ -125,14 +126,36 @@ class RayLearnerHandle:
             lambda j: getattr(servers[j], method).remote(
                 self._lid, seqs[j], self._copy, self._tokens[j],
                 None if payload is None else payload[ranges[j][0] : ranges[j][1]], dtype,
+                self._backdate,
             ), method,
         )  # fmt: skip
+        self._backdate = 0  # applied by every server (a retried push was applied before)
         self._acked = seqs
         self._last_acks = [(r[0], r[2]) for r in replies]
         self._pushed = [v for r in replies for v in r[3]]
         if target is not None:
             self._took(target, replies)
         return sum(r[1] for r in replies)
+
+    def backdate(self, updates: int) -> None:
+        """``LearnerHandle.backdate`` across servers: the next push counts its staleness from
+        ``updates`` versions before the last pull, on every server (each applies it to its
+        handle for this learner, where it holds until the next pull, as locally). Needs a pull
+        first; ValueError, nothing changed, beyond a shard's version 0. StalenessDistance is
+        refused by the servers (they no longer have the older model)."""
+        if isinstance(updates, bool) or not isinstance(updates, (int, np.integer)):
+            raise TypeError(f"backdate: updates must be an integer (got {type(updates).__name__})")
+        n = int(updates)
+        if not 0 <= n < 2**63:
+            raise ValueError(f"backdate: updates must be in [0, 2**63) (got {n})")
+        if not self._versions:
+            raise ValueError("backdate: needs a pull first (it moves the last pull's versions)")
+        for s, v in enumerate(self._versions):
+            if v < n:
+                raise ValueError(
+                    f"backdate: shard {s} was read at version {v}, fewer than {n} updates ago"
+                )
+        self._backdate = n
 
     def read_version(self, shard: int) -> int:
         """Version of native shard ``shard`` (numbered across servers, in order) read by the

@@ -232,17 +232,20 @@ class ShardServer:
         return self.token, out, versions
 
     def push(self, lid: str, seq: int, copy: str, read_token: str | None,
-             grad: np.ndarray | None, dtype: str) -> tuple[str, int, int, list[int]]:  # fmt: skip
+             grad: np.ndarray | None, dtype: str,
+             backdate: int = 0) -> tuple[str, int, int, list[int]]:  # fmt: skip
         """Apply push number ``seq`` of learner ``lid``, sent by the handle copy ``copy``;
         (token, shard updates not applied, this server's applied-push count, the versions it
         created per shard (0: none)). ``grad``: this range of the gradient, ``dtype`` its
         element type ("float32", "float16", or "bfloat16": raw 16-bit bits); None: a push the
-        learner skipped (NaN). RuntimeError when another copy already sent number ``seq``."""
+        learner skipped (NaN). ``backdate``: LearnerHandle.backdate before the push. RuntimeError
+        when another copy already sent number ``seq``."""
         with self._lock(lid):
-            return self._push(lid, seq, copy, read_token, grad, dtype)
+            return self._push(lid, seq, copy, read_token, grad, dtype, backdate)
 
     def _push(self, lid: str, seq: int, copy: str, read_token: str | None,
-              grad: np.ndarray | None, dtype: str) -> tuple[str, int, int, list[int]]:  # fmt: skip
+              grad: np.ndarray | None, dtype: str,
+              backdate: int = 0) -> tuple[str, int, int, list[int]]:  # fmt: skip
         self._enter()
         try:
             self._account(lid, seq - 1)
@@ -261,6 +264,8 @@ class ShardServer:
                 # here. Read this one's (the retried gradient counts staleness 0).
                 h.pull(np.empty(self.end - self.begin, np.float32))
                 self._fresh.add(lid)
+            elif backdate:
+                h.backdate(backdate)
             if grad is None:
                 dropped = self._store.shards
             else:  # float32 or float16 as they are; bfloat16 arrives as its raw 16-bit bits
@@ -273,12 +278,13 @@ class ShardServer:
             self._leave()
 
     def push_pull(self, lid: str, seq: int, copy: str, read_token: str | None,
-                  grad: np.ndarray | None,
-                  dtype: str) -> tuple[str, int, int, list[int], np.ndarray, list[int]]:  # fmt: skip
+                  grad: np.ndarray | None, dtype: str,
+                  backdate: int = 0) -> tuple[str, int, int, list[int], np.ndarray, list[int]]:  # fmt: skip
         """push, then pull, in one call: (token, not applied, applied count, versions created,
         params, versions read)."""
         with self._lock(lid):
-            token, dropped, applied, pushed = self._push(lid, seq, copy, read_token, grad, dtype)
+            token, dropped, applied, pushed = self._push(lid, seq, copy, read_token, grad, dtype,
+                                                         backdate)  # fmt: skip
             _, out, versions = self._pull(lid, seq)
         return token, dropped, applied, pushed, out, versions
 

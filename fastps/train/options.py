@@ -61,7 +61,7 @@ def check_int(name: str, value: Any, low: int) -> None:
         raise ValueError(f"fit: {name} must be an integer >= {low} (got {value!r})")
 
 
-def check_staleness_policy(row: Variant, step_size: Any, backend: str = "process") -> None:
+def check_staleness_policy(row: Variant, step_size: Any) -> None:
     """Refuse a staleness-dependent step size where it cannot do what it promises.
 
     In the coordinated variants the coordinator is the store's only writer. In sync, k-sync,
@@ -83,12 +83,6 @@ def check_staleness_policy(row: Variant, step_size: Any, backend: str = "process
             f"(staleness 0 by construction); a staleness-dependent step size ({name}) would "
             "always take its tau = 0 step. Use the constant step (step_size=None or Constant()) "
             "or an async variant"
-        )
-    if backend == "ray":
-        raise ValueError(
-            f"fit: variant {row.name!r} with backend='ray' cannot pass the gradients' staleness "
-            f"to the servers' step size ({name}) yet: use the constant step, the process or "
-            "thread backend, or the async variant"
         )
     if isinstance(step_size, StalenessDistance):
         raise ValueError(
@@ -229,7 +223,7 @@ class Options:
                 f"fit: {row.name} exchanges models through the store's plain step (no momentum, "
                 "weight decay or step-size policy); it takes its local steps with lr"
             )
-        check_staleness_policy(row, kw["step_size"], kw["backend"])
+        check_staleness_policy(row, kw["step_size"])
         k = kw["k"]
         fixed = row.fixed_k(learners)
         if fixed is not None:
