@@ -147,10 +147,11 @@ def _running(pid):
         return False
 
 
-def test_a_learner_whose_parent_was_killed_stops():
+def test_a_learner_whose_parent_was_killed_stops(tmp_path):
     tests = os.path.dirname(os.path.abspath(__file__))
+    # cwd outside the checkout: its fastps/ (no built extension) must not shadow the installed one
     parent = subprocess.Popen([sys.executable, "-c", ORPHAN.format(tests=tests)],
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+                              stdout=subprocess.PIPE, text=True, cwd=tmp_path)  # fmt: skip
     name, pid = None, None
     try:
         with parent.stdout:
