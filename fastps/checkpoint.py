@@ -184,26 +184,9 @@ def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[str]:
 
 
 def _writer_dead(pid: int) -> bool:
-    """The process ``pid`` has exited: no /proc entry, or a zombie (exited, not yet reaped).
-    This process is never dead; an unreadable entry counts as alive. (The native registry
-    judges learners the same way, with their start time; a writer's temporary has none.)"""
-    if pid == os.getpid():
-        return False
-    if not os.path.isdir("/proc/self"):  # no procfs: only "no such process" is dead
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except OSError:
-            pass
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
-    except FileNotFoundError:
-        return True
-    except (OSError, IndexError):
-        return False
+    """The process ``pid`` has exited or is a zombie: the native registry's liveness rule
+    (``_core.process_alive``), by pid alone since a temporary records no start time."""
+    return not _core.process_alive(pid)
 
 
 # -- reading -----------------------------------------------------------------------------------

@@ -60,8 +60,9 @@ INT_ARGS = {
                     "{api}: persistence must be -1 (never drop) or in [0, 2^31-1] (got {got})"),
     "max_learners": (0, 2**32 - 1, "{api}: max_learners must be in [1, 1024] (got {got})"),
     "staleness_bins": (0, 2**32 - 1, "{api}: staleness_bins must be in [1, 65536] (got {got})"),
+    "updates": (0, 2**63 - 1, "{api}: updates must be in [0, 2**63) (got {got})"),
 }  # fmt: skip
-"""Store's integer arguments: [lowest, highest] the native field can hold (the binding reads a
+"""Store's integer arguments (and a handle's ``backdate(updates)``): [lowest, highest] the native field can hold (the binding reads a
 C ``long long`` for size, ``int32`` for persistence, ``uint32`` for the rest), and the message
 for a value outside it, which states the core's rule (``StoreConfig.validate`` checks the rule
 for the values inside; tests/test_errors.py checks that both say the same range)."""

@@ -10,17 +10,6 @@ the whole command.
 
 from __future__ import annotations
 
-EXTRA_OF = {
-    "torch": "torch",
-    "tqdm": "train",
-    "sklearn": "train",
-    "mlxtend": "train",
-    "ray": "ray",
-    "matplotlib": "bench",
-    "pynvml": "bench",
-}
-"""Top-level module -> the smallest extra that installs it (pyproject.toml's extras)."""
-
 COVERS = {
     "torch": {"torch"},
     "train": {"torch", "tqdm", "sklearn", "mlxtend"},
@@ -29,7 +18,14 @@ COVERS = {
     "ray": {"ray"},
     "test": {"torch", "tqdm", "sklearn", "mlxtend", "ray"},
 }
-"""Extra -> the modules of EXTRA_OF it installs (kept in step with pyproject.toml by a test)."""
+"""Extra -> the third-party modules it installs beyond numpy (pyproject.toml's extras, by
+module name; a test keeps the two in step)."""
+
+EXTRA_OF = {
+    module: min((e for e, mods in COVERS.items() if module in mods and e != "test"), key=lambda e: len(COVERS[e]))
+    for module in set().union(*COVERS.values())
+}  # fmt: skip
+"""Top-level module -> the smallest user-facing extra that installs it (not "test")."""
 
 
 def missing_module(exc: BaseException) -> str | None:

@@ -148,10 +148,7 @@ class LearnerHandle:
         gradient's true age. Needs a pull first; refused with StalenessDistance (it needs the
         older model itself) and beyond a shard's version 0 (ValueError, nothing changed).
         """
-        n = _config.check_int("backdate", "updates", updates)
-        if not 0 <= n < 2**63:
-            raise ValueError(f"backdate: updates must be in [0, 2**63) (got {n})")
-        self._h.backdate(n)
+        self._h.backdate(_config.check_int("backdate", "updates", updates))
 
     def last_push_versions(self) -> list[int]:
         """Per shard, the version the last push created (0 where it was dropped or skipped)."""

@@ -1,3 +1,4 @@
+import multiprocessing
 import os
 import threading
 import time
@@ -42,6 +43,46 @@ def ray_local():
     assert fray.init(num_cpus=2) is True
     yield
     ray.shutdown()
+
+
+def wait_until(cond, what, timeout=60.0):
+    """Poll ``cond()`` until true; AssertionError naming ``what`` after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def spawn_ready(target, *args, daemon=False):
+    """Start ``target(*args, ready)`` in a spawned process and return it once it set ``ready``
+    (an Event it receives last)."""
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    p = ctx.Process(target=target, args=(*args, ready), daemon=daemon)
+    p.start()
+    assert ready.wait(60), f"{target.__name__} did not start"
+    return p
+
+
+def train_side_by_side(batches, *pairs):
+    """Each (model, optimizer) pair takes the same cross-entropy steps on ``batches`` of (x, y),
+    in turn: a torch reference beside fastps's AsyncOptimizer."""
+    import torch
+
+    for x, y in batches:
+        for model, opt in pairs:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+
+
+def assert_same_parameters(ref, ours, rtol=2e-6, atol=1e-7):
+    """Every parameter of ``ours`` equals ``ref``'s, named in the message when not."""
+    import torch
+
+    for (name, p), q in zip(ref.named_parameters(), ours.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=rtol, atol=atol, msg=name)
 
 
 def create_shared_and_wait(name, ready, size=1000):

@@ -7,11 +7,10 @@ import os
 import pickle
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
-from conftest import blobs
+from conftest import blobs, wait_until
 
 import fastps
 from fastps.config import shard_ranges
@@ -190,14 +189,6 @@ def test_concurrent_learner_actors_sum_exactly(mode):
 # -- a server killed mid-training -----------------------------------------------------------------
 
 
-def _wait(cond, what, timeout=60.0):
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def test_a_killed_server_restores_its_checkpoint_and_counts_the_lost_updates(tmp_path):
     n = 256
     stop = str(tmp_path / "stop")
@@ -210,14 +201,14 @@ def test_a_killed_server_restores_its_checkpoint_and_counts_the_lost_updates(tmp
         def applied():
             return st.stats()["servers"][1]["applied"]
 
-        _wait(lambda: applied() >= 100, "100 pushes")
+        wait_until(lambda: applied() >= 100, "100 pushes")
         saved = st.checkpoint()[1]  # what server 1's checkpoint holds
-        _wait(lambda: applied() >= saved + 60, "60 pushes after the checkpoint")
+        wait_until(lambda: applied() >= saved + 60, "60 pushes after the checkpoint")
         old = st.stats()["servers"][1]["token"]
         ray.kill(victim, no_restart=False)
-        _wait(lambda: st.stats()["servers"][1]["token"] != old, "the restart")
+        wait_until(lambda: st.stats()["servers"][1]["token"] != old, "the restart")
         back = st.stats()["servers"][1]
-        _wait(lambda: applied() >= back["applied"] + 60, "60 pushes after the restart")
+        wait_until(lambda: applied() >= back["applied"] + 60, "60 pushes after the restart")
         open(stop, "w").close()
         results = ray.get(runs)
         for a in actors:
@@ -243,7 +234,9 @@ def test_servers_checkpoint_periodically_and_the_files_load_as_stores(tmp_path):
                        checkpoint_dir=tmp_path, checkpoint_every_s=0.1) as st:  # fmt: skip
         h = st.learner()
         h.push(-np.ones(64, np.float32))
-        _wait(lambda: min(s["checkpoints"] for s in st.stats()["servers"]) >= 4, "4 checkpoints")
+        wait_until(
+            lambda: min(s["checkpoints"] for s in st.stats()["servers"]) >= 4, "4 checkpoints"
+        )
         for j, (b, e) in enumerate(st.server_ranges()):
             with fastps.Store.load(tmp_path / f"server-{j}.fpsck") as one:  # a plain Store file
                 assert one.read().tolist() == [1.0] * (e - b)
@@ -375,11 +368,11 @@ def test_a_killed_learner_actor_is_restarted_and_makes_only_the_rest_of_its_quot
         return next((n for n in ray.util.list_named_actors()
                      if n.startswith("fastps-fit/") and n.endswith("/learner0")), None)  # fmt: skip
 
-    _wait(lambda: learner0() is not None, "the learner actors")
+    wait_until(lambda: learner0() is not None, "the learner actors")
     name = learner0()
     actor = ray.get_actor(name)
     srv = ray.get_actor(f"fastps/{name.split('/')[1]}/server0")
-    _wait(lambda: ray.get(srv.stats.remote())["applied"] >= 30, "30 pushes")
+    wait_until(lambda: ray.get(srv.stats.remote())["applied"] >= 30, "30 pushes")
     ray.kill(actor, no_restart=False)
     t.join(timeout=240)
     h = result["h"]

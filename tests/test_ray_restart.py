@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import wait_until
 
 import fastps
 
@@ -20,14 +21,6 @@ ray = pytest.importorskip("ray")
 fray = pytest.importorskip("fastps.ray")
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("ray_local")]
-
-
-def _wait(cond, what, timeout=60.0):
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -64,11 +57,7 @@ def restart(actor, timeout_s=60.0):
     task on the new one. The restart is what these tests are about, not that race."""
     before = ray.get(actor.pid.remote())
     ray.kill(actor, no_restart=False)
-    deadline = time.monotonic() + timeout_s
-    while ray.get(actor.pid.remote()) == before:
-        if time.monotonic() > deadline:
-            raise AssertionError("the actor was not restarted")
-        time.sleep(0.05)
+    wait_until(lambda: ray.get(actor.pid.remote()) != before, "the actor's restart", timeout_s)
 
 
 # -- issue 17.10: a push reaches the store once or raises -----------------------------------------
@@ -178,7 +167,7 @@ def test_a_server_restarted_without_checkpoint_dir_comes_back_with_its_initial_v
             h.push(g)
         old = st.stats()["servers"][0]["token"]
         ray.kill(st.server_actors()[0], no_restart=False)
-        _wait(lambda: st.stats()["servers"][0]["token"] != old, "the restart")
+        wait_until(lambda: st.stats()["servers"][0]["token"] != old, "the restart")
         for _ in range(3):
             h.push(g)
         b = st.server_ranges()[0][1]

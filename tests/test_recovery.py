@@ -1,14 +1,13 @@
 """Recovery from learner processes that died in awkward places: inside TAIL-tau's CDF build,
 or killed and not yet reaped by their parent (zombies)."""
 
-import multiprocessing as mp
 import os
 import signal
 import time
 
 import numpy as np
 import pytest
-from conftest import CONSISTENT, create_shared_and_wait
+from conftest import CONSISTENT, create_shared_and_wait, spawn_ready
 
 import fastps
 
@@ -46,15 +45,11 @@ def _until_zombie(pid):
 
 @pytest.mark.parametrize("mode", fastps.MODES)
 def test_learners_killed_inside_the_tail_tau_build_do_not_stop_later_builds(mode, shm_name):
-    ctx = mp.get_context("spawn")
     tail = fastps.TailTau(warmup=1, refresh=1)
     with fastps.Store(16, shards=1, mode=mode, lr=0.01, shared=shm_name, staleness_bins=BINS,
                       step_size=tail) as store:  # fmt: skip
         for _ in range(3):
-            started = ctx.Event()
-            p = ctx.Process(target=_build_forever, args=(shm_name, started), daemon=True)
-            p.start()
-            assert started.wait(60)
+            p = spawn_ready(_build_forever, shm_name, daemon=True)
             time.sleep(0.05)
             os.kill(p.pid, signal.SIGKILL)  # almost surely inside a build, holding its flag
             p.join()
@@ -77,13 +72,9 @@ def _hold_the_build_and_die(name, started):
 
 @pytest.mark.parametrize("mode", CONSISTENT)
 def test_recover_takes_over_the_build_of_a_dead_holder_and_leaves_a_live_one(mode, shm_name):
-    ctx = mp.get_context("spawn")
     tail = fastps.TailTau(warmup=4, refresh=4)
     with fastps.Store(16, shards=1, mode=mode, shared=shm_name, step_size=tail) as store:
-        started = ctx.Event()
-        p = ctx.Process(target=_hold_the_build_and_die, args=(shm_name, started))
-        p.start()
-        assert started.wait(60)
+        p = spawn_ready(_hold_the_build_and_die, shm_name)
         with store.learner() as h:
 
             def step():
@@ -121,12 +112,8 @@ def _hold_a_handle(name, started):
 
 @pytest.mark.parametrize("mode", CONSISTENT)
 def test_a_killed_learner_not_yet_reaped_is_recovered_and_its_place_reused(mode, shm_name):
-    ctx = mp.get_context("spawn")
     with fastps.Store(64, mode=mode, shared=shm_name, max_learners=1) as store:
-        started = ctx.Event()
-        p = ctx.Process(target=_hold_a_handle, args=(shm_name, started))
-        p.start()
-        assert started.wait(60)
+        p = spawn_ready(_hold_a_handle, shm_name)
         with pytest.raises(RuntimeError, match=r"learner: 1 handles are open"):
             store.learner()
         os.kill(p.pid, signal.SIGKILL)
@@ -142,11 +129,7 @@ def test_a_killed_learner_not_yet_reaped_is_recovered_and_its_place_reused(mode,
 
 
 def test_creator_alive_turns_false_when_the_creator_is_killed_even_before_it_is_reaped(shm_name):
-    ctx = mp.get_context("spawn")
-    started = ctx.Event()
-    p = ctx.Process(target=create_shared_and_wait, args=(shm_name, started))
-    p.start()
-    assert started.wait(60)
+    p = spawn_ready(create_shared_and_wait, shm_name)
     with fastps.Store.attach(shm_name) as store:
         assert store.creator_alive() is True
         os.kill(p.pid, signal.SIGKILL)

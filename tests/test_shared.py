@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import CONSISTENT, create_shared_and_wait
+from conftest import CONSISTENT, create_shared_and_wait, spawn_ready
 
 import fastps
 
@@ -88,15 +88,16 @@ def _child_pushes_via_pickle(store, pushes):
             h.push(np.ones(store.size, np.float32))
 
 
-def test_a_shared_store_pickles_by_name_into_a_spawned_process(shm_name):
+@pytest.mark.parametrize("named", [True, False], ids=["named", "shared-True"])
+def test_a_shared_store_pickles_by_name_into_a_spawned_process(shm_name, named):
     ctx = mp.get_context("spawn")
-    with fastps.Store(64, shared=shm_name, lr=1.0) as store:
+    with fastps.Store(64, shared=shm_name if named else True, lr=1.0) as store:
         p = ctx.Process(target=_child_pushes_via_pickle, args=(store, 7))
         p.start()
         p.join(60)
         assert p.exitcode == 0
         np.testing.assert_array_equal(store.read(), np.full(64, -7, np.float32))
-        assert os.path.exists(f"/dev/shm/fastps.{shm_name}")  # the child's close kept it
+        assert os.path.exists(f"/dev/shm/fastps.{store.name}")  # the child's close kept it
 
 
 def test_a_private_store_refuses_to_pickle():
@@ -106,11 +107,7 @@ def test_a_private_store_refuses_to_pickle():
 
 
 def test_cleanup_removes_the_segment_of_a_crashed_creator(shm_name):
-    ctx = mp.get_context("spawn")
-    ready = ctx.Event()
-    p = ctx.Process(target=create_shared_and_wait, args=(shm_name, ready))
-    p.start()
-    assert ready.wait(60)
+    p = spawn_ready(create_shared_and_wait, shm_name)
     path = f"/dev/shm/fastps.{shm_name}"
     with pytest.raises(
         RuntimeError,
@@ -220,16 +217,6 @@ def test_shared_true_makes_a_unique_name_removed_on_close_or_drop():
     assert not os.path.exists(path)
     with fastps.Store(8, shared=False) as private, fastps.Store(8, shared=None) as default:
         assert private.name is None and default.name is None
-
-
-def test_a_store_made_with_shared_true_trains_in_a_spawned_process():
-    ctx = mp.get_context("spawn")
-    with fastps.Store(64, shared=True, lr=1.0) as store:
-        p = ctx.Process(target=_child_pushes_via_pickle, args=(store, 5))
-        p.start()
-        p.join(60)
-        assert p.exitcode == 0
-        np.testing.assert_array_equal(store.read(), np.full(64, -5, np.float32))
 
 
 _KEPT = []

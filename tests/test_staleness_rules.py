@@ -130,4 +130,4 @@ def test_backdate_refuses_and_changes_nothing():
         h = st.learner()
         h.pull(np.empty(64, np.float32))
         with pytest.raises(ValueError, match=r"backdate: the StalenessDistance step size needs"):
-            h.backdate(0 + 1)
+            h.backdate(1)

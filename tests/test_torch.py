@@ -6,7 +6,7 @@ import multiprocessing as mp
 import numpy as np
 import pytest
 import torch
-from conftest import run_threads
+from conftest import assert_same_parameters, run_threads, train_side_by_side
 
 import fastps
 import fastps.torch as ft
@@ -69,13 +69,8 @@ def test_one_learner_matches_torch_sgd(opt):
     sgd = torch.optim.SGD(ref.parameters(), lr=0.05, **opt)
     store = ft.store_from(ours, lr=0.05, **opt)
     aopt = ft.AsyncOptimizer(ours, store)
-    for _ in range(5):
-        for model, o in ((ref, sgd), (ours, aopt)):
-            o.zero_grad()
-            torch.nn.functional.cross_entropy(model(x), y).backward()
-            o.step()
-    for (name, p), q in zip(ref.named_parameters(), ours.parameters()):
-        torch.testing.assert_close(q, p, rtol=2e-6, atol=1e-7, msg=name)
+    train_side_by_side([(x, y)] * 5, (ref, sgd), (ours, aopt))
+    assert_same_parameters(ref, ours)
     np.testing.assert_array_equal(store.read(), aopt.flat_params.numpy())
 
 

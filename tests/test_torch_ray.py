@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import assert_same_parameters, train_side_by_side
 
 import fastps.torch as ft
 
@@ -37,14 +38,10 @@ def test_an_optimizer_on_a_ray_store_trains_like_torch_sgd():
             opt = ft.AsyncOptimizer(ours, store)
             assert opt.param_groups[0]["lr"] == 0.05 and opt.param_groups[0]["momentum"] == 0.9
             g = torch.Generator().manual_seed(1)
-            for _ in range(4):
-                x, y = torch.randn(16, 7, generator=g), torch.randint(0, 3, (16,), generator=g)
-                for model, o in ((ref, sgd), (ours, opt)):
-                    o.zero_grad()
-                    torch.nn.functional.cross_entropy(model(x), y).backward()
-                    o.step()
-            for (name, p), q in zip(ref.named_parameters(), ours.parameters()):
-                torch.testing.assert_close(q, p, rtol=2e-6, atol=1e-7, msg=name)
+            batches = [(torch.randn(16, 7, generator=g), torch.randint(0, 3, (16,), generator=g))
+                       for _ in range(4)]  # fmt: skip
+            train_side_by_side(batches, (ref, sgd), (ours, opt))
+            assert_same_parameters(ref, ours)
             np.testing.assert_array_equal(store.read(), opt.flat_params.numpy())
             opt.close()
         finally:

@@ -130,6 +130,9 @@ PYBIND11_MODULE(_core, m) {
   m.attr("__version__") = FASTPS_VERSION;
   m.attr("built_with_cuda") = fastps::built_with_cuda();
   m.attr("kernel_isa") = fastps::kernel_isa();
+  m.def(
+      "process_alive", [](int32_t pid) { return fastps::process_alive(pid); }, py::arg("pid"),
+      "True while process pid exists and is not a zombie (the registry's liveness rule).");
   m.def("cuda_available", &fastps::cuda_available,
         "True when a CUDA driver and a GPU answer; False on CPU-only builds or machines.");
 

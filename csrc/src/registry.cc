@@ -11,6 +11,7 @@
 #include <string>
 #include <thread>
 
+#include "fastps/store.h"
 #include "leashed.h"
 #include "step_size.h"
 
@@ -134,3 +135,7 @@ InternalEntry::InternalEntry(const Layout& L) : L_(L) {
 }
 
 }  // namespace fastps::detail
+
+namespace fastps {
+bool process_alive(int32_t pid) { return detail::process_alive(pid, 0); }
+}  // namespace fastps

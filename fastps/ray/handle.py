@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from fastps import config
 from fastps.buffers import flat_grad, flat_out
 from fastps.ray import session
 
@@ -143,11 +144,7 @@ class RayLearnerHandle:
         handle for this learner, where it holds until the next pull, as locally). Needs a pull
         first; ValueError, nothing changed, beyond a shard's version 0. StalenessDistance is
         refused by the servers (they no longer have the older model)."""
-        if isinstance(updates, bool) or not isinstance(updates, (int, np.integer)):
-            raise TypeError(f"backdate: updates must be an integer (got {type(updates).__name__})")
-        n = int(updates)
-        if not 0 <= n < 2**63:
-            raise ValueError(f"backdate: updates must be in [0, 2**63) (got {n})")
+        n = config.check_int("backdate", "updates", updates)
         if not self._versions:
             raise ValueError("backdate: needs a pull first (it moves the last pull's versions)")
         for s, v in enumerate(self._versions):

@@ -182,8 +182,10 @@ class AsyncOptimizer(torch.optim.Optimizer):
         one copy per tensor. A parameter re-homed since (``model.double()``, ``.data = ...``)
         or a layer replaced raises RuntimeError: the store would never train it. For callers
         that push ``flat_grads`` themselves."""
-        self._check_binding()
-        for p, gview in self._params:
+        self._check_model()
+        for i, (p, gview) in enumerate(self._params):
+            if p.dtype != torch.float32 or p.data_ptr() != self._ptrs[i]:
+                self._rehomed(i, p)
             g = p.grad
             if g is None:
                 gview.zero_()
@@ -221,20 +223,20 @@ class AsyncOptimizer(torch.optim.Optimizer):
             self._scratch.add_(self.flat_params, alpha=(s - 1.0) * wd)
         return self._scratch
 
-    def _check_binding(self) -> None:
-        for i, (p, _) in enumerate(self._params):
-            spec = self.layout.specs[i]
-            if p.dtype != torch.float32:
-                raise RuntimeError(
-                    f"AsyncOptimizer: parameter {spec.name!r} became {p.dtype} after the "
-                    "optimizer was built; the store trains float32 (keep the model float32)"
-                )
-            if p.data_ptr() != self._ptrs[i]:
-                raise RuntimeError(
-                    f"AsyncOptimizer: parameter {spec.name!r} no longer lives in the "
-                    "optimizer's buffer (moved, or its .data replaced); build the optimizer "
-                    "after changing the model"
-                )
+    def _rehomed(self, i: int, p: torch.Tensor) -> None:
+        """Raise for parameter ``i``, which is no longer the float32 view built into the buffer."""
+        name = self.layout.specs[i].name
+        if p.dtype != torch.float32:
+            raise RuntimeError(
+                f"AsyncOptimizer: parameter {name!r} became {p.dtype} after the optimizer was "
+                "built; the store trains float32 (keep the model float32)"
+            )
+        raise RuntimeError(
+            f"AsyncOptimizer: parameter {name!r} no longer lives in the optimizer's buffer "
+            "(moved, or its .data replaced); build the optimizer after changing the model"
+        )
+
+    def _check_model(self) -> None:
         if self.model is not None and [id(p) for p in self.model.parameters()] != self._ids:
             raise RuntimeError(
                 "AsyncOptimizer: the model's parameters changed after the optimizer was built "

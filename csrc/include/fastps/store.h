@@ -69,6 +69,11 @@ struct Counters {
   std::vector<uint64_t> cdf_hist;
 };
 
+/// Whether process `pid` runs: it exists and is not a zombie (killed, not yet reaped). The
+/// rule the registry applies to learners, without their start time (for callers that recorded
+/// only a pid, such as a checkpoint's temporary file). The calling process is always alive.
+bool process_alive(int32_t pid);
+
 /// What a process can learn about a shared segment without using it (for cleanup).
 struct SegmentInfo {
   bool is_store = false;
